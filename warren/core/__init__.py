@@ -1,0 +1,1 @@
+"""Pure domain layer: models, task state machine, errors. No I/O."""

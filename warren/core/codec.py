@@ -1,0 +1,103 @@
+"""Dataclass <-> plain dict conversion, strict on input.
+
+One codec serves the Raft log, the REST API, the gRPC layer (via protobuf's
+JSON mapping) and the worker cache. Unknown fields and wrong types are refused
+with a one-line ``InvalidArgument`` rather than ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import types
+import typing
+from functools import cache
+from typing import Any, TypeVar, Union, get_args, get_origin
+
+from warren.core.errors import InvalidArgument
+
+T = TypeVar("T")
+
+
+def to_dict(obj: Any) -> Any:
+    """Encode a dataclass (recursively) into JSON-compatible values."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, tuple | list):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+@cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def from_dict(cls: type[T], data: Any, path: str = "") -> T:
+    """Decode ``data`` into ``cls``; missing fields take their defaults."""
+    return typing.cast(T, _decode(cls, data, path or cls.__name__.lower()))
+
+
+def _decode(tp: Any, value: Any, path: str) -> Any:
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _decode(args[0], value, path)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise InvalidArgument(f"{path}: expected an object")
+        hints = _hints(tp)
+        names = {f.name for f in dataclasses.fields(tp)}
+        unknown = sorted(set(value) - names)
+        if unknown:
+            raise InvalidArgument(f"{path}: unknown field '{unknown[0]}'")
+        kwargs = {k: _decode(hints[k], v, f"{path}.{k}") for k, v in value.items()}
+        try:
+            return tp(**kwargs)
+        except InvalidArgument:
+            raise
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgument(f"{path}: {exc}") from None
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise InvalidArgument(f"{path}: expected a list")
+        (item,) = [a for a in get_args(tp) if a is not Ellipsis]
+        return tuple(_decode(item, v, f"{path}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise InvalidArgument(f"{path}: expected an object")
+        _, vtype = get_args(tp)
+        return {str(k): _decode(vtype, v, f"{path}.{k}") for k, v in value.items()}
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        try:
+            return tp(value)
+        except ValueError:
+            allowed = ", ".join(str(m.value) for m in tp)
+            raise InvalidArgument(f"{path}: '{value}' is not one of: {allowed}") from None
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InvalidArgument(f"{path}: expected a number")
+        return float(value)
+    if tp is int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidArgument(f"{path}: expected an integer")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise InvalidArgument(f"{path}: expected true or false")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise InvalidArgument(f"{path}: expected a string")
+        return value
+    if tp is Any:
+        return value
+    raise InvalidArgument(f"{path}: unsupported type {tp!r}")

@@ -1,0 +1,209 @@
+"""Typed domain models. Frozen: an update is a new object (``dataclasses.replace``).
+
+Immutability is what makes store snapshots cheap: a snapshot copies dicts of
+references, never the objects.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from warren.core.constraints import parse_constraint
+from warren.core.errors import InvalidArgument
+from warren.core.states import DESIRED_STATES, TaskState
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,127}$")
+ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def new_id() -> str:
+    """A random 25-character ID (base 36, like Swarm's)."""
+    alphabet = "0123456789abcdefghijklmnopqrstuvwxyz"
+    return "".join(secrets.choice(alphabet) for _ in range(25))
+
+
+class NodeRole(StrEnum):
+    MANAGER = "manager"
+    WORKER = "worker"
+
+
+class NodeStatus(StrEnum):
+    UNKNOWN = "unknown"
+    READY = "ready"
+    DOWN = "down"
+
+
+class Availability(StrEnum):
+    ACTIVE = "active"
+    PAUSE = "pause"
+    DRAIN = "drain"
+
+
+class ServiceMode(StrEnum):
+    REPLICATED = "replicated"
+    GLOBAL = "global"
+
+
+class RestartCondition(StrEnum):
+    NONE = "none"
+    ON_FAILURE = "on-failure"
+    ANY = "any"
+
+
+def _check_labels(labels: dict[str, str], what: str) -> None:
+    for key in labels:
+        if not LABEL_KEY_RE.match(key):
+            raise InvalidArgument(f"invalid {what} key '{key}'")
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpus: float = 0.0
+    memory_bytes: int = 0
+
+    def __post_init__(self) -> None:
+        if self.cpus < 0 or self.memory_bytes < 0:
+            raise InvalidArgument("resources cannot be negative")
+
+    def __add__(self, other: Resources) -> Resources:
+        return Resources(self.cpus + other.cpus, self.memory_bytes + other.memory_bytes)
+
+
+@dataclass(frozen=True)
+class Node:
+    id: str
+    role: NodeRole
+    hostname: str
+    address: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    availability: Availability = Availability.ACTIVE
+    status: NodeStatus = NodeStatus.UNKNOWN
+    status_message: str = ""
+    resources: Resources = field(default_factory=Resources)
+    # gRPC address a manager serves its API on; empty for workers.
+    api_address: str = ""
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    version: int = 0
+
+    def __post_init__(self) -> None:
+        _check_labels(self.labels, "node label")
+
+    @property
+    def schedulable(self) -> bool:
+        return self.status == NodeStatus.READY and self.availability == Availability.ACTIVE
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    condition: RestartCondition = RestartCondition.ANY
+    delay: float = 5.0
+    max_attempts: int = 0  # 0: unlimited
+    window: float = 0.0  # seconds over which attempts are counted; 0: forever
+
+    def __post_init__(self) -> None:
+        if self.delay < 0 or self.window < 0:
+            raise InvalidArgument("restart delay and window cannot be negative")
+        if self.max_attempts < 0:
+            raise InvalidArgument("restart max attempts cannot be negative")
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    image: str
+    mode: ServiceMode = ServiceMode.REPLICATED
+    replicas: int = 1
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    constraints: tuple[str, ...] = ()
+    reservations: Resources = field(default_factory=Resources)
+    limits: Resources = field(default_factory=Resources)
+    restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
+    max_replicas_per_node: int = 0  # 0: unlimited
+
+    def __post_init__(self) -> None:
+        if not NAME_RE.match(self.name):
+            raise InvalidArgument(
+                f"invalid service name '{self.name}': use 1-63 letters, digits, '_', '.' or '-'"
+            )
+        if not self.image.strip():
+            raise InvalidArgument("image must not be empty")
+        if self.replicas < 0:
+            raise InvalidArgument(f"replicas must be 0 or more, not {self.replicas}")
+        if self.max_replicas_per_node < 0:
+            raise InvalidArgument("max replicas per node cannot be negative")
+        for key in self.env:
+            if not ENV_KEY_RE.match(key):
+                raise InvalidArgument(f"invalid environment variable name '{key}'")
+        _check_labels(self.labels, "service label")
+        for expr in self.constraints:
+            parse_constraint(expr)
+
+
+@dataclass(frozen=True)
+class Service:
+    id: str
+    spec: ServiceSpec
+    # Bumped on every spec change; tasks record the spec version they run.
+    spec_version: int = 1
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    version: int = 0
+
+
+@dataclass(frozen=True)
+class TaskStatus:
+    state: TaskState = TaskState.NEW
+    message: str = ""
+    err: str = ""
+    exit_code: int | None = None
+    container_id: str = ""
+    timestamp: float = 0.0
+
+
+@dataclass(frozen=True)
+class Task:
+    id: str
+    service_id: str
+    service_name: str
+    spec: ServiceSpec
+    spec_version: int
+    # Replicated services number their replicas 1..N; a global task has slot 0
+    # and is bound to its node.
+    slot: int = 0
+    node_id: str = ""
+    desired_state: TaskState = TaskState.RUNNING
+    status: TaskStatus = field(default_factory=TaskStatus)
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    version: int = 0
+
+    def __post_init__(self) -> None:
+        if self.desired_state not in DESIRED_STATES:
+            raise InvalidArgument(f"desired state must be running or shutdown, not {self.desired_state}")
+
+    @property
+    def name(self) -> str:
+        suffix = self.slot if self.slot else self.node_id[:12]
+        return f"{self.service_name}.{suffix}"
+
+    @property
+    def holds_resources(self) -> bool:
+        """Counts against its node: assigned and not yet known to be stopped."""
+        return bool(self.node_id) and self.status.state.is_active
+
+
+@dataclass(frozen=True)
+class Cluster:
+    id: str
+    worker_token_secret: str
+    manager_token_secret: str
+    ca_fingerprint: str
+    created_at: float = 0.0
+    version: int = 0

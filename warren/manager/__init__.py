@@ -1,0 +1,1 @@
+"""Manager: store, consensus, scheduler, orchestrator, dispatcher, APIs."""

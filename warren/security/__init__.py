@@ -1,0 +1,1 @@
+"""Security: cluster CA, certificates, join tokens, TLS identities."""
