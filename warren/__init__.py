@@ -1,2 +1,3 @@
 """Warren: a container orchestrator."""
+
 __version__ = "0.1.0"

@@ -11,7 +11,6 @@ import dataclasses
 import enum
 import types
 import typing
-from functools import cache
 from typing import Any, TypeVar, Union, get_args, get_origin
 
 from warren.core.errors import InvalidArgument
@@ -32,9 +31,14 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-@cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+_HINTS: dict[type[Any], dict[str, Any]] = {}
+
+
+def _hints(cls: type[Any]) -> dict[str, Any]:
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = typing.get_type_hints(cls)
+    return hints
 
 
 def from_dict(cls: type[T], data: Any, path: str = "") -> T:
@@ -50,20 +54,28 @@ def _decode(tp: Any, value: Any, path: str) -> Any:
             return None
         return _decode(args[0], value, path)
     if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise InvalidArgument(f"{path}: expected an object")
-        hints = _hints(tp)
-        names = {f.name for f in dataclasses.fields(tp)}
-        unknown = sorted(set(value) - names)
-        if unknown:
-            raise InvalidArgument(f"{path}: unknown field '{unknown[0]}'")
-        kwargs = {k: _decode(hints[k], v, f"{path}.{k}") for k, v in value.items()}
-        try:
-            return tp(**kwargs)
-        except InvalidArgument:
-            raise
-        except (TypeError, ValueError) as exc:
-            raise InvalidArgument(f"{path}: {exc}") from None
+        return _decode_dataclass(typing.cast(type[Any], tp), value, path)
+    return _decode_plain(tp, origin, value, path)
+
+
+def _decode_dataclass(tp: type[Any], value: Any, path: str) -> Any:
+    if not isinstance(value, dict):
+        raise InvalidArgument(f"{path}: expected an object")
+    hints = _hints(tp)
+    names = {f.name for f in dataclasses.fields(tp)}
+    unknown = sorted(set(value) - names)
+    if unknown:
+        raise InvalidArgument(f"{path}: unknown field '{unknown[0]}'")
+    kwargs = {k: _decode(hints[k], v, f"{path}.{k}") for k, v in value.items()}
+    try:
+        return tp(**kwargs)
+    except InvalidArgument:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"{path}: {exc}") from None
+
+
+def _decode_plain(tp: Any, origin: Any, value: Any, path: str) -> Any:
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise InvalidArgument(f"{path}: expected a list")

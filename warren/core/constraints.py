@@ -12,7 +12,9 @@ from warren.core.errors import InvalidArgument
 if TYPE_CHECKING:
     from warren.core.models import Node
 
-_EXPR = re.compile(r"^\s*(node\.(?:id|hostname|role|labels\.[A-Za-z0-9_./-]+))\s*(==|!=)\s*(.+?)\s*$")
+_EXPR = re.compile(
+    r"^\s*(node\.(?:id|hostname|role|labels\.[A-Za-z0-9_./-]+))\s*(==|!=)\s*(.+?)\s*$"
+)
 
 
 @dataclass(frozen=True)

@@ -186,7 +186,9 @@ class Task:
 
     def __post_init__(self) -> None:
         if self.desired_state not in DESIRED_STATES:
-            raise InvalidArgument(f"desired state must be running or shutdown, not {self.desired_state}")
+            raise InvalidArgument(
+                f"desired state must be running or shutdown, not {self.desired_state}"
+            )
 
     @property
     def name(self) -> str:

@@ -1,0 +1,362 @@
+"""Scheduler: filters, scorers, reasons, and invariants over random clusters."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import replace
+
+from factories import GIB, make_node, make_service, make_snapshot, make_task
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from warren.core.constraints import parse_constraint
+from warren.core.models import Availability, Node, NodeStatus, Service, ServiceMode, Task
+from warren.core.states import TaskState
+from warren.manager.scheduler import Placement, ScheduleResult, Unplaceable, schedule
+from warren.manager.snapshot import Snapshot
+
+
+def _run(nodes: list[Node], pending: list[Task], existing: Sequence[Task] = ()) -> ScheduleResult:
+    return schedule(make_snapshot(nodes=nodes, tasks=[*existing, *pending]), pending)
+
+
+def _per_node(result: ScheduleResult) -> Counter[str]:
+    return Counter(p.node_id for p in result.placements)
+
+
+def _reasons(result: ScheduleResult) -> set[str]:
+    return {u.reason for u in result.unplaceable}
+
+
+# --- placement and scoring -------------------------------------------------
+
+
+def test_places_a_task_on_the_only_node() -> None:
+    task = make_task()
+    result = _run([make_node("n1")], [task])
+    assert result == ScheduleResult((Placement(task.id, "n1"),), ())
+
+
+def test_six_replicas_on_three_equal_nodes_land_two_each() -> None:
+    service = make_service(replicas=6)
+    tasks = [make_task(service, slot=i) for i in range(1, 7)]
+    result = _run([make_node(f"n{i}") for i in range(3)], tasks)
+    assert sorted(_per_node(result).values()) == [2, 2, 2]
+    assert not result.unplaceable
+
+
+def test_spread_counts_the_service_tasks_already_running() -> None:
+    service = make_service(replicas=3)
+    running = [make_task(service, slot=s, node_id="n1", state=TaskState.RUNNING) for s in (1, 2)]
+    result = _run([make_node("n1"), make_node("n2")], [make_task(service, slot=3)], running)
+    assert result.placements[0].node_id == "n2"
+
+
+def test_spread_ignores_tasks_that_no_longer_hold_resources() -> None:
+    service = make_service()
+    dead = make_task(service, node_id="n1", state=TaskState.FAILED)
+    other = make_task(make_service("db"), node_id="n2", state=TaskState.RUNNING)
+    result = _run([make_node("n1"), make_node("n2")], [make_task(service)], [dead, other])
+    assert result.placements[0].node_id == "n1"
+
+
+def test_least_allocated_prefers_the_node_with_fewer_tasks() -> None:
+    busy = [make_task(make_service("db"), node_id="n1", state=TaskState.RUNNING)]
+    result = _run([make_node("n1"), make_node("n2")], [make_task()], busy)
+    assert result.placements[0].node_id == "n2"
+
+
+def test_least_allocated_prefers_the_lower_reserved_fraction() -> None:
+    # n1 runs one big task, n2 two small ones: the fraction wins over the count.
+    big = make_service("big", memory_bytes=6 * GIB)
+    small = make_service("small", memory_bytes=1 * GIB)
+    existing = [
+        make_task(big, node_id="n1", state=TaskState.RUNNING),
+        make_task(small, slot=1, node_id="n2", state=TaskState.RUNNING),
+        make_task(small, slot=2, node_id="n2", state=TaskState.RUNNING),
+    ]
+    result = _run([make_node("n1"), make_node("n2")], [make_task()], existing)
+    assert result.placements[0].node_id == "n2"
+
+
+def test_ties_go_to_the_lowest_node_id() -> None:
+    result = _run([make_node("n2"), make_node("n1")], [make_task()])
+    assert result.placements[0].node_id == "n1"
+
+
+# --- filters ----------------------------------------------------------------
+
+
+def test_same_pass_placements_count_against_resources() -> None:
+    service = make_service(replicas=3, memory_bytes=3 * GIB)
+    tasks = [make_task(service, slot=i) for i in (1, 2, 3)]
+    result = _run([make_node("n1", memory_bytes=7 * GIB)], tasks)
+    assert len(result.placements) == 2
+    assert _reasons(result) == {"no suitable node (insufficient memory on 1 node)"}
+
+
+def test_existing_reservations_count_against_resources() -> None:
+    existing = [make_task(make_service("db", cpus=3.5), node_id="n1", state=TaskState.RUNNING)]
+    result = _run([make_node("n1", cpus=4)], [make_task(make_service(cpus=1))], existing)
+    assert _reasons(result) == {"no suitable node (insufficient cpu on 1 node)"}
+
+
+def test_fractional_cpus_fill_a_node_exactly() -> None:
+    service = make_service(replicas=10, cpus=0.1)
+    tasks = [make_task(service, slot=i) for i in range(1, 11)]
+    result = _run([make_node("n1", cpus=1.0)], tasks)
+    assert len(result.placements) == 10
+
+
+def test_a_node_without_resources_takes_tasks_that_reserve_nothing() -> None:
+    result = _run([make_node("n1", cpus=0, memory_bytes=0)], [make_task()])
+    assert result.placements == (Placement(result.placements[0].task_id, "n1"),)
+
+
+def test_constraint_reason_counts_nodes() -> None:
+    service = make_service(constraints=["node.labels.zone==east"])
+    nodes = [make_node(f"n{i}", labels={"zone": "west"}) for i in range(3)]
+    result = _run(nodes, [make_task(service)])
+    assert _reasons(result) == {"no suitable node (constraint not met on 3 nodes)"}
+
+
+def test_constraints_choose_the_matching_node() -> None:
+    service = make_service(replicas=2, constraints=["node.labels.zone==east", "node.role!=manager"])
+    nodes = [
+        make_node("n1", labels={"zone": "west"}),
+        make_node("n2", labels={"zone": "east"}),
+        make_node("n3"),
+    ]
+    result = _run(nodes, [make_task(service, slot=1), make_task(service, slot=2)])
+    assert _per_node(result) == {"n2": 2}
+
+
+def test_several_reasons_most_common_first_and_each_node_counted_once() -> None:
+    service = make_service(constraints=["node.labels.gpu==yes"], memory_bytes=4 * GIB)
+    nodes = [
+        make_node("n1"),
+        make_node("n2"),
+        # Fails memory and the constraint: counted under memory, which comes first.
+        make_node("n3", memory_bytes=1 * GIB),
+    ]
+    result = _run(nodes, [make_task(service)])
+    assert _reasons(result) == {
+        "no suitable node (constraint not met on 2 nodes; insufficient memory on 1 node)"
+    }
+
+
+def test_unready_paused_and_drained_nodes_are_skipped() -> None:
+    nodes = [
+        make_node("n1", status=NodeStatus.DOWN),
+        make_node("n2", availability=Availability.PAUSE),
+        make_node("n3", availability=Availability.DRAIN),
+        make_node("n4", status=NodeStatus.UNKNOWN),
+    ]
+    result = _run(nodes, [make_task()])
+    assert _reasons(result) == {"no suitable node (node not ready or not active on 4 nodes)"}
+
+
+def test_no_nodes_at_all() -> None:
+    task = make_task()
+    result = _run([], [task])
+    assert result.unplaceable == (
+        Unplaceable(task.id, "no suitable node (no nodes in the cluster)"),
+    )
+
+
+def test_max_replicas_per_node_counts_existing_and_same_pass_tasks() -> None:
+    service = make_service(replicas=5, max_replicas_per_node=2)
+    existing = [make_task(service, slot=1, node_id="n1", state=TaskState.RUNNING)]
+    pending = [make_task(service, slot=s) for s in (2, 3, 4, 5)]
+    result = _run([make_node("n1"), make_node("n2")], pending, existing)
+    assert _per_node(result) == {"n1": 1, "n2": 2}
+    assert _reasons(result) == {"no suitable node (max replicas per node reached on 2 nodes)"}
+
+
+def test_every_leftover_replica_gets_the_reason() -> None:
+    service = make_service(replicas=5, max_replicas_per_node=1)
+    tasks = [make_task(service, slot=i) for i in range(1, 6)]
+    result = _run([make_node("n1"), make_node("n2")], tasks)
+    assert len(result.placements) == 2
+    assert len(result.unplaceable) == 3
+
+
+# --- tasks already bound to a node (global services) --------------------------
+
+
+def test_bound_task_is_placed_on_its_node_only() -> None:
+    service = make_service(mode=ServiceMode.GLOBAL)
+    task = make_task(service, slot=0, node_id="n2")
+    result = _run([make_node("n1"), make_node("n2")], [task])
+    assert result.placements == (Placement(task.id, "n2"),)
+
+
+def test_bound_task_that_fails_a_filter_is_unplaceable() -> None:
+    service = make_service(mode=ServiceMode.GLOBAL, memory_bytes=16 * GIB)
+    task = make_task(service, slot=0, node_id="n1")
+    result = _run([make_node("n1"), make_node("n2", memory_bytes=64 * GIB)], [task])
+    assert result.unplaceable == (
+        Unplaceable(task.id, "no suitable node (insufficient memory on 1 node)"),
+    )
+
+
+def test_bound_task_on_a_missing_node() -> None:
+    task = make_task(make_service(mode=ServiceMode.GLOBAL), slot=0, node_id="gone")
+    result = _run([make_node("n1")], [task])
+    assert result.unplaceable == (Unplaceable(task.id, "node gone not found"),)
+
+
+def test_bound_tasks_are_not_counted_twice_and_reserve_first() -> None:
+    agent = make_service("agent", mode=ServiceMode.GLOBAL, memory_bytes=4 * GIB)
+    web = make_service("web", memory_bytes=4 * GIB)
+    bound = make_task(agent, slot=0, node_id="n1")
+    free = make_task(web)
+    # The bound task is in the snapshot (holding resources on n1) and in the batch.
+    result = _run([make_node("n1", memory_bytes=8 * GIB)], [free, bound])
+    assert set(result.placements) == {Placement(bound.id, "n1"), Placement(free.id, "n1")}
+
+
+# --- scale -----------------------------------------------------------------------
+
+
+def test_ten_thousand_tasks_on_a_hundred_nodes() -> None:
+    nodes = [make_node(f"n{i:03d}") for i in range(100)]
+    tasks: list[Task] = []
+    for s in range(1000):
+        service = make_service(f"svc{s}")
+        tasks.extend(make_task(service, slot=r) for r in range(1, 11))
+    snapshot = make_snapshot(nodes=nodes, tasks=tasks)
+    started = time.perf_counter()
+    result = schedule(snapshot, tasks)
+    print(f"scheduled {len(tasks)} tasks in {time.perf_counter() - started:.3f}s")
+    assert len(result.placements) == 10_000
+    assert max(_per_node(result).values()) == 100
+
+
+# --- properties --------------------------------------------------------------------
+
+_LABELS = st.dictionaries(
+    st.sampled_from(["zone", "disk"]), st.sampled_from(["a", "b"]), max_size=2
+)
+_CONSTRAINTS = st.lists(
+    st.sampled_from(
+        ["node.labels.zone==a", "node.labels.zone!=b", "node.labels.disk==b", "node.role==worker"]
+    ),
+    max_size=2,
+    unique=True,
+)
+
+
+@st.composite
+def _nodes(draw: st.DrawFn) -> list[Node]:
+    count = draw(st.integers(0, 6))
+    return [
+        make_node(
+            f"n{i}",
+            labels=draw(_LABELS),
+            status=draw(st.sampled_from(list(NodeStatus))),
+            availability=draw(st.sampled_from(list(Availability))),
+            cpus=draw(st.sampled_from([0.0, 0.5, 1.0, 2.0, 4.0])),
+            memory_bytes=draw(st.sampled_from([0, 1, 2, 4])) * GIB,
+        )
+        for i in range(count)
+    ]
+
+
+@st.composite
+def _services(draw: st.DrawFn) -> list[Service]:
+    return [
+        make_service(
+            f"s{i}",
+            constraints=draw(_CONSTRAINTS),
+            cpus=draw(st.sampled_from([0.0, 0.25, 0.5, 1.0])),
+            memory_bytes=draw(st.sampled_from([0, 1, 2])) * GIB // 2,
+            max_replicas_per_node=draw(st.integers(0, 3)),
+            mode=draw(st.sampled_from(list(ServiceMode))),
+        )
+        for i in range(draw(st.integers(1, 4)))
+    ]
+
+
+@st.composite
+def _cluster(draw: st.DrawFn) -> tuple[Snapshot, list[Task]]:
+    nodes = draw(_nodes())
+    services = draw(_services())
+    node_ids = [n.id for n in nodes]
+    existing: list[Task] = []
+    pending: list[Task] = []
+    for service in services:
+        for slot in range(1, draw(st.integers(0, 8)) + 1):
+            if bool(node_ids) and draw(st.booleans()):
+                existing.append(
+                    make_task(
+                        service,
+                        slot=slot,
+                        node_id=draw(st.sampled_from(node_ids)),
+                        state=draw(st.sampled_from([TaskState.RUNNING, TaskState.FAILED])),
+                    )
+                )
+            else:
+                bound = service.spec.mode == ServiceMode.GLOBAL and bool(node_ids)
+                node_id = draw(st.sampled_from(node_ids)) if bound else ""
+                pending.append(make_task(service, slot=0 if bound else slot, node_id=node_id))
+    snapshot = make_snapshot(nodes=nodes, services=services, tasks=[*existing, *pending])
+    return snapshot, pending
+
+
+def _committed(snapshot: Snapshot, pending: list[Task], result: ScheduleResult) -> list[Task]:
+    """Tasks holding resources once the placements are applied."""
+    pending_ids = {t.id for t in pending}
+    held = [t for t in snapshot.tasks.values() if t.holds_resources and t.id not in pending_ids]
+    placed = [replace(snapshot.tasks[p.task_id], node_id=p.node_id) for p in result.placements]
+    return held + placed
+
+
+@settings(max_examples=300, deadline=None)
+@given(_cluster())
+def test_placements_respect_every_filter(cluster: tuple[Snapshot, list[Task]]) -> None:
+    snapshot, pending = cluster
+    result = schedule(snapshot, pending)
+    decided = [p.task_id for p in result.placements] + [u.task_id for u in result.unplaceable]
+    assert sorted(decided) == sorted(t.id for t in pending)
+    committed = _committed(snapshot, pending, result)
+    for node_id in {p.node_id for p in result.placements}:
+        node = snapshot.nodes[node_id]
+        assert node.schedulable
+        on_node = [t for t in committed if t.node_id == node_id]
+        assert sum(t.spec.reservations.cpus for t in on_node) <= node.resources.cpus + 1e-9
+        assert sum(t.spec.reservations.memory_bytes for t in on_node) <= node.resources.memory_bytes
+    for placement in result.placements:
+        task = snapshot.tasks[placement.task_id]
+        node = snapshot.nodes[placement.node_id]
+        assert all(parse_constraint(c).matches(node) for c in task.spec.constraints)
+        if task.spec.max_replicas_per_node:
+            same = [
+                t
+                for t in committed
+                if t.service_id == task.service_id and t.node_id == placement.node_id
+            ]
+            assert len(same) <= task.spec.max_replicas_per_node
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 8), st.integers(0, 40), st.lists(st.integers(0, 7), max_size=10))
+def test_replicas_spread_within_one_on_equal_nodes(
+    nodes: int, replicas: int, other_load: list[int]
+) -> None:
+    cluster = [make_node(f"n{i}") for i in range(nodes)]
+    # Other services' tasks only sway the tie-breaking scorer, never the spread.
+    other = make_service("other", replicas=len(other_load))
+    existing = [
+        make_task(other, slot=i + 1, node_id=f"n{n % nodes}", state=TaskState.RUNNING)
+        for i, n in enumerate(other_load)
+    ]
+    service = make_service(replicas=replicas)
+    pending = [make_task(service, slot=r) for r in range(1, replicas + 1)]
+    result = _run(cluster, pending, existing)
+    counts = _per_node(result)
+    per_node = [counts[n.id] for n in cluster]
+    assert len(result.placements) == replicas
+    assert max(per_node) - min(per_node) <= 1

@@ -1,0 +1,1 @@
+"""Worker agent: runtime, executors, local cache, manager session."""

@@ -1,0 +1,283 @@
+"""The worker agent: a session with a manager, executors for assigned tasks.
+
+The manager pushes the node's complete task set on a stream; the agent
+starts what is new, stops what is to be shut down or no longer listed, and
+reports every state change. Reports made while no manager is reachable are
+kept and sent when a session is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+from collections.abc import Coroutine
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from warren.agent.cache import TaskCache
+from warren.agent.executor import TaskExecutor
+from warren.agent.runtime import ContainerState, Runtime
+from warren.core.errors import WarrenError
+from warren.core.models import Resources, Task, TaskStatus
+from warren.core.states import TaskState
+from warren.proto import warren_pb2 as pb
+from warren.proto import warren_pb2_grpc as pb_grpc
+from warren.proto.convert import from_message, to_message
+from warren.proto.errors import error_from_rpc
+from warren.security.tls import IdentityFiles
+
+log = logging.getLogger(__name__)
+
+_REPORT_DEBOUNCE = 0.02
+_CACHE_DEBOUNCE = 0.2
+
+
+def node_resources() -> Resources:
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return Resources(cpus=float(os.cpu_count() or 1), memory_bytes=memory)
+
+
+def channel_credentials(identity: IdentityFiles) -> grpc.ChannelCredentials:
+    ca, cert, key = identity.load()
+    return grpc.ssl_channel_credentials(
+        root_certificates=ca, private_key=key, certificate_chain=cert
+    )
+
+
+class Agent:
+    def __init__(
+        self,
+        node_id: str,
+        managers: list[str],
+        identity: IdentityFiles,
+        runtime: Runtime,
+        data_dir: Path,
+        hostname: str = "",
+        address: str = "",
+        resources: Resources | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.managers = list(managers)
+        self.identity = identity
+        self.runtime = runtime
+        self.hostname = hostname or socket.gethostname()
+        self.address = address
+        self.resources = resources or node_resources()
+        self.cache = TaskCache(data_dir / "tasks.json")
+        self.tasks: dict[str, Task] = {}
+        self.executors: dict[str, TaskExecutor] = {}
+        self._unsent: dict[str, TaskStatus] = {}
+        self._call: Any = None
+        self._report_scheduled = False
+        self._cache_dirty = asyncio.Event()
+        self._background: set[asyncio.Task[None]] = set()
+        self.connected = asyncio.Event()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        # Held until done: the loop keeps only weak references to tasks.
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- startup: what was running before -------------------------------------
+
+    async def recover(self) -> None:
+        """Re-attach to containers still running; report the lost ones as failed."""
+        self.tasks = self.cache.load()
+        containers = {c.container_id: c for c in await self.runtime.list()}
+        for task in self.tasks.values():
+            if task.status.state.is_terminal or task.status.state.rank < TaskState.STARTING.rank:
+                continue
+            container = containers.get(task.id)
+            executor = TaskExecutor(task, self.runtime, self._on_status)
+            self.executors[task.id] = executor
+            if container is not None and container.state == ContainerState.RUNNING:
+                executor.attach()
+            else:
+                executor.state = TaskState.FAILED
+                self._on_status(
+                    task.id,
+                    TaskStatus(
+                        TaskState.FAILED,
+                        "container lost",
+                        err="container lost while the worker was down",
+                    ),
+                )
+        # Containers that no task of ours explains are leftovers: remove them.
+        for container_id in containers.keys() - self.executors.keys():
+            with contextlib.suppress(WarrenError):
+                await self.runtime.stop(container_id, 0)
+                await self.runtime.remove(container_id)
+
+    # -- main loop ---------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self.recover()
+        cache_writer = asyncio.create_task(self._write_cache())
+        try:
+            await self._sessions()
+        finally:
+            cache_writer.cancel()
+            for executor in self.executors.values():
+                await executor.close()
+            self._save_cache()
+
+    async def _sessions(self) -> None:
+        backoff = 0.2
+        index = 0
+        while True:
+            manager = self.managers[index % len(self.managers)]
+            try:
+                await self._session(manager)
+                backoff = 0.2
+            except grpc.RpcError as exc:
+                err = error_from_rpc(exc)
+                log.warning("session with %s ended: %s", manager, err)
+            except WarrenError as exc:
+                log.warning("session with %s ended: %s", manager, exc)
+            finally:
+                self.connected.clear()
+                self._call = None
+            index += 1
+            await asyncio.sleep(backoff + random.uniform(0, backoff / 2))
+            backoff = min(backoff * 2, 5.0)
+
+    async def _session(self, manager: str) -> None:
+        async with grpc.aio.secure_channel(manager, channel_credentials(self.identity)) as channel:
+            stub = pb_grpc.DispatcherStub(channel)
+            call = stub.Session()
+            await call.write(
+                pb.WorkerMessage(
+                    register=pb.Register(
+                        hostname=self.hostname,
+                        resources=to_message(self.resources, pb.Resources),
+                        address=self.address,
+                    )
+                )
+            )
+            first = await call.read()
+            if first is grpc.aio.EOF or first.WhichOneof("message") != "session":
+                raise WarrenError("manager closed the session during registration")
+            info = first.session
+            if info.managers:
+                self.managers = list(info.managers)
+            self._call = call
+            self.connected.set()
+            log.info("session open", extra={"manager": manager, "node_id": self.node_id})
+            # Everything known is resent: the manager may have missed reports.
+            for task_id, executor in self.executors.items():
+                self._unsent.setdefault(task_id, self._status_of(executor))
+            self._schedule_report()
+            heartbeat = asyncio.create_task(self._heartbeats(call, info.heartbeat_period))
+            try:
+                while True:
+                    message = await call.read()
+                    if message is grpc.aio.EOF:
+                        return
+                    if message.WhichOneof("message") == "assignments":
+                        tasks = [from_message(Task, t) for t in message.assignments.tasks]
+                        await self.apply_assignments(tasks)
+            finally:
+                heartbeat.cancel()
+
+    async def _heartbeats(self, call: Any, period: float) -> None:
+        while True:
+            await asyncio.sleep(period)
+            await call.write(pb.WorkerMessage(heartbeat=pb.Heartbeat()))
+
+    # -- assignments -------------------------------------------------------------
+
+    async def apply_assignments(self, tasks: list[Task]) -> None:
+        assigned = {t.id: t for t in tasks}
+        for task_id in list(self.executors.keys() - assigned.keys()):
+            # No longer ours: stop it, whatever the manager thinks it was.
+            executor = self.executors.pop(task_id)
+            await executor.stop()
+            self.tasks.pop(task_id, None)
+        for task in assigned.values():
+            self._apply_one(task)
+        self._cache_dirty.set()
+
+    def _apply_one(self, task: Task) -> None:
+        executor = self.executors.get(task.id)
+        known = self.tasks.get(task.id)
+        # Keep our own, fresher status; take everything else from the manager.
+        self.tasks[task.id] = task if known is None else replace(task, status=known.status)
+        if task.desired_state == TaskState.SHUTDOWN:
+            if executor is not None:
+                self._spawn(executor.stop())
+            elif not task.status.state.is_terminal:
+                self._on_status(task.id, TaskStatus(TaskState.SHUTDOWN, "shut down before start"))
+            return
+        if executor is not None:
+            return
+        if task.status.state == TaskState.ASSIGNED:
+            executor = TaskExecutor(task, self.runtime, self._on_status)
+            self.executors[task.id] = executor
+            executor.start()
+        else:
+            # The manager thinks it runs here, but nothing of it is left.
+            self._on_status(
+                task.id,
+                TaskStatus(TaskState.FAILED, "container lost", err="not running on this worker"),
+            )
+
+    # -- status reports ------------------------------------------------------------
+
+    def _status_of(self, executor: TaskExecutor) -> TaskStatus:
+        task = self.tasks.get(executor.task.id, executor.task)
+        return task.status
+
+    def _on_status(self, task_id: str, status: TaskStatus) -> None:
+        task = self.tasks.get(task_id)
+        if task is not None:
+            self.tasks[task_id] = replace(task, status=status)
+        self._unsent[task_id] = status
+        self._cache_dirty.set()
+        self._schedule_report()
+
+    def _schedule_report(self) -> None:
+        if not self._report_scheduled:
+            self._report_scheduled = True
+            asyncio.get_running_loop().call_later(
+                _REPORT_DEBOUNCE, lambda: self._spawn(self._send_reports())
+            )
+
+    async def _send_reports(self) -> None:
+        self._report_scheduled = False
+        call = self._call
+        if call is None or not self._unsent:
+            return
+        batch, self._unsent = self._unsent, {}
+        message = pb.StatusReport(
+            statuses={k: to_message(v, pb.TaskStatus) for k, v in batch.items()}
+        )
+        try:
+            await call.write(pb.WorkerMessage(status=message))
+        except (grpc.RpcError, asyncio.InvalidStateError, RuntimeError):
+            # Keep them for the next session; newer reports win.
+            self._unsent = batch | self._unsent
+
+    # -- cache ---------------------------------------------------------------------
+
+    async def _write_cache(self) -> None:
+        while True:
+            await self._cache_dirty.wait()
+            await asyncio.sleep(_CACHE_DEBOUNCE)
+            self._cache_dirty.clear()
+            self._save_cache()
+
+    def _save_cache(self) -> None:
+        live = {
+            tid: t
+            for tid, t in self.tasks.items()
+            if tid in self.executors or not t.status.state.is_terminal
+        }
+        self.cache.save(live)

@@ -1,0 +1,173 @@
+"""`warren worker join`: join once with a token, then run the agent.
+
+The data dir keeps the node's identity, so running the same command again
+resumes the same node instead of joining a new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from warren.agent.agent import Agent
+from warren.agent.runtime import Runtime
+from warren.agent.sim import SimRuntime
+from warren.core.errors import FailedPrecondition, InvalidArgument, Unavailable, WarrenError
+from warren.proto import warren_pb2 as pb
+from warren.proto import warren_pb2_grpc as pb_grpc
+from warren.proto.errors import error_from_rpc
+from warren.security.ca import generate_key, key_pem, make_csr
+from warren.security.join import joiner_credentials
+from warren.security.tls import IdentityFiles, fetch_ca_chain, pin_ca, write_private
+from warren.security.tokens import parse
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerOptions:
+    data_dir: Path
+    token: str | None
+    managers: list[str]
+    runtime: str = "sim"
+    node_name: str = field(default_factory=socket.gethostname)
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NodeState:
+    """What a node keeps about itself in its data dir (node.json)."""
+
+    node_id: str
+    role: str
+    managers: list[str]
+
+    @classmethod
+    def load(cls, data_dir: Path) -> NodeState | None:
+        try:
+            raw = json.loads((data_dir / "node.json").read_text())
+        except FileNotFoundError:
+            return None
+        return cls(raw["node_id"], raw["role"], list(raw["managers"]))
+
+    def save(self, data_dir: Path) -> None:
+        payload = {"node_id": self.node_id, "role": self.role, "managers": self.managers}
+        write_private(data_dir / "node.json", json.dumps(payload).encode())
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise InvalidArgument(f"invalid manager address '{address}': expected HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def make_runtime(name: str) -> Runtime:
+    if name == "sim":
+        return SimRuntime()
+    raise InvalidArgument(f"unknown runtime '{name}': this build supports 'sim'")
+
+
+async def join_cluster(options: WorkerOptions, identity: IdentityFiles) -> NodeState:
+    """Verify the manager's CA against the token, then trade a CSR for a certificate."""
+    if not options.token:
+        raise InvalidArgument("this data dir holds no node yet: --token is required to join")
+    if not options.managers:
+        raise InvalidArgument("--manager is required to join")
+    token = parse(options.token)
+    last_error: WarrenError = Unavailable("no manager address given")
+    for manager in options.managers:
+        host, port = split_address(manager)
+        try:
+            chain = await asyncio.to_thread(fetch_ca_chain, host, port)
+            ca_pem = pin_ca(chain, token.ca_fingerprint)
+            return await _join_with(manager, ca_pem, token.secret, options, identity)
+        except Unavailable as exc:
+            last_error = exc
+    raise last_error
+
+
+async def _join_with(
+    manager: str, ca_pem: bytes, secret: str, options: WorkerOptions, identity: IdentityFiles
+) -> NodeState:
+    joiner_key, joiner_cert = joiner_credentials(secret, "worker")
+    credentials = grpc.ssl_channel_credentials(ca_pem, joiner_key, joiner_cert)
+    key = generate_key()
+    request = pb.JoinRequest(
+        secret=secret,
+        role="worker",
+        csr=make_csr(key),
+        hostname=options.node_name,
+        labels=options.labels,
+    )
+    async with grpc.aio.secure_channel(manager, credentials) as channel:
+        try:
+            reply = await pb_grpc.DispatcherStub(channel).Join(request, timeout=15)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from None
+    identity.save(reply.ca_certificate, reply.certificate, key_pem(key))
+    state = NodeState(reply.node_id, "worker", list(reply.managers) or [manager])
+    state.save(options.data_dir)
+    log.info("joined the cluster", extra={"node_id": reply.node_id, "manager": manager})
+    return state
+
+
+async def serve_worker(options: WorkerOptions, stop: asyncio.Event) -> None:
+    identity = IdentityFiles(options.data_dir / "certs")
+    state = NodeState.load(options.data_dir)
+    if state is None or not identity.exists():
+        state = await join_cluster(options, identity)
+    elif state.role != "worker":
+        raise FailedPrecondition(f"{options.data_dir} holds a {state.role}, not a worker")
+    else:
+        log.info("resuming node", extra={"node_id": state.node_id})
+    managers = options.managers + [m for m in state.managers if m not in options.managers]
+    agent = Agent(
+        node_id=state.node_id,
+        managers=managers,
+        identity=identity,
+        runtime=make_runtime(options.runtime),
+        data_dir=options.data_dir / "agent",
+        hostname=options.node_name,
+    )
+    await run_until(agent.run(), stop)
+
+
+async def run_until(main: Any, stop: asyncio.Event) -> None:
+    """Run ``main`` until it ends or ``stop`` is set; either way cancel the other."""
+    task = asyncio.ensure_future(main)
+    stopper = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    for pending in (task, stopper):
+        pending.cancel()
+    await asyncio.gather(task, stopper, return_exceptions=True)
+    if task in done and task.exception() is not None:
+        raise task.exception()
+
+
+def install_stop_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+
+def run_worker(options: WorkerOptions) -> int:
+    from warren import logs
+
+    logs.setup("worker")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        install_stop_signals(stop)
+        await serve_worker(options, stop)
+
+    asyncio.run(main())
+    return 0

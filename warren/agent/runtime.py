@@ -1,0 +1,99 @@
+"""The container runtime boundary, shaped after containerd's API.
+
+containerd has no "run": a client pulls, creates a container, creates and
+starts its task, waits for the exit, and deletes both. The protocol keeps
+those steps apart so the executor can report each state as it happens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class ContainerConfig:
+    """What to run: derived from a task's spec by the executor."""
+
+    container_id: str
+    image: str
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    cpu_limit: float = 0.0
+    memory_limit_bytes: int = 0
+    stop_signal: str = "SIGTERM"
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    exit_code: int
+    oom_killed: bool = False
+    finished_at: float = 0.0
+
+
+class ContainerState(StrEnum):
+    CREATED = "created"
+    RUNNING = "running"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    container_id: str
+    image: str
+    state: ContainerState
+    labels: dict[str, str] = field(default_factory=dict)
+    pid: int = 0
+    exit: ExitStatus | None = None
+
+
+@dataclass(frozen=True)
+class RuntimeEvent:
+    """A container exited (the only event the executor needs to react to)."""
+
+    container_id: str
+    exit: ExitStatus
+
+
+class Runtime(Protocol):
+    name: str
+
+    async def pull(self, image: str) -> str:
+        """Make ``image`` available locally; return its resolved digest.
+
+        Raises ``ImageNotFound`` or ``RuntimeFailure``.
+        """
+        ...
+
+    async def create(self, config: ContainerConfig) -> None: ...
+
+    async def start(self, container_id: str) -> None: ...
+
+    async def stop(self, container_id: str, grace_period: float) -> ExitStatus:
+        """Send the stop signal, SIGKILL after ``grace_period``; return the exit."""
+        ...
+
+    async def wait(self, container_id: str) -> ExitStatus:
+        """Block until the container exits."""
+        ...
+
+    async def inspect(self, container_id: str) -> ContainerInfo:
+        """Raises ``NotFound`` for an unknown container."""
+        ...
+
+    async def list(self) -> list[ContainerInfo]:
+        """Every container this runtime manages (for re-attaching after a restart)."""
+        ...
+
+    async def remove(self, container_id: str) -> None:
+        """Delete a stopped container and its resources; unknown IDs are ignored."""
+        ...
+
+    def logs(self, container_id: str, follow: bool = False) -> AsyncIterator[bytes]: ...
+
+    def events(self) -> AsyncIterator[RuntimeEvent]: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,141 @@
+"""A simulated runtime: containers are records that "run" until stopped.
+
+It is the `--runtime sim` of the CLI (control-plane tests and benchmarks with
+hundreds of workers in a few processes) and the fake runtime of unit tests.
+Its state lives in memory, so a restarted sim worker finds no containers.
+
+Images: any name pulls, except one containing ``notfound`` (ImageNotFound).
+Args ``["exit", CODE, AFTER_SECONDS]`` make a container exit by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from warren.agent.runtime import (
+    ContainerConfig,
+    ContainerInfo,
+    ContainerState,
+    ExitStatus,
+    RuntimeEvent,
+)
+from warren.core.errors import FailedPrecondition, ImageNotFound, NotFound
+
+# Exit code of a process killed by SIGKILL (128 + 9), as a shell reports it.
+_KILLED = 137
+
+
+@dataclass
+class _Container:
+    config: ContainerConfig
+    state: ContainerState = ContainerState.CREATED
+    exit: ExitStatus | None = None
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+    timer: asyncio.TimerHandle | None = None
+    logs: list[bytes] = field(default_factory=list)
+
+
+class SimRuntime:
+    name = "sim"
+
+    def __init__(self) -> None:
+        self._containers: dict[str, _Container] = {}
+        self._events: asyncio.Queue[RuntimeEvent] = asyncio.Queue()
+
+    async def pull(self, image: str) -> str:
+        if "notfound" in image:
+            raise ImageNotFound(f"image not found: {image}")
+        return "sha256:" + hashlib.sha256(image.encode()).hexdigest()
+
+    async def create(self, config: ContainerConfig) -> None:
+        if config.container_id in self._containers:
+            raise FailedPrecondition(f"container {config.container_id} already exists")
+        self._containers[config.container_id] = _Container(config)
+
+    async def start(self, container_id: str) -> None:
+        container = self._get(container_id)
+        if container.state != ContainerState.CREATED:
+            raise FailedPrecondition(f"container {container_id} is {container.state}")
+        container.state = ContainerState.RUNNING
+        container.logs.append(f"started {container.config.image}\n".encode())
+        args = container.config.args
+        if len(args) == 3 and args[0] == "exit":
+            loop = asyncio.get_running_loop()
+            code = int(args[1])
+            container.timer = loop.call_later(float(args[2]), self._exit, container_id, code)
+
+    def _exit(self, container_id: str, code: int) -> None:
+        container = self._containers.get(container_id)
+        if container is None or container.state != ContainerState.RUNNING:
+            return
+        container.state = ContainerState.STOPPED
+        container.exit = ExitStatus(code, finished_at=time.time())
+        if container.timer is not None:
+            container.timer.cancel()
+        container.exited.set()
+        self._events.put_nowait(RuntimeEvent(container_id, container.exit))
+
+    async def stop(self, container_id: str, grace_period: float) -> ExitStatus:
+        container = self._get(container_id)
+        if container.state == ContainerState.RUNNING:
+            self._exit(container_id, 0)
+        elif container.state == ContainerState.CREATED:
+            container.state = ContainerState.STOPPED
+            container.exit = ExitStatus(0, finished_at=time.time())
+            container.exited.set()
+        assert container.exit is not None
+        return container.exit
+
+    def kill(self, container_id: str) -> None:
+        """Simulate the container's process dying (tests)."""
+        self._exit(container_id, _KILLED)
+
+    async def wait(self, container_id: str) -> ExitStatus:
+        container = self._get(container_id)
+        await container.exited.wait()
+        assert container.exit is not None
+        return container.exit
+
+    async def inspect(self, container_id: str) -> ContainerInfo:
+        return self._info(self._get(container_id))
+
+    async def list(self) -> list[ContainerInfo]:
+        return [self._info(c) for c in self._containers.values()]
+
+    async def remove(self, container_id: str) -> None:
+        container = self._containers.pop(container_id, None)
+        if container is not None and container.timer is not None:
+            container.timer.cancel()
+
+    async def logs(self, container_id: str, follow: bool = False) -> AsyncIterator[bytes]:
+        for line in list(self._get(container_id).logs):
+            yield line
+
+    async def events(self) -> AsyncIterator[RuntimeEvent]:
+        while True:
+            yield await self._events.get()
+
+    async def close(self) -> None:
+        for container in self._containers.values():
+            if container.timer is not None:
+                container.timer.cancel()
+
+    def _get(self, container_id: str) -> _Container:
+        container = self._containers.get(container_id)
+        if container is None:
+            raise NotFound(f"container {container_id} not found")
+        return container
+
+    @staticmethod
+    def _info(container: _Container) -> ContainerInfo:
+        return ContainerInfo(
+            container_id=container.config.container_id,
+            image=container.config.image,
+            state=container.state,
+            labels=dict(container.config.labels),
+            exit=container.exit,
+        )

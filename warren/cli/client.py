@@ -1,0 +1,229 @@
+"""A synchronous admin client for the managers' ``Control`` gRPC API.
+
+Every call returns domain models (``warren.core.models``) and raises Warren
+errors, never ``grpc.RpcError``. With several managers, the client tries them
+in order and sticks with the first that answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import grpc
+
+from warren.core.errors import InvalidArgument, Unavailable, WarrenError
+from warren.core.models import Availability, Node, Service, ServiceSpec, Task
+from warren.proto import warren_pb2 as pb
+from warren.proto import warren_pb2_grpc as pb_grpc
+from warren.proto.convert import from_message, to_message
+from warren.proto.errors import error_from_rpc
+from warren.security.tls import IdentityFiles
+
+_EVENT_OBJECTS: dict[str, type[Node] | type[Service] | type[Task]] = {
+    "node": Node,
+    "service": Service,
+    "task": Task,
+}
+
+
+class WarrenClient:
+    def __init__(self, managers: list[str], identity: IdentityFiles, timeout: float = 10.0) -> None:
+        if not managers:
+            raise InvalidArgument("no manager address given")
+        ca, cert, key = identity.load()
+        self._credentials = grpc.ssl_channel_credentials(
+            root_certificates=ca, private_key=key, certificate_chain=cert
+        )
+        self._managers = list(managers)
+        self._timeout = timeout
+        self._channels: dict[str, Any] = {}
+        self._preferred = 0
+
+    # -- plumbing --------------------------------------------------------------
+
+    @property
+    def manager(self) -> str:
+        """The manager that answered last (the first one before any call)."""
+        return self._managers[self._preferred]
+
+    def close(self) -> None:
+        for channel in self._channels.values():
+            channel.close()
+        self._channels.clear()
+
+    def __enter__(self) -> WarrenClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _stub(self, address: str) -> Any:
+        if address not in self._channels:
+            self._channels[address] = grpc.secure_channel(address, self._credentials)
+        return pb_grpc.ControlStub(self._channels[address])
+
+    def _candidates(self) -> list[int]:
+        """Manager indexes, starting with the one that worked last."""
+        count = len(self._managers)
+        return [(self._preferred + i) % count for i in range(count)]
+
+    def _call(self, method: str, request: Any) -> Any:
+        failures: list[str] = []
+        for index in self._candidates():
+            address = self._managers[index]
+            try:
+                reply = getattr(self._stub(address), method)(request, timeout=self._timeout)
+            except grpc.RpcError as exc:
+                if not _is_unavailable(exc):
+                    raise error_from_rpc(exc) from None
+                failures.append(f"{address}: {error_from_rpc(exc)}")
+                continue
+            self._preferred = index
+            return reply
+        raise _all_unavailable(failures)
+
+    # -- services --------------------------------------------------------------
+
+    def create_service(self, spec: ServiceSpec) -> Service:
+        request = pb.CreateServiceRequest(spec=to_message(spec, pb.ServiceSpec))
+        return _service(self._call("CreateService", request))
+
+    def get_service(self, ref: str) -> Service:
+        return _service(self._call("GetService", pb.ServiceRef(service=ref)))
+
+    def list_services(self) -> list[Service]:
+        reply = self._call("ListServices", pb.Empty())
+        return [_service(message) for message in reply.services]
+
+    def update_service(self, ref: str, spec: ServiceSpec, version: int = 0) -> Service:
+        request = pb.UpdateServiceRequest(
+            service=ref, spec=to_message(spec, pb.ServiceSpec), version=version
+        )
+        return _service(self._call("UpdateService", request))
+
+    def scale_service(self, ref: str, replicas: int) -> Service:
+        request = pb.ScaleServiceRequest(service=ref, replicas=replicas)
+        return _service(self._call("ScaleService", request))
+
+    def delete_service(self, ref: str) -> None:
+        self._call("DeleteService", pb.ServiceRef(service=ref))
+
+    # -- nodes -----------------------------------------------------------------
+
+    def list_nodes(self) -> list[Node]:
+        reply = self._call("ListNodes", pb.Empty())
+        return [_node(message) for message in reply.nodes]
+
+    def get_node(self, ref: str) -> Node:
+        return _node(self._call("GetNode", pb.NodeRef(node=ref)))
+
+    def update_node(
+        self,
+        ref: str,
+        availability: Availability | None = None,
+        label_add: dict[str, str] | None = None,
+        label_rm: list[str] | None = None,
+    ) -> Node:
+        request = pb.UpdateNodeRequest(
+            node=ref,
+            availability=str(availability or ""),
+            label_add=label_add or {},
+            label_rm=label_rm or [],
+        )
+        return _node(self._call("UpdateNode", request))
+
+    def remove_node(self, ref: str, force: bool = False) -> None:
+        self._call("RemoveNode", pb.RemoveNodeRequest(node=ref, force=force))
+
+    # -- tasks -----------------------------------------------------------------
+
+    def list_tasks(self, service: str = "", node: str = "") -> list[Task]:
+        reply = self._call("ListTasks", pb.ListTasksRequest(service=service, node=node))
+        return [_task(message) for message in reply.tasks]
+
+    def get_task(self, ref: str) -> Task:
+        return _task(self._call("GetTask", pb.TaskRef(task=ref)))
+
+    # -- cluster ---------------------------------------------------------------
+
+    def cluster_info(self) -> dict[str, Any]:
+        return _all_fields(self._call("GetClusterInfo", pb.Empty()))
+
+    def join_token(self, role: str, rotate: bool = False) -> str:
+        reply = self._call("GetJoinToken", pb.JoinTokenRequest(role=role, rotate=rotate))
+        return str(reply.token)
+
+    def events(self, kinds: Iterable[str] = ()) -> Iterator[dict[str, Any]]:
+        """Store events as ``{revision, action, kind, timestamp, object}``; ``object`` is a model.
+
+        The stream has no deadline. A manager that is unavailable before the
+        first event is skipped like for any other call.
+        """
+        request = pb.StreamEventsRequest(kinds=list(kinds))
+        failures: list[str] = []
+        for index in self._candidates():
+            address = self._managers[index]
+            stream = self._stub(address).StreamEvents(request)
+            received = False
+            try:
+                for message in stream:
+                    received = True
+                    self._preferred = index
+                    yield _event(message)
+                return
+            except grpc.RpcError as exc:
+                if received or not _is_unavailable(exc):
+                    raise error_from_rpc(exc) from None
+                failures.append(f"{address}: {error_from_rpc(exc)}")
+            finally:
+                stream.cancel()
+        raise _all_unavailable(failures)
+
+
+def _is_unavailable(exc: grpc.RpcError) -> bool:
+    # Covers an unreachable manager and one that says it cannot serve (no leader).
+    return bool(exc.code() == grpc.StatusCode.UNAVAILABLE)
+
+
+def _all_unavailable(failures: list[str]) -> WarrenError:
+    if len(failures) == 1:
+        return Unavailable(f"cannot reach manager {failures[0]}")
+    return Unavailable("cannot reach any manager: " + "; ".join(failures))
+
+
+def _service(message: Any) -> Service:
+    service: Service = from_message(Service, message)
+    return service
+
+
+def _node(message: Any) -> Node:
+    node: Node = from_message(Node, message)
+    return node
+
+
+def _task(message: Any) -> Task:
+    task: Task = from_message(Task, message)
+    return task
+
+
+def _all_fields(message: Any) -> dict[str, Any]:
+    """Every field, zero values included (``ListFields`` would drop them)."""
+    out: dict[str, Any] = {}
+    for field in message.DESCRIPTOR.fields:
+        value = getattr(message, field.name)
+        out[field.name] = list(value) if field.is_repeated else value
+    return out
+
+
+def _event(message: Any) -> dict[str, Any]:
+    kind = str(message.kind)
+    model = _EVENT_OBJECTS.get(kind)
+    has_object = model is not None and message.HasField(kind)
+    return {
+        "revision": int(message.revision),
+        "action": str(message.action),
+        "kind": kind,
+        "timestamp": float(message.timestamp),
+        "object": from_message(model, getattr(message, kind)) if has_object else None,
+    }

@@ -1,0 +1,91 @@
+"""Docker-style value syntax: sizes, durations, ``KEY=VALUE`` pairs, ``NAME=N``.
+
+The plain functions raise ``InvalidArgument``; the click types wrap them so a
+bad value is refused while parsing, before anything reaches a manager.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import click
+
+from warren.core.errors import InvalidArgument
+
+# Binary multiples, as Docker's --memory flags use them.
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+_SIZE_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)(?:i?b)?", re.IGNORECASE)
+
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
+_DURATION_PART = re.compile(rf"({_NUMBER})(ns|us|µs|ms|s|m|h)")
+_DURATION_RE = re.compile(rf"(?:{_NUMBER}(?:ns|us|µs|ms|s|m|h))+")
+_SECONDS_RE = re.compile(_NUMBER)
+
+
+def parse_size(text: str) -> int:
+    """Bytes from ``64m``, ``1.5g``, ``512k``, ``512kb``, ``1gib`` or plain ``1048576``."""
+    match = _SIZE_RE.fullmatch(text.strip())
+    if not match:
+        raise InvalidArgument(f"invalid size '{text}': use e.g. 512k, 64m, 1.5g or plain bytes")
+    number, unit = match.groups()
+    return int(float(number) * _SIZE_UNITS[unit.lower()])
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``5s``, ``1m30s``, ``500ms``, ``2h`` or plain seconds (``2.5``)."""
+    value = text.strip()
+    if _SECONDS_RE.fullmatch(value):
+        return float(value)
+    if not _DURATION_RE.fullmatch(value):
+        raise InvalidArgument(
+            f"invalid duration '{text}': use e.g. 500ms, 5s, 1m30s, 2h or plain seconds"
+        )
+    return sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(value))
+
+
+def format_seconds(seconds: float) -> str:
+    return f"{seconds:g}s"
+
+
+def parse_pair(text: str, what: str, value_required: bool) -> tuple[str, str]:
+    """``KEY=VALUE``; a bare ``KEY`` means an empty value unless one is required."""
+    key, sep, value = text.partition("=")
+    if not key or (value_required and not sep):
+        raise InvalidArgument(f"invalid {what} '{text}': expected KEY=VALUE")
+    return key, value
+
+
+def parse_scale(text: str) -> tuple[str, int]:
+    """``NAME=N`` as ``service scale`` takes it."""
+    name, sep, count = text.partition("=")
+    if not name or not sep or not count.isdigit():
+        raise InvalidArgument(f"invalid scale '{text}': expected SERVICE=REPLICAS, e.g. web=3")
+    return name, int(count)
+
+
+class Parsed(click.ParamType):
+    """A click type around one of the parsers above."""
+
+    def __init__(self, name: str, parser: Callable[[str], Any]) -> None:
+        self.name = name
+        self._parser = parser
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value  # a default that is already converted
+        try:
+            return self._parser(value)
+        except InvalidArgument as exc:
+            self.fail(str(exc), param, ctx)
+
+
+SIZE = Parsed("size", parse_size)
+DURATION = Parsed("duration", parse_duration)
+LABEL = Parsed("key=value", partial(parse_pair, what="label", value_required=False))
+ENV = Parsed("key=value", partial(parse_pair, what="environment variable", value_required=True))
+SCALE = Parsed("service=replicas", parse_scale)
+CPUS = click.FloatRange(min=0)

@@ -1,0 +1,91 @@
+"""The consensus boundary: a small protocol so another backend could replace Raft.
+
+``propose`` returns only once the command is committed and applied locally
+(so a caller reading the store afterwards sees its own write).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from warren.manager.store import Store
+
+LeadershipListener = Callable[[bool], None]
+
+
+@dataclass(frozen=True)
+class Member:
+    address: str  # raft host:port
+    is_leader: bool
+    reachable: bool
+
+
+class Consensus(Protocol):
+    store: Store
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def propose(self, command: dict[str, Any], timeout: float = 10.0) -> Any:
+        """Replicate and apply ``command``; raise ``Unavailable`` if it cannot commit."""
+        ...
+
+    @property
+    def is_leader(self) -> bool: ...
+
+    @property
+    def leader(self) -> str | None: ...
+
+    @property
+    def last_log_index(self) -> int: ...
+
+    def members(self) -> list[Member]: ...
+
+    def on_leadership_change(self, listener: LeadershipListener) -> None: ...
+
+
+class LocalConsensus:
+    """A one-member, in-process stand-in: applies at once. For tests."""
+
+    def __init__(self, store: Store | None = None) -> None:
+        self.store = store or Store()
+        self._index = 0
+        self._listeners: list[LeadershipListener] = []
+        self._started = False
+
+    async def start(self) -> None:
+        self._started = True
+        for listener in self._listeners:
+            listener(True)
+
+    async def stop(self) -> None:
+        self._started = False
+        for listener in self._listeners:
+            listener(False)
+
+    async def propose(self, command: dict[str, Any], timeout: float = 10.0) -> Any:
+        await asyncio.sleep(0)
+        self._index += 1
+        return self.store.apply(command)
+
+    @property
+    def is_leader(self) -> bool:
+        return self._started
+
+    @property
+    def leader(self) -> str | None:
+        return "local" if self._started else None
+
+    @property
+    def last_log_index(self) -> int:
+        return self._index
+
+    def members(self) -> list[Member]:
+        return [Member("local", self._started, True)]
+
+    def on_leadership_change(self, listener: LeadershipListener) -> None:
+        self._listeners.append(listener)

@@ -1,0 +1,304 @@
+"""The service layer behind both the gRPC and the REST API.
+
+Reads come from the local store; writes are commands through consensus,
+whose preconditions the state machine checks again when it applies them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any, TypeVar, cast
+
+from warren.core.errors import (
+    AlreadyExists,
+    Conflict,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
+from warren.core.models import (
+    Availability,
+    Cluster,
+    Node,
+    NodeRole,
+    NodeStatus,
+    Service,
+    ServiceMode,
+    ServiceSpec,
+    Task,
+    TaskStatus,
+    new_id,
+)
+from warren.core.states import TaskState
+from warren.manager.consensus import Consensus
+from warren.manager.store import MUST_NOT_EXIST, Kind, delete, put, raise_for_result, txn
+from warren.security.ca import CertificateAuthority
+from warren.security.tokens import JoinToken, new_secret, secrets_equal
+
+T = TypeVar("T")
+
+# Compare-and-swap retries for read-modify-write updates the user did not pin.
+_CAS_ATTEMPTS = 5
+
+
+class ControlService:
+    def __init__(self, consensus: Consensus, ca: CertificateAuthority) -> None:
+        self.consensus = consensus
+        self.store = consensus.store
+        self.ca = ca
+
+    async def _write(self, ops: list[dict[str, Any]]) -> Any:
+        return raise_for_result(await self.consensus.propose(txn(ops, at=time.time())))
+
+    # -- services --------------------------------------------------------------
+
+    async def create_service(self, spec: ServiceSpec) -> Service:
+        if self.store.service_by_name(spec.name) is not None:
+            raise AlreadyExists(f"service '{spec.name}' already exists")
+        spec = _normalise(spec)
+        now = time.time()
+        service = Service(id=new_id(), spec=spec, created_at=now, updated_at=now)
+        await self._write([put(service, MUST_NOT_EXIST)])
+        return cast(Service, self.store.get(Kind.SERVICE, service.id))
+
+    def get_service(self, ref: str) -> Service:
+        services: list[Service] = self.store.list(Kind.SERVICE)
+        by_name = {s.spec.name: s for s in services}
+        return _resolve(ref, {s.id: s for s in services}, by_name, "service")
+
+    def list_services(self) -> list[Service]:
+        return sorted(self.store.list(Kind.SERVICE), key=lambda s: s.spec.name)
+
+    async def update_service(self, ref: str, spec: ServiceSpec, version: int = 0) -> Service:
+        service = self.get_service(ref)
+        if version and version != service.version:
+            raise Conflict(
+                f"service '{service.spec.name}' changed since it was read "
+                f"(version {service.version}, not {version}); read it again"
+            )
+        if spec.mode != service.spec.mode:
+            raise InvalidArgument("a service's mode cannot change; create a new service")
+        spec = _normalise(spec)
+        if spec == service.spec:
+            return service
+        updated = replace(
+            service, spec=spec, spec_version=service.spec_version + 1, updated_at=time.time()
+        )
+        await self._write([put(updated, service.version)])
+        return cast(Service, self.store.get(Kind.SERVICE, service.id))
+
+    async def scale_service(self, ref: str, replicas: int) -> Service:
+        if replicas < 0:
+            raise InvalidArgument(f"replicas must be 0 or more, not {replicas}")
+        for _ in range(_CAS_ATTEMPTS):
+            service = self.get_service(ref)
+            if service.spec.mode != ServiceMode.REPLICATED:
+                raise InvalidArgument(
+                    f"service '{service.spec.name}' is global; only replicated services scale"
+                )
+            if service.spec.replicas == replicas:
+                return service
+            # Scaling is not a new spec version: running tasks stay as they are.
+            updated = replace(
+                service, spec=replace(service.spec, replicas=replicas), updated_at=time.time()
+            )
+            try:
+                await self._write([put(updated, service.version)])
+            except Conflict:
+                continue
+            return cast(Service, self.store.get(Kind.SERVICE, service.id))
+        raise Conflict("service kept changing; try again")
+
+    async def delete_service(self, ref: str) -> None:
+        service = self.get_service(ref)
+        # Its tasks are shut down by the orchestrator, which sees the delete.
+        await self._write([delete(Kind.SERVICE, service.id, service.version)])
+
+    # -- nodes -------------------------------------------------------------------
+
+    def get_node(self, ref: str) -> Node:
+        nodes: list[Node] = self.store.list(Kind.NODE)
+        by_name: dict[str, Node] = {}
+        for node in nodes:
+            # A hostname shared by several nodes is no name at all.
+            by_name[node.hostname] = node if node.hostname not in by_name else _AMBIGUOUS
+        return _resolve(ref, {n.id: n for n in nodes}, by_name, "node")
+
+    def list_nodes(self) -> list[Node]:
+        return sorted(
+            self.store.list(Kind.NODE), key=lambda n: (n.role != NodeRole.MANAGER, n.hostname)
+        )
+
+    async def update_node(
+        self,
+        ref: str,
+        availability: Availability | None = None,
+        label_add: dict[str, str] | None = None,
+        label_rm: list[str] | None = None,
+    ) -> Node:
+        for _ in range(_CAS_ATTEMPTS):
+            node = self.get_node(ref)
+            labels = dict(node.labels)
+            for key in label_rm or []:
+                if key not in labels:
+                    raise NotFound(f"node '{node.hostname}' has no label '{key}'")
+                del labels[key]
+            labels.update(label_add or {})
+            updated = replace(
+                node,
+                labels=labels,
+                availability=availability or node.availability,
+                updated_at=time.time(),
+            )
+            if updated == replace(node, updated_at=updated.updated_at):
+                return node
+            try:
+                await self._write([put(updated, node.version)])
+            except Conflict:
+                continue
+            return cast(Node, self.store.get(Kind.NODE, node.id))
+        raise Conflict("node kept changing; try again")
+
+    async def remove_node(self, ref: str, force: bool = False) -> None:
+        node = self.get_node(ref)
+        if node.role == NodeRole.MANAGER:
+            raise FailedPrecondition(
+                f"node '{node.hostname}' is a manager; a manager cannot be removed here"
+            )
+        if node.status == NodeStatus.READY and not force:
+            raise FailedPrecondition(
+                f"node '{node.hostname}' is not down and can't be removed; "
+                "drain it and stop it first, or use --force"
+            )
+        now = time.time()
+        ops = [delete(Kind.NODE, node.id, node.version)]
+        for task in self.store.tasks_on_node(node.id):
+            if task.status.state.is_active:
+                orphaned = replace(
+                    task,
+                    desired_state=TaskState.SHUTDOWN,
+                    status=TaskStatus(TaskState.ORPHANED, "node removed", timestamp=now),
+                    updated_at=now,
+                )
+                ops.append(put(orphaned, task.version))
+        await self._write(ops)
+
+    # -- tasks -------------------------------------------------------------------
+
+    def list_tasks(self, service: str = "", node: str = "") -> list[Task]:
+        if service:
+            tasks = self.store.tasks_of_service(self.get_service(service).id)
+        elif node:
+            tasks = self.store.tasks_on_node(self.get_node(node).id)
+        else:
+            tasks = self.store.list(Kind.TASK)
+        if service and node:
+            node_id = self.get_node(node).id
+            tasks = [t for t in tasks if t.node_id == node_id]
+        return sorted(tasks, key=lambda t: (t.service_name, t.slot, t.node_id, -t.created_at))
+
+    def get_task(self, ref: str) -> Task:
+        tasks: dict[str, Task] = {t.id: t for t in self.store.list(Kind.TASK)}
+        return _resolve(ref, tasks, {}, "task")
+
+    # -- cluster -------------------------------------------------------------------
+
+    def cluster(self) -> Cluster:
+        cluster = self.store.cluster()
+        if cluster is None:
+            raise FailedPrecondition("the cluster is not initialised yet")
+        return cluster
+
+    def manager_addresses(self) -> list[str]:
+        """API addresses of every manager, for workers and the CLI to fail over."""
+        managers = [n for n in self.store.list(Kind.NODE) if n.role == NodeRole.MANAGER]
+        return sorted(n.api_address for n in managers if n.api_address)
+
+    def cluster_info(self) -> dict[str, Any]:
+        cluster = self.cluster()
+        return {
+            "cluster_id": cluster.id,
+            "ca_fingerprint": cluster.ca_fingerprint,
+            "leader": self.consensus.leader or "",
+            "is_leader": self.consensus.is_leader,
+            "raft_last_log_index": self.consensus.last_log_index,
+            "managers": self.manager_addresses(),
+            "nodes": len(self.store.list(Kind.NODE)),
+            "services": len(self.store.list(Kind.SERVICE)),
+            "tasks": len(self.store.list(Kind.TASK)),
+        }
+
+    def join_token(self, role: str) -> str:
+        cluster = self.cluster()
+        secret = _token_secret(cluster, role)
+        return JoinToken(cluster.ca_fingerprint, secret).format()
+
+    async def rotate_join_token(self, role: str) -> str:
+        cluster = self.cluster()
+        _token_secret(cluster, role)
+        if role == NodeRole.WORKER:
+            rotated = replace(cluster, worker_token_secret=new_secret())
+        else:
+            rotated = replace(cluster, manager_token_secret=new_secret())
+        await self._write([put(rotated, cluster.version)])
+        return self.join_token(role)
+
+    async def join(
+        self, secret: str, role: str, csr: bytes, hostname: str, labels: dict[str, str]
+    ) -> tuple[Node, bytes]:
+        cluster = self.cluster()
+        if not secrets_equal(secret, _token_secret(cluster, role)):
+            raise PermissionDenied("invalid or rotated join token")
+        if role != NodeRole.WORKER:
+            raise FailedPrecondition("this manager accepts workers only")
+        now = time.time()
+        node = Node(
+            id=new_id(),
+            role=NodeRole.WORKER,
+            hostname=hostname or "worker",
+            labels=labels,
+            created_at=now,
+            updated_at=now,
+        )
+        certificate = self.ca.issue(csr, node.id, str(node.role))
+        await self._write([put(node, MUST_NOT_EXIST)])
+        return node, certificate
+
+
+_AMBIGUOUS: Any = object()
+
+
+def _resolve(ref: str, by_id: dict[str, T], by_name: dict[str, T], what: str) -> T:
+    """Find an object by exact ID, then name, then unique ID prefix (like Docker)."""
+    if not ref:
+        raise InvalidArgument(f"a {what} ID or name is required")
+    if ref in by_id:
+        return by_id[ref]
+    found = by_name.get(ref)
+    if found is _AMBIGUOUS:
+        raise InvalidArgument(f"{what} name '{ref}' is ambiguous; use its ID")
+    if found is not None:
+        return found
+    matches = [obj for object_id, obj in by_id.items() if object_id.startswith(ref)]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise InvalidArgument(f"{what} ID prefix '{ref}' is ambiguous")
+    raise NotFound(f"{what} '{ref}' not found")
+
+
+def _token_secret(cluster: Cluster, role: str) -> str:
+    if role == NodeRole.WORKER:
+        return cluster.worker_token_secret
+    if role == NodeRole.MANAGER:
+        return cluster.manager_token_secret
+    raise InvalidArgument(f"join token role must be worker or manager, not '{role}'")
+
+
+def _normalise(spec: ServiceSpec) -> ServiceSpec:
+    # A global service has one task per node: a replica count means nothing.
+    if spec.mode == ServiceMode.GLOBAL:
+        return replace(spec, replicas=0)
+    return spec

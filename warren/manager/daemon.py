@@ -1,0 +1,283 @@
+"""`warren cluster init`: a manager process (Raft member, APIs, controllers) plus
+a local agent, so a one-node cluster runs tasks.
+
+Re-running it on a data dir that already holds a node resumes that node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from warren.core.errors import FailedPrecondition, Unavailable
+from warren.core.models import Availability, Cluster, Node, NodeRole, NodeStatus, new_id
+from warren.manager.consensus import Consensus
+from warren.manager.control import ControlService
+from warren.manager.controllers import Orchestrator, Scheduler
+from warren.manager.dispatcher import Dispatcher
+from warren.manager.events import EventBus
+from warren.manager.grpc_api import ServerCredentials, start_grpc
+from warren.manager.metrics import Metrics, start_metrics
+from warren.manager.raft import RaftConsensus
+from warren.manager.rest import build_app, server_ssl_context, start_rest
+from warren.manager.store import MUST_NOT_EXIST, Store, barrier, put, raise_for_result, txn
+from warren.security.ca import CertificateAuthority, generate_key, key_pem
+from warren.security.tls import IdentityFiles, write_private
+from warren.security.tokens import new_secret
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ManagerOptions:
+    data_dir: Path
+    advertise_addr: str = "127.0.0.1"
+    listen_addr: str = "0.0.0.0"
+    api_port: int = 2377
+    rest_port: int = 2378
+    metrics_port: int = 9090
+    raft_port: int = 2379
+    runtime: str = "sim"
+    availability: Availability = Availability.ACTIVE
+    node_down_timeout: float = 15.0
+    config_dir: Path = field(default_factory=lambda: Path.home() / ".warren")
+    node_name: str = field(default_factory=socket.gethostname)
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def api_address(self) -> str:
+        return f"{self.advertise_addr}:{self.api_port}"
+
+    @property
+    def raft_address(self) -> str:
+        return f"{self.advertise_addr}:{self.raft_port}"
+
+
+@dataclass(frozen=True)
+class ManagerState:
+    """What a manager keeps about itself (manager.json); written last at init."""
+
+    node_id: str
+    cluster_id: str
+
+    @classmethod
+    def load(cls, data_dir: Path) -> ManagerState | None:
+        try:
+            raw = json.loads((data_dir / "manager.json").read_text())
+        except FileNotFoundError:
+            return None
+        return cls(raw["node_id"], raw["cluster_id"])
+
+    def save(self, data_dir: Path) -> None:
+        payload = {"node_id": self.node_id, "cluster_id": self.cluster_id}
+        write_private(data_dir / "manager.json", json.dumps(payload).encode())
+
+
+class Manager:
+    def __init__(self, options: ManagerOptions) -> None:
+        self.options = options
+        self.data_dir = options.data_dir
+        self.identity = IdentityFiles(self.data_dir / "certs")
+        self.store = Store()
+        self.consensus: Consensus = RaftConsensus(
+            self.store,
+            options.raft_address,
+            self.data_dir / "raft",
+            bind_address=f"{options.listen_addr}:{options.raft_port}",
+        )
+        self._leader_work: asyncio.Task[None] | None = None
+        self._closers: list[Callable[[], Awaitable[Any]]] = []
+
+    # -- bootstrap -----------------------------------------------------------------
+
+    def _load_or_create_ca(self, state: ManagerState | None) -> tuple[CertificateAuthority, str]:
+        ca_key_path = self.data_dir / "certs" / "ca-key.pem"
+        if state is not None:
+            ca_pem, _, _ = self.identity.load()
+            return CertificateAuthority.from_pem(ca_pem, ca_key_path.read_bytes()), state.node_id
+        if (self.data_dir / "raft").exists():
+            raise FailedPrecondition(
+                f"{self.data_dir} holds a partly initialised manager; remove it and run init again"
+            )
+        ca = CertificateAuthority.create(new_id())
+        node_id = new_id()
+        key = generate_key()
+        sans = [self.options.advertise_addr, self.options.node_name]
+        cert = ca.issue_for_key(key.public_key(), node_id, "manager", sans)
+        write_private(ca_key_path, ca.key_pem)
+        self.identity.save(ca.cert_pem, cert, key_pem(key))
+        return ca, node_id
+
+    def _write_admin_identity(self, ca: CertificateAuthority) -> None:
+        key = generate_key()
+        cert = ca.issue_for_key(key.public_key(), "admin", "admin")
+        config_dir = self.options.config_dir
+        IdentityFiles(config_dir).save(ca.cert_pem, cert, key_pem(key))
+        config = {"managers": [self.options.api_address]}
+        write_private(config_dir / "config.json", json.dumps(config).encode())
+
+    async def _wait_ready(self, timeout: float = 30.0) -> None:
+        """Wait for a leader and for every journaled entry to be applied."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                await self.consensus.propose(barrier(), timeout=2.0)
+                return
+            except Unavailable:
+                await asyncio.sleep(0.05)
+        raise Unavailable("no Raft leader elected; is a majority of managers up?")
+
+    async def _initialise_cluster(self, ca: CertificateAuthority, node_id: str) -> None:
+        now = time.time()
+        cluster = Cluster(
+            id=ca.cluster_id,
+            worker_token_secret=new_secret(),
+            manager_token_secret=new_secret(),
+            ca_fingerprint=ca.fingerprint,
+            created_at=now,
+        )
+        node = Node(
+            id=node_id,
+            role=NodeRole.MANAGER,
+            hostname=self.options.node_name,
+            address=self.options.advertise_addr,
+            labels=dict(self.options.labels),
+            availability=self.options.availability,
+            status=NodeStatus.UNKNOWN,
+            api_address=self.options.api_address,
+            created_at=now,
+            updated_at=now,
+        )
+        ops = [put(cluster, MUST_NOT_EXIST), put(node, MUST_NOT_EXIST)]
+        raise_for_result(await self.consensus.propose(txn(ops, at=now)))
+
+    # -- run -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        state = ManagerState.load(self.data_dir)
+        ca, node_id = self._load_or_create_ca(state)
+        self.node_id = node_id
+        await self.consensus.start()
+        self._closers.append(self.consensus.stop)
+        await self._wait_ready()
+        if state is None:
+            await self._initialise_cluster(ca, node_id)
+            self._write_admin_identity(ca)
+            ManagerState(node_id, ca.cluster_id).save(self.data_dir)
+            log.info("cluster initialised", extra={"cluster_id": ca.cluster_id, "node_id": node_id})
+        else:
+            log.info("manager resumed", extra={"node_id": node_id, "revision": self.store.revision})
+        await self._serve(ca)
+
+    async def _serve(self, ca: CertificateAuthority) -> None:
+        options = self.options
+        loop = asyncio.get_running_loop()
+        self.bus = EventBus(self.store, loop)
+        self.control = ControlService(self.consensus, ca)
+        self.metrics = Metrics(self.store, self.consensus)
+        self.dispatcher = Dispatcher(
+            self.consensus, self.bus, options.node_down_timeout, self.control.manager_addresses
+        )
+        ca_pem, cert_pem, key = self.identity.load()
+        credentials = ServerCredentials(self.control, ca_pem, cert_pem, key)
+        grpc_server = await start_grpc(
+            self.control,
+            self.bus,
+            self.dispatcher,
+            self.metrics,
+            f"{options.listen_addr}:{options.api_port}",
+            credentials,
+        )
+        self._closers.append(lambda: grpc_server.stop(1.0))
+        rest = await start_rest(
+            build_app(self.control, self.bus, self.metrics),
+            options.listen_addr,
+            options.rest_port,
+            server_ssl_context(ca_pem, cert_pem, key),
+        )
+        self._closers.append(rest.cleanup)
+        metrics_runner = await start_metrics(
+            self.metrics, options.listen_addr, options.metrics_port
+        )
+        self._closers.append(metrics_runner.cleanup)
+        self.consensus.on_leadership_change(self._on_leadership)
+        if self.consensus.is_leader:
+            self._on_leadership(True)
+        log.info(
+            "manager serving",
+            extra={
+                "api": options.api_port,
+                "rest": options.rest_port,
+                "metrics": options.metrics_port,
+            },
+        )
+
+    def _on_leadership(self, leader: bool) -> None:
+        if leader and self._leader_work is None:
+            self._leader_work = asyncio.create_task(self._lead())
+        elif not leader and self._leader_work is not None:
+            self._leader_work.cancel()
+            self._leader_work = None
+
+    async def _lead(self) -> None:
+        # A new leader first applies everything committed before it acts.
+        await self._wait_ready()
+        log.info("leading: controllers started")
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.dispatcher.run())
+            group.create_task(Orchestrator(self.consensus, self.bus).run())
+            group.create_task(Scheduler(self.consensus, self.bus).run())
+
+    async def stop(self) -> None:
+        if self._leader_work is not None:
+            self._leader_work.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._leader_work
+        for close in reversed(self._closers):
+            with contextlib.suppress(Exception):
+                await close()
+
+
+async def serve_manager(options: ManagerOptions, stop: asyncio.Event) -> None:
+    from warren.agent.agent import Agent
+    from warren.agent.daemon import make_runtime, run_until
+
+    manager = Manager(options)
+    try:
+        await manager.start()
+        agent = Agent(
+            node_id=manager.node_id,
+            managers=[f"127.0.0.1:{options.api_port}"],
+            identity=manager.identity,
+            runtime=make_runtime(options.runtime),
+            data_dir=options.data_dir / "agent",
+            hostname=options.node_name,
+            address=options.advertise_addr,
+        )
+        await run_until(agent.run(), stop)
+    finally:
+        await manager.stop()
+
+
+def run_manager(options: ManagerOptions) -> int:
+    from warren import logs
+    from warren.agent.daemon import install_stop_signals
+
+    logs.setup("manager")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        install_stop_signals(stop)
+        await serve_manager(options, stop)
+
+    asyncio.run(main())
+    return 0

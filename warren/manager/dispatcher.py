@@ -1,0 +1,227 @@
+"""Worker sessions: registration, heartbeats, assignment streams, status reports.
+
+Heartbeats stay in memory (they would flood the Raft log); only what they
+change, a node going down, is written. Assignments are pushed: each session
+recomputes its node's task set when a store event touches that node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from warren.core.errors import Conflict, PermissionDenied, Unavailable
+from warren.core.models import Node, NodeStatus, Resources, TaskStatus
+from warren.core.states import TaskState
+from warren.manager.consensus import Consensus
+from warren.manager.events import EventBus
+from warren.manager.store import Kind, put, raise_for_result, task_status, txn
+from warren.proto import warren_pb2 as pb
+from warren.proto.convert import from_message, to_message
+
+log = logging.getLogger(__name__)
+
+# Status reports are coalesced for this long before one Raft write per node.
+_STATUS_FLUSH_PERIOD = 0.05
+# Assignment pushes wait this long so a burst of task events sends one set.
+_ASSIGNMENT_DEBOUNCE = 0.02
+
+
+@dataclass
+class _Session:
+    node_id: str
+    dirty: asyncio.Event = field(default_factory=asyncio.Event)
+    last_sent: tuple[tuple[str, int], ...] | None = None
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        consensus: Consensus,
+        bus: EventBus,
+        node_down_timeout: float,
+        managers: Callable[[], list[str]],
+    ) -> None:
+        self.consensus = consensus
+        self.store = consensus.store
+        self.bus = bus
+        self.node_down_timeout = node_down_timeout
+        self.heartbeat_period = max(0.2, min(5.0, node_down_timeout / 4))
+        self._managers = managers
+        self._sessions: dict[str, _Session] = {}
+        self._last_seen: dict[str, float] = {}
+        self._pending: dict[str, dict[str, TaskStatus]] = {}
+        self._leader_since = time.monotonic()
+
+    # -- leader-only background work -------------------------------------------
+
+    async def run(self) -> None:
+        """Route events to sessions, flush status reports, detect down nodes."""
+        self._leader_since = time.monotonic()
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._route_events())
+            group.create_task(self._flush_statuses())
+            group.create_task(self._watch_heartbeats())
+
+    async def _route_events(self) -> None:
+        subscription = self.bus.subscribe([Kind.TASK, Kind.NODE])
+        try:
+            async for event in subscription:
+                node_id = event.object.node_id if event.kind is Kind.TASK else event.object.id
+                session = self._sessions.get(node_id)
+                if session is not None:
+                    session.dirty.set()
+        finally:
+            subscription.close()
+
+    async def _flush_statuses(self) -> None:
+        while True:
+            await asyncio.sleep(_STATUS_FLUSH_PERIOD)
+            if not self._pending:
+                continue
+            batches, self._pending = self._pending, {}
+            now = time.time()
+            results = await asyncio.gather(
+                *(self.consensus.propose(task_status(n, u, now)) for n, u in batches.items()),
+                return_exceptions=True,
+            )
+            for node_id, result in zip(batches, results, strict=True):
+                if isinstance(result, BaseException):
+                    log.warning("status reports from %s not committed: %s", node_id, result)
+                    # Keep newer reports that arrived meanwhile; retry the rest.
+                    merged = batches[node_id] | self._pending.get(node_id, {})
+                    self._pending[node_id] = merged
+
+    async def _watch_heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_period / 2)
+            now = time.monotonic()
+            for node in self.store.list(Kind.NODE):
+                if node.status != NodeStatus.READY:
+                    continue
+                # After a leader change, every node gets a full timeout to reconnect.
+                seen = max(self._last_seen.get(node.id, 0.0), self._leader_since)
+                if now - seen > self.node_down_timeout:
+                    await self._mark_down(node, f"no heartbeat for {now - seen:.1f}s")
+
+    async def _mark_down(self, node: Node, reason: str) -> None:
+        now = time.time()
+        ops = [
+            put(
+                replace(node, status=NodeStatus.DOWN, status_message=reason, updated_at=now),
+                node.version,
+            )
+        ]
+        for task in self.store.tasks_on_node(node.id):
+            if task.status.state.is_active:
+                orphaned = TaskStatus(TaskState.ORPHANED, f"node down: {reason}", timestamp=now)
+                ops.append(put(replace(task, status=orphaned, updated_at=now), task.version))
+        try:
+            raise_for_result(await self.consensus.propose(txn(ops, at=now)))
+            log.warning("node down", extra={"node_id": node.id, "reason": reason})
+        except (Conflict, Unavailable) as exc:
+            log.info("marking %s down deferred: %s", node.id, exc)
+
+    # -- sessions ----------------------------------------------------------------
+
+    async def session(self, node_id: str, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        if not self.consensus.is_leader:
+            leader = self.consensus.leader or "unknown"
+            raise Unavailable(f"this manager is not the leader (leader: {leader})")
+        first = await anext(aiter(requests), None)
+        if first is None or first.WhichOneof("message") != "register":
+            raise PermissionDenied("a session must start with register")
+        await self._register(node_id, first.register)
+        session = _Session(node_id)
+        previous = self._sessions.get(node_id)
+        if previous is not None:
+            previous.dirty.set()
+        self._sessions[node_id] = session
+        self._last_seen[node_id] = time.monotonic()
+        reader = asyncio.create_task(self._read(node_id, requests))
+        try:
+            yield pb.ManagerMessage(
+                session=pb.SessionInfo(
+                    node_id=node_id,
+                    heartbeat_period=self.heartbeat_period,
+                    managers=self._managers(),
+                )
+            )
+            session.dirty.set()
+            while not reader.done() and self._sessions.get(node_id) is session:
+                await _wait_either(session.dirty, reader)
+                if reader.done() or self._sessions.get(node_id) is not session:
+                    break
+                await asyncio.sleep(_ASSIGNMENT_DEBOUNCE)
+                session.dirty.clear()
+                message = self._assignments_if_changed(session)
+                if message is not None:
+                    yield message
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            if self._sessions.get(node_id) is session:
+                del self._sessions[node_id]
+
+    async def _register(self, node_id: str, register: Any) -> None:
+        resources = from_message(Resources, register.resources)
+        for _ in range(5):
+            node = self.store.find(Kind.NODE, node_id)
+            if node is None:
+                raise PermissionDenied(f"node {node_id} is not part of this cluster (removed?)")
+            updated = replace(
+                node,
+                hostname=register.hostname or node.hostname,
+                address=register.address or node.address,
+                resources=resources,
+                status=NodeStatus.READY,
+                status_message="",
+                updated_at=time.time(),
+            )
+            if updated == replace(node, updated_at=updated.updated_at):
+                return
+            try:
+                raise_for_result(
+                    await self.consensus.propose(txn([put(updated, node.version)], at=time.time()))
+                )
+                return
+            except Conflict:
+                continue
+        raise Conflict(f"node {node_id} kept changing during registration")
+
+    async def _read(self, node_id: str, requests: AsyncIterator[Any]) -> None:
+        async for message in requests:
+            self._last_seen[node_id] = time.monotonic()
+            if message.WhichOneof("message") == "status":
+                pending = self._pending.setdefault(node_id, {})
+                for task_id, status in message.status.statuses.items():
+                    pending[task_id] = from_message(TaskStatus, status)
+
+    def _assignments_if_changed(self, session: _Session) -> Any | None:
+        # Everything not yet terminal: tasks to run and tasks to stop. A task
+        # missing from the set is one the node no longer owns.
+        tasks = sorted(
+            (t for t in self.store.tasks_on_node(session.node_id) if t.status.state.is_active),
+            key=lambda t: t.id,
+        )
+        fingerprint = tuple((t.id, t.version) for t in tasks)
+        if fingerprint == session.last_sent:
+            return None
+        session.last_sent = fingerprint
+        return pb.ManagerMessage(
+            assignments=pb.Assignments(tasks=[to_message(t, pb.Task) for t in tasks])
+        )
+
+
+async def _wait_either(event: asyncio.Event, task: asyncio.Task[None]) -> None:
+    waiter = asyncio.create_task(event.wait())
+    try:
+        await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()

@@ -1,0 +1,281 @@
+"""gRPC servicers over mTLS. Authorization is decided here, by certificate role.
+
+The server trusts the cluster CA plus one "join root" per live join token
+(see ``warren.security.join``); the credentials fetcher runs before every
+handshake, so a rotated token stops working at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import grpc
+
+from warren.core.errors import PermissionDenied, Unauthenticated, WarrenError
+from warren.core.models import Availability, ServiceSpec
+from warren.manager.control import ControlService
+from warren.manager.dispatcher import Dispatcher
+from warren.manager.events import EventBus
+from warren.manager.metrics import Metrics
+from warren.manager.store import Kind, StoreEvent
+from warren.proto import warren_pb2 as pb
+from warren.proto import warren_pb2_grpc as pb_grpc
+from warren.proto.convert import from_message, to_message
+from warren.proto.errors import ERROR_CODE_KEY, GRPC_STATUS
+from warren.security.join import join_root_cert
+from warren.security.tls import PeerIdentity, identity_from_pem
+
+log = logging.getLogger(__name__)
+
+ADMIN_ROLES = frozenset({"admin", "manager"})
+NODE_ROLES = frozenset({"worker", "manager"})
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def peer_identity(context: grpc.aio.ServicerContext) -> PeerIdentity:
+    auth = context.auth_context()
+    pems = auth.get("x509_pem_cert") if auth else None
+    if not pems:
+        raise Unauthenticated("a client certificate is required")
+    return identity_from_pem(pems[0])
+
+
+def _require(context: grpc.aio.ServicerContext, roles: frozenset[str]) -> PeerIdentity:
+    identity = peer_identity(context)
+    if identity.role not in roles:
+        who = identity.role or "a joining node"
+        raise PermissionDenied(f"{who} certificates may not call this method")
+    return identity
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: WarrenError) -> None:
+    await context.abort(
+        GRPC_STATUS.get(exc.code, grpc.StatusCode.INTERNAL),
+        exc.message,
+        trailing_metadata=((ERROR_CODE_KEY, exc.code),),
+    )
+
+
+def admin_rpc(method: F) -> F:
+    """Check the caller is an admin or manager, time the call, map Warren errors."""
+
+    @wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        started = time.perf_counter()
+        try:
+            _require(context, ADMIN_ROLES)
+            return await method(self, request, context)
+        except WarrenError as exc:
+            await _abort(context, exc)
+        finally:
+            if self.metrics is not None:
+                self.metrics.observe("grpc", method.__name__, time.perf_counter() - started)
+
+    return wrapper  # type: ignore[return-value]
+
+
+class ControlServicer(pb_grpc.ControlServicer):  # type: ignore[misc]
+    def __init__(self, control: ControlService, bus: EventBus, metrics: Metrics | None) -> None:
+        self.control = control
+        self.bus = bus
+        self.metrics = metrics
+
+    @admin_rpc
+    async def CreateService(self, request: Any, context: Any) -> Any:
+        spec = from_message(ServiceSpec, request.spec)
+        return to_message(await self.control.create_service(spec), pb.Service)
+
+    @admin_rpc
+    async def GetService(self, request: Any, context: Any) -> Any:
+        return to_message(self.control.get_service(request.service), pb.Service)
+
+    @admin_rpc
+    async def ListServices(self, request: Any, context: Any) -> Any:
+        services = [to_message(s, pb.Service) for s in self.control.list_services()]
+        return pb.ListServicesResponse(services=services)
+
+    @admin_rpc
+    async def UpdateService(self, request: Any, context: Any) -> Any:
+        spec = from_message(ServiceSpec, request.spec)
+        service = await self.control.update_service(request.service, spec, request.version)
+        return to_message(service, pb.Service)
+
+    @admin_rpc
+    async def ScaleService(self, request: Any, context: Any) -> Any:
+        service = await self.control.scale_service(request.service, request.replicas)
+        return to_message(service, pb.Service)
+
+    @admin_rpc
+    async def DeleteService(self, request: Any, context: Any) -> Any:
+        await self.control.delete_service(request.service)
+        return pb.Empty()
+
+    @admin_rpc
+    async def ListNodes(self, request: Any, context: Any) -> Any:
+        return pb.ListNodesResponse(
+            nodes=[to_message(n, pb.Node) for n in self.control.list_nodes()]
+        )
+
+    @admin_rpc
+    async def GetNode(self, request: Any, context: Any) -> Any:
+        return to_message(self.control.get_node(request.node), pb.Node)
+
+    @admin_rpc
+    async def UpdateNode(self, request: Any, context: Any) -> Any:
+        availability = Availability(request.availability) if request.availability else None
+        node = await self.control.update_node(
+            request.node, availability, dict(request.label_add), list(request.label_rm)
+        )
+        return to_message(node, pb.Node)
+
+    @admin_rpc
+    async def RemoveNode(self, request: Any, context: Any) -> Any:
+        await self.control.remove_node(request.node, request.force)
+        return pb.Empty()
+
+    @admin_rpc
+    async def ListTasks(self, request: Any, context: Any) -> Any:
+        tasks = self.control.list_tasks(request.service, request.node)
+        return pb.ListTasksResponse(tasks=[to_message(t, pb.Task) for t in tasks])
+
+    @admin_rpc
+    async def GetTask(self, request: Any, context: Any) -> Any:
+        return to_message(self.control.get_task(request.task), pb.Task)
+
+    @admin_rpc
+    async def GetClusterInfo(self, request: Any, context: Any) -> Any:
+        return pb.ClusterInfo(**self.control.cluster_info())
+
+    @admin_rpc
+    async def GetJoinToken(self, request: Any, context: Any) -> Any:
+        if request.rotate:
+            token = await self.control.rotate_join_token(request.role)
+        else:
+            token = self.control.join_token(request.role)
+        return pb.JoinTokenResponse(token=token)
+
+    async def StreamEvents(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        try:
+            _require(context, ADMIN_ROLES)
+            kinds = [Kind(k) for k in request.kinds] if request.kinds else None
+        except (WarrenError, ValueError) as exc:
+            err = exc if isinstance(exc, WarrenError) else PermissionDenied(str(exc))
+            await _abort(context, err)
+            return
+        subscription = self.bus.subscribe(kinds, maxsize=10_000)
+        try:
+            async for event in subscription:
+                yield event_message(event)
+        finally:
+            subscription.close()
+
+
+_EVENT_FIELD = {
+    Kind.NODE: ("node", pb.Node),
+    Kind.SERVICE: ("service", pb.Service),
+    Kind.TASK: ("task", pb.Task),
+}
+
+
+def event_message(event: StoreEvent) -> Any:
+    message = pb.Event(
+        revision=event.revision,
+        action=str(event.action),
+        kind=str(event.kind),
+        timestamp=event.timestamp,
+    )
+    if event.kind in _EVENT_FIELD:
+        name, cls = _EVENT_FIELD[event.kind]
+        getattr(message, name).CopyFrom(to_message(event.object, cls))
+    return message
+
+
+class DispatcherServicer(pb_grpc.DispatcherServicer):  # type: ignore[misc]
+    def __init__(self, control: ControlService, dispatcher: Dispatcher) -> None:
+        self.control = control
+        self.dispatcher = dispatcher
+
+    async def Join(self, request: Any, context: Any) -> Any:
+        try:
+            identity = peer_identity(context)
+            if identity.joining_role is None:
+                raise PermissionDenied("join with a join token, not a node certificate")
+            if identity.joining_role != request.role:
+                raise PermissionDenied(f"this token cannot join a {request.role}")
+            node, certificate = await self.control.join(
+                request.secret, request.role, request.csr, request.hostname, dict(request.labels)
+            )
+        except WarrenError as exc:
+            await _abort(context, exc)
+            raise AssertionError("unreachable") from exc
+        log.info("node joined", extra={"node_id": node.id, "hostname": node.hostname})
+        return pb.JoinResponse(
+            node_id=node.id,
+            certificate=certificate,
+            ca_certificate=self.control.ca.cert_pem,
+            managers=self.control.manager_addresses(),
+        )
+
+    async def Session(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
+        try:
+            identity = _require(context, NODE_ROLES)
+            async for message in self.dispatcher.session(identity.node_id, request_iterator):
+                yield message
+        except WarrenError as exc:
+            await _abort(context, exc)
+
+
+class ServerCredentials:
+    """Server TLS that trusts the CA plus the current join roots."""
+
+    def __init__(self, control: ControlService, ca_pem: bytes, cert_pem: bytes, key_pem: bytes):
+        self._control = control
+        self._ca_pem = ca_pem
+        self._chain = [(key_pem, cert_pem + ca_pem)]
+        self._secrets: tuple[str, str] | None = None
+
+    def _current(self) -> grpc.ServerCertificateConfiguration | None:
+        cluster = self._control.store.cluster()
+        secrets = (
+            (cluster.worker_token_secret, cluster.manager_token_secret) if cluster else ("", "")
+        )
+        if secrets == self._secrets:
+            return None
+        self._secrets = secrets
+        roots = self._ca_pem
+        if cluster is not None:
+            roots += join_root_cert(secrets[0], "worker") + join_root_cert(secrets[1], "manager")
+        return grpc.ssl_server_certificate_configuration(self._chain, root_certificates=roots)
+
+    def credentials(self) -> grpc.ServerCredentials:
+        initial = self._current()
+        return grpc.dynamic_ssl_server_credentials(
+            initial, self._current, require_client_authentication=True
+        )
+
+
+async def start_grpc(
+    control: ControlService,
+    bus: EventBus,
+    dispatcher: Dispatcher,
+    metrics: Metrics | None,
+    address: str,
+    credentials: ServerCredentials,
+) -> grpc.aio.Server:
+    server = grpc.aio.server(
+        options=[
+            ("grpc.keepalive_time_ms", 10_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ]
+    )
+    pb_grpc.add_ControlServicer_to_server(ControlServicer(control, bus, metrics), server)
+    pb_grpc.add_DispatcherServicer_to_server(DispatcherServicer(control, dispatcher), server)
+    server.add_secure_port(address, credentials.credentials())
+    await server.start()
+    return server

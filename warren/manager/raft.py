@@ -1,0 +1,167 @@
+"""Raft through PySyncObj: the real ``Consensus`` implementation.
+
+PySyncObj runs its own thread; its callbacks are bridged to asyncio with
+``call_soon_threadsafe``. Every proposal carries a timeout, because a command
+forwarded to a dead leader never calls back otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
+
+from warren.core.errors import Unavailable
+from warren.manager.consensus import LeadershipListener, Member
+from warren.manager.store import Store
+
+log = logging.getLogger(__name__)
+
+_LEADER_STATE = 2  # pysyncobj's _RAFT_STATE.LEADER
+
+_FAILURES = {
+    FAIL_REASON.QUEUE_FULL: "the command queue is full",
+    FAIL_REASON.MISSING_LEADER: "there is no leader (election in progress or no quorum)",
+    FAIL_REASON.DISCARDED: "the command was discarded by a new leader",
+    FAIL_REASON.NOT_LEADER: "the leader changed before the command committed",
+    FAIL_REASON.LEADER_CHANGED: "the leader changed before the command committed",
+    FAIL_REASON.REQUEST_DENIED: "the command was denied",
+    FAIL_REASON.UNKNOWN_OUTCOME: "the command's outcome is unknown",
+}
+
+
+class _StoreConsumer(SyncObjConsumer):  # type: ignore[misc]
+    """Holds the store; PySyncObj snapshots it through ``_serialize``."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__()
+        self.store = store
+
+    @replicated  # type: ignore[untyped-decorator]
+    def apply(self, payload: str) -> Any:
+        return self.store.apply(json.loads(payload))
+
+    def _serialize(self) -> Any:
+        return self.store.export_state()
+
+    def _deserialize(self, data: Any) -> None:
+        self.store.import_state(data)
+
+
+class RaftConsensus:
+    def __init__(
+        self,
+        store: Store,
+        self_address: str,
+        data_dir: Path,
+        peers: list[str] | None = None,
+        bind_address: str | None = None,
+        election_timeout: tuple[float, float] = (0.15, 0.3),
+        password: str | None = None,
+    ) -> None:
+        self.store = store
+        self.self_address = self_address
+        self._peers = list(peers or [])
+        self._data_dir = data_dir
+        self._bind_address = bind_address
+        self._election_timeout = election_timeout
+        self._password = password
+        self._listeners: list[LeadershipListener] = []
+        self._consumer = _StoreConsumer(store)
+        self._syncobj: SyncObj | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._data_dir.mkdir(parents=True, exist_ok=True)
+        conf = SyncObjConf(
+            journalFile=str(self._data_dir / "journal"),
+            fullDumpFile=str(self._data_dir / "snapshot"),
+            dynamicMembershipChange=True,
+            raftMinTimeout=self._election_timeout[0],
+            raftMaxTimeout=self._election_timeout[1],
+            # Short append period: a write waits for the next batch to commit.
+            appendEntriesPeriod=0.01,
+            autoTickPeriod=0.005,
+            logCompactionMinEntries=20000,
+            logCompactionMinTime=600,
+            bindAddress=self._bind_address,
+            password=self._password,
+            onStateChanged=self._on_state_changed,
+        )
+        # Loading the journal replays the log into the store, so this blocks.
+        self._syncobj = await asyncio.to_thread(
+            SyncObj, self.self_address, self._peers, conf, [self._consumer]
+        )
+
+    async def stop(self) -> None:
+        if self._syncobj is not None:
+            syncobj, self._syncobj = self._syncobj, None
+            await asyncio.to_thread(syncobj.destroy_synchronous)
+
+    async def propose(self, command: dict[str, Any], timeout: float = 10.0) -> Any:
+        if self._syncobj is None or self._loop is None:
+            raise Unavailable("consensus is not running")
+        loop = self._loop
+        future: asyncio.Future[Any] = loop.create_future()
+
+        def settle(result: Any, error: int) -> None:
+            if future.done():
+                return
+            if error == FAIL_REASON.SUCCESS:
+                future.set_result(result)
+            else:
+                reason = _FAILURES.get(error, f"failure code {error}")
+                future.set_exception(Unavailable(f"write not committed: {reason}"))
+
+        def on_result(result: Any, error: int) -> None:
+            loop.call_soon_threadsafe(settle, result, error)
+
+        self._consumer.apply(json.dumps(command, separators=(",", ":")), callback=on_result)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise Unavailable(f"write not committed within {timeout:g}s (no quorum?)") from None
+
+    @property
+    def is_leader(self) -> bool:
+        return self._syncobj is not None and bool(self._syncobj._isLeader())
+
+    @property
+    def leader(self) -> str | None:
+        if self._syncobj is None:
+            return None
+        node = self._syncobj._getLeader()
+        return None if node is None else str(node.id)
+
+    @property
+    def last_log_index(self) -> int:
+        if self._syncobj is None:
+            return 0
+        return int(self._syncobj.raftCommitIndex)
+
+    def members(self) -> list[Member]:
+        if self._syncobj is None:
+            return []
+        leader = self.leader
+        out = [Member(self.self_address, leader == self.self_address, True)]
+        for node in self._syncobj.otherNodes:
+            reachable = bool(self._syncobj.isNodeConnected(node))
+            out.append(Member(str(node.id), leader == node.id, reachable))
+        return out
+
+    def on_leadership_change(self, listener: LeadershipListener) -> None:
+        self._listeners.append(listener)
+
+    def _on_state_changed(self, old: int, new: int) -> None:
+        # Runs on PySyncObj's thread.
+        became = new == _LEADER_STATE
+        if (old == _LEADER_STATE) == became or self._loop is None:
+            return
+        log.info("raft leadership %s", "acquired" if became else "lost")
+        for listener in self._listeners:
+            self._loop.call_soon_threadsafe(listener, became)

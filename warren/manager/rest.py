@@ -1,0 +1,646 @@
+"""REST/JSON API over mutual TLS, a thin adapter over ``ControlService``.
+
+One route table drives both the router and the OpenAPI document, so the two
+cannot disagree. Every error is ``{"error": {"code", "message"}}``; input is
+validated in full before ``ControlService`` is called, and ``ControlService``
+checks again before it proposes anything, so bad input never changes state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import json
+import logging
+import math
+import ssl
+import tempfile
+import time
+import types
+import typing
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from warren.core.codec import from_dict, to_dict
+from warren.core.errors import InvalidArgument, PermissionDenied, Unauthenticated, WarrenError
+from warren.core.models import Availability, Node, Service, ServiceSpec, Task
+from warren.manager.control import ControlService
+from warren.manager.events import EventBus, Subscription
+from warren.manager.metrics import Metrics
+from warren.manager.store import EventAction, Kind, StoreEvent
+from warren.proto.errors import HTTP_STATUS
+from warren.security.tls import identity_from_pem, write_private
+
+log = logging.getLogger(__name__)
+
+API_ROLES = frozenset({"admin", "manager"})
+# Often enough that idle proxies keep the stream open and a gone client is noticed.
+KEEPALIVE_SECONDS = 15.0
+# Long-lived event streams are ended on shutdown; this only bounds stragglers.
+SHUTDOWN_TIMEOUT = 5.0
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+CONTROL = web.AppKey("control", ControlService)
+BUS = web.AppKey("bus", EventBus)
+METRICS = web.AppKey("metrics", Metrics)
+# Open event streams, closed on shutdown so it never waits on idle clients.
+STREAMS = web.AppKey("streams", set[Subscription])
+
+
+# -- request bodies (decoded by the strict codec, like the models) -------------
+
+
+@dataclass(frozen=True)
+class ServiceUpdate:
+    spec: ServiceSpec
+    version: int = 0  # 0: update whatever version is current
+
+
+@dataclass(frozen=True)
+class ScaleRequest:
+    replicas: int
+
+
+@dataclass(frozen=True)
+class NodeUpdate:
+    availability: Availability | None = None
+    label_add: dict[str, str] = field(default_factory=dict)
+    label_rm: tuple[str, ...] = ()
+
+
+# -- errors ----------------------------------------------------------------------
+
+
+def _first_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[0] if lines else "unknown error"
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    body = {"error": {"code": code, "message": _first_line(message)}}
+    return web.json_response(body, status=status)
+
+
+# aiohttp's own errors (routing, body size) have no Warren error behind them.
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
+def _from_http_exception(exc: web.HTTPException) -> web.Response:
+    code = _HTTP_CODES.get(exc.status, "invalid_argument" if exc.status < 500 else "internal")
+    response = error_response(exc.status, code, exc.reason)
+    if "Allow" in exc.headers:
+        response.headers["Allow"] = exc.headers["Allow"]
+    return response
+
+
+# -- middlewares (outermost first) -------------------------------------------------
+
+
+@web.middleware
+async def _timing(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    try:
+        return await handler(request)
+    finally:
+        metrics = request.app.get(METRICS)
+        if metrics is not None:
+            name = request.match_info.route.name or "unmatched"
+            metrics.observe("rest", name, time.perf_counter() - started)
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except WarrenError as exc:
+        return error_response(HTTP_STATUS.get(exc.code, 500), exc.code, exc.message)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _from_http_exception(exc)
+    except Exception:
+        log.exception("REST %s %s failed", request.method, request.path)
+        return error_response(500, "internal", "internal error; see the manager's log")
+
+
+@web.middleware
+async def _authorize(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Only admin and manager certificates may use the API (the TLS layer verified them)."""
+    transport = request.transport
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    if not der:
+        raise Unauthenticated("a client certificate is required")
+    identity = identity_from_pem(ssl.DER_cert_to_PEM_cert(der).encode())
+    if identity.role not in API_ROLES:
+        who = identity.role or "a joining node"
+        raise PermissionDenied(f"{who} certificates may not use the REST API")
+    return await handler(request)
+
+
+# -- input helpers -------------------------------------------------------------------
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("number out of range")
+    return value
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    try:
+        data = json.loads(raw, parse_float=_finite_float, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise InvalidArgument("request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise InvalidArgument("request body must be a JSON object")
+    return data
+
+
+def _require(data: dict[str, Any], *names: str) -> None:
+    # The codec would say so too, but as a Python TypeError message.
+    missing = [name for name in names if name not in data]
+    if missing:
+        raise InvalidArgument(f"body: missing field '{missing[0]}'")
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    value = request.query.get(name, "false").lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no", ""):
+        return False
+    raise InvalidArgument(f"query parameter '{name}' must be true or false, not '{value}'")
+
+
+def _kinds(request: web.Request) -> frozenset[Kind] | None:
+    text = request.query.get("kinds", "").strip()
+    if not text:
+        return None
+    kinds: set[Kind] = set()
+    for name in text.split(","):
+        try:
+            kinds.add(Kind(name.strip()))
+        except ValueError:
+            allowed = ", ".join(k.value for k in Kind)
+            raise InvalidArgument(f"unknown event kind '{name}': use {allowed}") from None
+    return frozenset(kinds)
+
+
+def _ok(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(to_dict(data), status=status)
+
+
+def _control(request: web.Request) -> ControlService:
+    return request.app[CONTROL]
+
+
+# -- handlers ------------------------------------------------------------------------
+
+
+async def list_services(request: web.Request) -> web.Response:
+    return _ok(_control(request).list_services())
+
+
+async def create_service(request: web.Request) -> web.Response:
+    spec = from_dict(ServiceSpec, await _json_object(request), "spec")
+    return _ok(await _control(request).create_service(spec), status=201)
+
+
+async def get_service(request: web.Request) -> web.Response:
+    return _ok(_control(request).get_service(request.match_info["id"]))
+
+
+async def update_service(request: web.Request) -> web.Response:
+    data = await _json_object(request)
+    _require(data, "spec")
+    body = from_dict(ServiceUpdate, data, "body")
+    if body.version < 0:
+        raise InvalidArgument("body.version cannot be negative")
+    control = _control(request)
+    return _ok(await control.update_service(request.match_info["id"], body.spec, body.version))
+
+
+async def delete_service(request: web.Request) -> web.Response:
+    await _control(request).delete_service(request.match_info["id"])
+    return web.Response(status=204)
+
+
+async def scale_service(request: web.Request) -> web.Response:
+    data = await _json_object(request)
+    _require(data, "replicas")
+    body = from_dict(ScaleRequest, data, "body")
+    return _ok(await _control(request).scale_service(request.match_info["id"], body.replicas))
+
+
+async def list_nodes(request: web.Request) -> web.Response:
+    return _ok(_control(request).list_nodes())
+
+
+async def get_node(request: web.Request) -> web.Response:
+    return _ok(_control(request).get_node(request.match_info["id"]))
+
+
+async def update_node(request: web.Request) -> web.Response:
+    body = from_dict(NodeUpdate, await _json_object(request), "body")
+    node = await _control(request).update_node(
+        request.match_info["id"], body.availability, body.label_add, list(body.label_rm)
+    )
+    return _ok(node)
+
+
+async def remove_node(request: web.Request) -> web.Response:
+    force = _flag(request, "force")
+    await _control(request).remove_node(request.match_info["id"], force=force)
+    return web.Response(status=204)
+
+
+async def list_tasks(request: web.Request) -> web.Response:
+    query = request.query
+    tasks = _control(request).list_tasks(query.get("service", ""), query.get("node", ""))
+    return _ok(tasks)
+
+
+async def get_task(request: web.Request) -> web.Response:
+    return _ok(_control(request).get_task(request.match_info["id"]))
+
+
+def _sse_frame(event: StoreEvent) -> bytes:
+    data = {
+        "revision": event.revision,
+        "action": event.action.value,
+        "kind": event.kind.value,
+        "timestamp": event.timestamp,
+        "object": to_dict(event.object),
+    }
+    return f"event: {event.kind}.{event.action}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+async def _pump(subscription: Subscription, response: web.StreamResponse) -> None:
+    while True:
+        try:
+            event = await asyncio.wait_for(subscription.queue.get(), KEEPALIVE_SECONDS)
+        except TimeoutError:
+            # Also how a vanished client is noticed: the write fails.
+            await response.write(b": keepalive\n\n")
+            continue
+        if event is None:  # closed: overflow or shutdown
+            return
+        await response.write(_sse_frame(event))
+
+
+async def stream_events(request: web.Request) -> web.StreamResponse:
+    kinds = _kinds(request)
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    streams = request.app[STREAMS]
+    subscription = request.app[BUS].subscribe(kinds)
+    streams.add(subscription)
+    try:
+        await response.prepare(request)
+        await _pump(subscription, response)
+    except ConnectionError:
+        pass  # the client went away
+    finally:
+        streams.discard(subscription)
+        subscription.close()
+    return response
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document())
+
+
+# -- the route table -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    description: str
+    type: str = "string"
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    status: int = 200
+    # A component schema name; "[Name]" is an array of it; None: no JSON body.
+    response: str | None = None
+    body: str | None = None
+    query: tuple[Param, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.handler.__name__
+
+
+_SERVICE_OR_NODE_REF = "ID, unique ID prefix or name"
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/v1/services", list_services, "List services", response="[Service]"),
+    Route(
+        "POST", "/v1/services", create_service, "Create a service", 201, "Service", "ServiceSpec"
+    ),
+    Route("GET", "/v1/services/{id}", get_service, "Inspect a service", response="Service"),
+    Route(
+        "PUT",
+        "/v1/services/{id}",
+        update_service,
+        "Replace a service's spec",
+        response="Service",
+        body="ServiceUpdate",
+    ),
+    Route("DELETE", "/v1/services/{id}", delete_service, "Remove a service", 204),
+    Route(
+        "POST",
+        "/v1/services/{id}/scale",
+        scale_service,
+        "Set a replicated service's replica count",
+        response="Service",
+        body="ScaleRequest",
+    ),
+    Route("GET", "/v1/nodes", list_nodes, "List nodes", response="[Node]"),
+    Route("GET", "/v1/nodes/{id}", get_node, "Inspect a node", response="Node"),
+    Route(
+        "PUT",
+        "/v1/nodes/{id}",
+        update_node,
+        "Change a node's availability or labels",
+        response="Node",
+        body="NodeUpdate",
+    ),
+    Route(
+        "DELETE",
+        "/v1/nodes/{id}",
+        remove_node,
+        "Remove a worker node",
+        204,
+        query=(Param("force", "Remove even if the node is ready", "boolean"),),
+    ),
+    Route(
+        "GET",
+        "/v1/tasks",
+        list_tasks,
+        "List tasks",
+        response="[Task]",
+        query=(
+            Param("service", f"Only this service's tasks ({_SERVICE_OR_NODE_REF})"),
+            Param("node", f"Only tasks on this node ({_SERVICE_OR_NODE_REF})"),
+        ),
+    ),
+    Route("GET", "/v1/tasks/{id}", get_task, "Inspect a task", response="Task"),
+    Route(
+        "GET",
+        "/v1/events",
+        stream_events,
+        "Stream store events (Server-Sent Events)",
+        response="Event",
+        query=(Param("kinds", "Comma-separated kinds: cluster, node, service, task"),),
+    ),
+    Route("GET", "/openapi.json", openapi, "This document"),
+)
+
+
+# -- OpenAPI -------------------------------------------------------------------------
+
+_REQUEST_BODIES = {"ServiceSpec": ServiceSpec, "ServiceUpdate": ServiceUpdate}
+_REQUEST_BODIES |= {"ScaleRequest": ScaleRequest, "NodeUpdate": NodeUpdate}
+_MODELS: dict[str, type[Any]] = {"Service": Service, "Node": Node, "Task": Task}
+_MODELS |= _REQUEST_BODIES
+
+_ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+        }
+    },
+}
+
+_EVENT_SCHEMA = {
+    "type": "object",
+    "description": "One SSE `data:` line; the `event:` line is `<kind>.<action>`.",
+    "properties": {
+        "revision": {"type": "integer"},
+        "action": {"type": "string", "enum": [a.value for a in EventAction]},
+        "kind": {"type": "string", "enum": [k.value for k in Kind]},
+        "timestamp": {"type": "number"},
+        "object": {"type": "object", "description": "The Service, Node, Task or Cluster"},
+    },
+}
+
+_SCALARS = {str: "string", int: "integer", float: "number", bool: "boolean"}
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _type_schema(tp: Any, defs: dict[str, Any]) -> dict[str, Any]:
+    """The JSON schema of what ``warren.core.codec`` accepts for ``tp``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        return {**_type_schema(inner, defs), "nullable": True}
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return _ref(_dataclass_schema(tp, defs))
+    if origin is tuple:
+        return {"type": "array", "items": _type_schema(typing.get_args(tp)[0], defs)}
+    if origin is dict:
+        return {
+            "type": "object",
+            "additionalProperties": _type_schema(typing.get_args(tp)[1], defs),
+        }
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return {"type": "string", "enum": [m.value for m in tp]}
+    return {"type": _SCALARS[tp]}
+
+
+def _dataclass_schema(cls: type[Any], defs: dict[str, Any]) -> str:
+    name = cls.__name__
+    if name not in defs:
+        defs[name] = {}  # placeholder first: guards against recursion
+        hints = typing.get_type_hints(cls)
+        fields = dataclasses.fields(cls)
+        required = [
+            f.name
+            for f in fields
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
+        schema: dict[str, Any] = {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {f.name: _type_schema(hints[f.name], defs) for f in fields},
+        }
+        if required:
+            schema["required"] = required
+        defs[name] = schema
+    return name
+
+
+def _content(schema_name: str) -> dict[str, Any]:
+    if schema_name.startswith("["):
+        schema = {"type": "array", "items": _ref(schema_name[1:-1])}
+    else:
+        schema = _ref(schema_name)
+    return {"application/json": {"schema": schema}}
+
+
+def _parameters(route: Route) -> list[dict[str, Any]]:
+    params: list[dict[str, Any]] = []
+    if "{id}" in route.path:
+        params.append(
+            {
+                "name": "id",
+                "in": "path",
+                "required": True,
+                "description": _SERVICE_OR_NODE_REF if "/tasks/" not in route.path else "ID",
+                "schema": {"type": "string"},
+            }
+        )
+    for param in route.query:
+        params.append(
+            {
+                "name": param.name,
+                "in": "query",
+                "required": False,
+                "description": param.description,
+                "schema": {"type": param.type},
+            }
+        )
+    return params
+
+
+def _success(route: Route) -> dict[str, Any]:
+    if route.status == 204:
+        return {"description": "Done"}
+    if route.handler is stream_events:
+        return {
+            "description": "An event stream; `: keepalive` comments every 15 s",
+            "content": {"text/event-stream": {"schema": _ref("Event")}},
+        }
+    if route.response is None:
+        return {"description": "OK", "content": {"application/json": {"schema": {}}}}
+    return {"description": "OK", "content": _content(route.response)}
+
+
+def _operation(route: Route) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "operationId": route.name,
+        "summary": route.summary,
+        "tags": [route.path.split("/")[2] if route.path.startswith("/v1/") else "meta"],
+        "responses": {
+            str(route.status): _success(route),
+            "default": {"description": "An error", "content": _content("Error")},
+        },
+    }
+    parameters = _parameters(route)
+    if parameters:
+        operation["parameters"] = parameters
+    if route.body is not None:
+        operation["requestBody"] = {"required": True, "content": _content(route.body)}
+    return operation
+
+
+def openapi_document() -> dict[str, Any]:
+    """OpenAPI 3.0 for ``ROUTES``; schemas are derived from the models the codec decodes."""
+    schemas: dict[str, Any] = {"Error": _ERROR_SCHEMA, "Event": _EVENT_SCHEMA}
+    for model in _MODELS.values():
+        _dataclass_schema(model, schemas)
+    paths: dict[str, dict[str, Any]] = {}
+    for route in ROUTES:
+        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route)
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "Warren manager API", "version": "1"},
+        "security": [{"mutualTLS": []}],
+        "paths": paths,
+        "components": {
+            "schemas": dict(sorted(schemas.items())),
+            # 3.0 has no mutualTLS scheme type; documented as an HTTP extension.
+            "securitySchemes": {
+                "mutualTLS": {
+                    "type": "http",
+                    "scheme": "mutual-tls",
+                    "description": "A cluster-CA client certificate, role admin or manager",
+                }
+            },
+        },
+    }
+
+
+# -- app and server ------------------------------------------------------------------
+
+
+async def _close_streams(app: web.Application) -> None:
+    for subscription in app[STREAMS]:
+        subscription.close()
+
+
+def build_app(
+    control: ControlService, bus: EventBus, metrics: Metrics | None = None
+) -> web.Application:
+    app = web.Application(middlewares=[_timing, _errors, _authorize])
+    app[CONTROL] = control
+    app[BUS] = bus
+    if metrics is not None:
+        app[METRICS] = metrics
+    streams: set[Subscription] = set()
+    app[STREAMS] = streams
+    app.on_shutdown.append(_close_streams)
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, route.handler, name=route.name)
+    return app
+
+
+async def start_rest(
+    app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext
+) -> web.AppRunner:
+    """Serve ``app`` over TLS; the caller cleans up the runner (``runner.addresses``: ports)."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner
+
+
+def server_ssl_context(ca_pem: bytes, cert_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
+    """TLS 1.2+, client certificates required and verified against the cluster CA."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.verify_mode = ssl.CERT_REQUIRED
+    try:
+        context.load_verify_locations(cadata=ca_pem.decode("ascii"))
+        # The ssl module loads a key only from a file: it lives on disk (0600, in
+        # a 0700 directory) just for this call.
+        with tempfile.TemporaryDirectory(prefix="warren-tls-") as tmp:
+            cert_path, key_path = Path(tmp, "cert.pem"), Path(tmp, "key.pem")
+            write_private(cert_path, cert_pem)
+            write_private(key_path, key_pem)
+            context.load_cert_chain(cert_path, key_path)
+    except (ssl.SSLError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"invalid TLS credentials: {exc}") from None
+    return context

@@ -1,0 +1,261 @@
+"""The cluster certificate authority: keys, CSRs, node certificates, fingerprints.
+
+The CA decides every identity itself: a CSR only contributes its public key, so
+a node cannot ask for a name or role it was not given.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import ipaddress
+from collections.abc import Sequence
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from warren.core.errors import InvalidArgument
+
+CA_COMMON_NAME = "warren-ca"
+CERT_ROLES = ("manager", "worker", "admin")
+CA_VALIDITY = datetime.timedelta(days=3650)
+NODE_VALIDITY = datetime.timedelta(days=365)
+# Backdating tolerates peers whose clocks run a little behind ours.
+CLOCK_SKEW = datetime.timedelta(minutes=5)
+FINGERPRINT_LENGTH = 50
+_BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def generate_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def cert_pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def load_cert(pem: bytes) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(pem)
+    except ValueError:
+        raise InvalidArgument("invalid certificate") from None
+
+
+def load_key(pem: bytes) -> ec.EllipticCurvePrivateKey:
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError):
+        raise InvalidArgument("invalid private key") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise InvalidArgument("private key is not an elliptic-curve key")
+    return key
+
+
+def base36(data: bytes, width: int) -> str:
+    """Big-endian ``data`` as lowercase base 36, zero-padded to ``width``."""
+    value = int.from_bytes(data, "big")
+    digits = []
+    while value:
+        value, rem = divmod(value, 36)
+        digits.append(_BASE36[rem])
+    return "".join(reversed(digits)).rjust(width, "0")
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    """SHA-256 of the DER encoding in base 36 (the form join tokens carry)."""
+    digest = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest()
+    return base36(digest, FINGERPRINT_LENGTH)
+
+
+def make_csr(key: ec.EllipticCurvePrivateKey) -> bytes:
+    """A PEM CSR; its subject is a placeholder because the CA sets the real one."""
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "warren-node")]))
+        .sign(key, hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _san_entries(sans: Sequence[str]) -> list[x509.GeneralName]:
+    entries: list[x509.GeneralName] = []
+    seen: set[str] = set()
+    for raw in (*sans, "localhost", "127.0.0.1"):
+        name = raw.strip()
+        if not name or name.lower() in seen:
+            continue
+        seen.add(name.lower())
+        try:
+            entries.append(x509.IPAddress(ipaddress.ip_address(name)))
+            continue
+        except ValueError:
+            pass
+        if not name.isascii() or any(c.isspace() for c in name):
+            raise InvalidArgument(f"invalid subject alternative name '{name}'")
+        entries.append(x509.DNSName(name))
+    return entries
+
+
+class CertificateAuthority:
+    def __init__(self, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
+        if cert.public_key() != key.public_key():
+            raise InvalidArgument("CA key does not match CA certificate")
+        orgs = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+        if not orgs:
+            raise InvalidArgument("CA certificate has no cluster ID")
+        self._cert = cert
+        self._key = key
+        self._cluster_id = str(orgs[0].value)
+
+    @classmethod
+    def create(cls, cluster_id: str) -> CertificateAuthority:
+        if not cluster_id:
+            raise InvalidArgument("cluster ID must not be empty")
+        key = generate_key()
+        name = x509.Name(
+            [
+                x509.NameAttribute(NameOID.COMMON_NAME, CA_COMMON_NAME),
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, cluster_id),
+            ]
+        )
+        now = _now()
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - CLOCK_SKEW)
+            .not_valid_after(now + CA_VALIDITY)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=False,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+            .sign(key, hashes.SHA256())
+        )
+        return cls(cert, key)
+
+    @classmethod
+    def from_pem(cls, cert_pem: bytes, key_pem: bytes) -> CertificateAuthority:
+        return cls(load_cert(cert_pem), load_key(key_pem))
+
+    @property
+    def cert(self) -> x509.Certificate:
+        return self._cert
+
+    @property
+    def cert_pem(self) -> bytes:
+        return cert_pem(self._cert)
+
+    @property
+    def key_pem(self) -> bytes:
+        return key_pem(self._key)
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self._cert)
+
+    @property
+    def cluster_id(self) -> str:
+        return self._cluster_id
+
+    def issue(self, csr_pem: bytes, node_id: str, role: str, sans: Sequence[str] = ()) -> bytes:
+        """Sign the CSR's key into a node certificate (PEM) for ``node_id``/``role``."""
+        try:
+            csr = x509.load_pem_x509_csr(csr_pem)
+            valid = csr.is_signature_valid
+            public_key = csr.public_key()
+        except (ValueError, InvalidSignature, UnsupportedAlgorithm):
+            raise InvalidArgument("invalid certificate signing request") from None
+        if not valid:
+            raise InvalidArgument("invalid certificate signing request")
+        if not isinstance(public_key, ec.EllipticCurvePublicKey):
+            raise InvalidArgument("certificate signing request must use an elliptic-curve key")
+        return self.issue_for_key(public_key, node_id, role, sans)
+
+    def issue_for_key(
+        self,
+        public_key: ec.EllipticCurvePublicKey,
+        node_id: str,
+        role: str,
+        sans: Sequence[str] = (),
+    ) -> bytes:
+        if not node_id:
+            raise InvalidArgument("node ID must not be empty")
+        if role not in CERT_ROLES:
+            raise InvalidArgument(f"invalid certificate role '{role}'")
+        now = _now()
+        # A leaf outliving its CA would only fail later and more confusingly.
+        not_after = min(now + NODE_VALIDITY, self._cert.not_valid_after_utc)
+        subject = x509.Name(
+            [
+                x509.NameAttribute(NameOID.COMMON_NAME, node_id),
+                x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role),
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, self._cluster_id),
+            ]
+        )
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(self._cert.subject)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - CLOCK_SKEW)
+            .not_valid_after(not_after)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+                ),
+                critical=False,
+            )
+            .add_extension(x509.SubjectAlternativeName(_san_entries(sans)), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()),
+                False,
+            )
+            .sign(self._key, hashes.SHA256())
+        )
+        return cert_pem(cert)
