@@ -7,6 +7,7 @@ in order and sticks with the first that answers.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -17,9 +18,13 @@ from warren.core.models import Availability, Node, Service, ServiceSpec, Task
 from warren.proto import warren_pb2 as pb
 from warren.proto import warren_pb2_grpc as pb_grpc
 from warren.proto.convert import from_message, to_message
-from warren.proto.errors import error_from_rpc
+from warren.proto.errors import ERROR_CODE_KEY, error_from_rpc
 from warren.security.tls import IdentityFiles
 
+# What gRPC puts before the cause of a failed connection.
+_TRANSPORT_PREFIX = re.compile(
+    r"^failed to connect to all addresses; last error: [A-Z_]+: (?:(?:ipv4|ipv6|unix):\S+: )?"
+)
 _EVENT_OBJECTS: dict[str, type[Node] | type[Service] | type[Task]] = {
     "node": Node,
     "service": Service,
@@ -77,7 +82,7 @@ class WarrenClient:
             except grpc.RpcError as exc:
                 if not _is_unavailable(exc):
                     raise error_from_rpc(exc) from None
-                failures.append(f"{address}: {error_from_rpc(exc)}")
+                failures.append(f"{address}: {_reason(exc)}")
                 continue
             self._preferred = index
             return reply
@@ -175,7 +180,7 @@ class WarrenClient:
             except grpc.RpcError as exc:
                 if received or not _is_unavailable(exc):
                     raise error_from_rpc(exc) from None
-                failures.append(f"{address}: {error_from_rpc(exc)}")
+                failures.append(f"{address}: {_reason(exc)}")
             finally:
                 stream.cancel()
         raise _all_unavailable(failures)
@@ -184,6 +189,13 @@ class WarrenClient:
 def _is_unavailable(exc: grpc.RpcError) -> bool:
     # Covers an unreachable manager and one that says it cannot serve (no leader).
     return bool(exc.code() == grpc.StatusCode.UNAVAILABLE)
+
+
+def _reason(exc: grpc.RpcError) -> str:
+    """The server's own message, or the gist of a transport failure."""
+    if any(key == ERROR_CODE_KEY for key, _ in exc.trailing_metadata() or ()):
+        return str(error_from_rpc(exc))
+    return _TRANSPORT_PREFIX.sub("", str(error_from_rpc(exc))).removesuffix(": OK")
 
 
 def _all_unavailable(failures: list[str]) -> WarrenError:
@@ -219,11 +231,13 @@ def _all_fields(message: Any) -> dict[str, Any]:
 def _event(message: Any) -> dict[str, Any]:
     kind = str(message.kind)
     model = _EVENT_OBJECTS.get(kind)
-    has_object = model is not None and message.HasField(kind)
+    obj = None
+    if model is not None and message.HasField(kind):
+        obj = from_message(model, getattr(message, kind))
     return {
         "revision": int(message.revision),
         "action": str(message.action),
         "kind": kind,
         "timestamp": float(message.timestamp),
-        "object": from_message(model, getattr(message, kind)) if has_object else None,
+        "object": obj,
     }

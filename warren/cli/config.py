@@ -1,4 +1,7 @@
-"""The admin's config dir: the identity files plus ``config.json`` naming the managers."""
+"""The admin's config dir: identity files plus ``config.json`` naming the managers.
+
+The manager writes both on ``warren cluster init``; the CLI only reads them.
+"""
 
 from __future__ import annotations
 
@@ -7,26 +10,16 @@ import os
 from pathlib import Path
 
 from warren.core.errors import FailedPrecondition, InvalidArgument
-from warren.security.tls import IdentityFiles, write_private
+from warren.security.tls import IdentityFiles
 
 DEFAULT_CONFIG_DIR = "~/.warren"
 CONFIG_FILE = "config.json"
-
-
-def manager_address(host: str, port: int) -> str:
-    # An IPv6 literal needs brackets before the port.
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def split_managers(values: str | tuple[str, ...] | list[str]) -> list[str]:
     """``a:1,b:2`` (or several such values) as a list, blanks dropped."""
     items = [values] if isinstance(values, str) else list(values)
     return [part.strip() for item in items for part in item.split(",") if part.strip()]
-
-
-def save_managers(config_dir: Path, managers: list[str]) -> None:
-    data = json.dumps({"managers": managers}, indent=2) + "\n"
-    write_private(config_dir / CONFIG_FILE, data.encode())
 
 
 def load_managers(config_dir: Path) -> list[str]:

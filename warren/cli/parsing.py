@@ -7,6 +7,7 @@ bad value is refused while parsing, before anything reaches a manager.
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -59,6 +60,14 @@ def parse_pair(text: str, what: str, value_required: bool) -> tuple[str, str]:
     return key, value
 
 
+def parse_command(text: str) -> tuple[str, ...]:
+    """A command line split like a POSIX shell would (``--args "sh -c 'echo hi'"``)."""
+    try:
+        return tuple(shlex.split(text))
+    except ValueError as exc:
+        raise InvalidArgument(f"invalid command '{text}': {exc}") from None
+
+
 def parse_scale(text: str) -> tuple[str, int]:
     """``NAME=N`` as ``service scale`` takes it."""
     name, sep, count = text.partition("=")
@@ -67,7 +76,7 @@ def parse_scale(text: str) -> tuple[str, int]:
     return name, int(count)
 
 
-class Parsed(click.ParamType):
+class Parsed(click.ParamType[Any]):
     """A click type around one of the parsers above."""
 
     def __init__(self, name: str, parser: Callable[[str], Any]) -> None:
@@ -88,4 +97,5 @@ DURATION = Parsed("duration", parse_duration)
 LABEL = Parsed("key=value", partial(parse_pair, what="label", value_required=False))
 ENV = Parsed("key=value", partial(parse_pair, what="environment variable", value_required=True))
 SCALE = Parsed("service=replicas", parse_scale)
+COMMAND = Parsed("command", parse_command)
 CPUS = click.FloatRange(min=0)

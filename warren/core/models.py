@@ -18,6 +18,8 @@ from warren.core.states import DESIRED_STATES, TaskState
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,127}$")
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Far above any sane service, low enough that a typo can't swamp the store.
+MAX_REPLICAS = 100_000
 
 
 def new_id() -> str:
@@ -134,8 +136,8 @@ class ServiceSpec:
             )
         if not self.image.strip():
             raise InvalidArgument("image must not be empty")
-        if self.replicas < 0:
-            raise InvalidArgument(f"replicas must be 0 or more, not {self.replicas}")
+        if not 0 <= self.replicas <= MAX_REPLICAS:
+            raise InvalidArgument(f"replicas must be between 0 and {MAX_REPLICAS}, not {self.replicas}")
         if self.max_replicas_per_node < 0:
             raise InvalidArgument("max replicas per node cannot be negative")
         for key in self.env:

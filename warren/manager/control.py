@@ -90,8 +90,6 @@ class ControlService:
         return cast(Service, self.store.get(Kind.SERVICE, service.id))
 
     async def scale_service(self, ref: str, replicas: int) -> Service:
-        if replicas < 0:
-            raise InvalidArgument(f"replicas must be 0 or more, not {replicas}")
         for _ in range(_CAS_ATTEMPTS):
             service = self.get_service(ref)
             if service.spec.mode != ServiceMode.REPLICATED:
@@ -101,6 +99,7 @@ class ControlService:
             if service.spec.replicas == replicas:
                 return service
             # Scaling is not a new spec version: running tasks stay as they are.
+            # (replace() re-validates the spec, so a bad count is refused here.)
             updated = replace(
                 service, spec=replace(service.spec, replicas=replicas), updated_at=time.time()
             )

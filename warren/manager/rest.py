@@ -215,7 +215,9 @@ async def list_services(request: web.Request) -> web.Response:
 
 
 async def create_service(request: web.Request) -> web.Response:
-    spec = from_dict(ServiceSpec, await _json_object(request), "spec")
+    data = await _json_object(request)
+    _require(data, "name", "image")
+    spec = from_dict(ServiceSpec, data, "spec")
     return _ok(await _control(request).create_service(spec), status=201)
 
 
@@ -345,18 +347,26 @@ class Route:
     response: str | None = None
     body: str | None = None
     query: tuple[Param, ...] = ()
+    media: str = "application/json"
 
     @property
     def name(self) -> str:
         return self.handler.__name__
 
 
-_SERVICE_OR_NODE_REF = "ID, unique ID prefix or name"
+_OBJECT_REF = "ID, unique ID prefix or name"
+_TASK_REF = "ID or unique ID prefix"
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/services", list_services, "List services", response="[Service]"),
     Route(
-        "POST", "/v1/services", create_service, "Create a service", 201, "Service", "ServiceSpec"
+        "POST",
+        "/v1/services",
+        create_service,
+        "Create a service",
+        status=201,
+        response="Service",
+        body="ServiceSpec",
     ),
     Route("GET", "/v1/services/{id}", get_service, "Inspect a service", response="Service"),
     Route(
@@ -367,7 +377,7 @@ ROUTES: tuple[Route, ...] = (
         response="Service",
         body="ServiceUpdate",
     ),
-    Route("DELETE", "/v1/services/{id}", delete_service, "Remove a service", 204),
+    Route("DELETE", "/v1/services/{id}", delete_service, "Remove a service", status=204),
     Route(
         "POST",
         "/v1/services/{id}/scale",
@@ -391,7 +401,7 @@ ROUTES: tuple[Route, ...] = (
         "/v1/nodes/{id}",
         remove_node,
         "Remove a worker node",
-        204,
+        status=204,
         query=(Param("force", "Remove even if the node is ready", "boolean"),),
     ),
     Route(
@@ -401,8 +411,8 @@ ROUTES: tuple[Route, ...] = (
         "List tasks",
         response="[Task]",
         query=(
-            Param("service", f"Only this service's tasks ({_SERVICE_OR_NODE_REF})"),
-            Param("node", f"Only tasks on this node ({_SERVICE_OR_NODE_REF})"),
+            Param("service", f"Only this service's tasks ({_OBJECT_REF})"),
+            Param("node", f"Only tasks on this node ({_OBJECT_REF})"),
         ),
     ),
     Route("GET", "/v1/tasks/{id}", get_task, "Inspect a task", response="Task"),
@@ -410,8 +420,9 @@ ROUTES: tuple[Route, ...] = (
         "GET",
         "/v1/events",
         stream_events,
-        "Stream store events (Server-Sent Events)",
+        "Stream store events (Server-Sent Events; `: keepalive` comments every 15 s)",
         response="Event",
+        media="text/event-stream",
         query=(Param("kinds", "Comma-separated kinds: cluster, node, service, task"),),
     ),
     Route("GET", "/openapi.json", openapi, "This document"),
@@ -420,10 +431,16 @@ ROUTES: tuple[Route, ...] = (
 
 # -- OpenAPI -------------------------------------------------------------------------
 
-_REQUEST_BODIES = {"ServiceSpec": ServiceSpec, "ServiceUpdate": ServiceUpdate}
-_REQUEST_BODIES |= {"ScaleRequest": ScaleRequest, "NodeUpdate": NodeUpdate}
-_MODELS: dict[str, type[Any]] = {"Service": Service, "Node": Node, "Task": Task}
-_MODELS |= _REQUEST_BODIES
+# What the API sends and accepts; nested models (Resources, TaskStatus...) follow.
+_MODELS: tuple[type[Any], ...] = (
+    ServiceSpec,
+    Service,
+    Node,
+    Task,
+    ServiceUpdate,
+    ScaleRequest,
+    NodeUpdate,
+)
 
 _ERROR_SCHEMA = {
     "type": "object",
@@ -498,12 +515,12 @@ def _dataclass_schema(cls: type[Any], defs: dict[str, Any]) -> str:
     return name
 
 
-def _content(schema_name: str) -> dict[str, Any]:
+def _content(schema_name: str, media: str = "application/json") -> dict[str, Any]:
     if schema_name.startswith("["):
         schema = {"type": "array", "items": _ref(schema_name[1:-1])}
     else:
         schema = _ref(schema_name)
-    return {"application/json": {"schema": schema}}
+    return {media: {"schema": schema}}
 
 
 def _parameters(route: Route) -> list[dict[str, Any]]:
@@ -514,7 +531,7 @@ def _parameters(route: Route) -> list[dict[str, Any]]:
                 "name": "id",
                 "in": "path",
                 "required": True,
-                "description": _SERVICE_OR_NODE_REF if "/tasks/" not in route.path else "ID",
+                "description": _TASK_REF if route.path.startswith("/v1/tasks") else _OBJECT_REF,
                 "schema": {"type": "string"},
             }
         )
@@ -534,14 +551,9 @@ def _parameters(route: Route) -> list[dict[str, Any]]:
 def _success(route: Route) -> dict[str, Any]:
     if route.status == 204:
         return {"description": "Done"}
-    if route.handler is stream_events:
-        return {
-            "description": "An event stream; `: keepalive` comments every 15 s",
-            "content": {"text/event-stream": {"schema": _ref("Event")}},
-        }
-    if route.response is None:
-        return {"description": "OK", "content": {"application/json": {"schema": {}}}}
-    return {"description": "OK", "content": _content(route.response)}
+    if route.response is None:  # free-form JSON (the OpenAPI document itself)
+        return {"description": "OK", "content": {route.media: {"schema": {"type": "object"}}}}
+    return {"description": "OK", "content": _content(route.response, route.media)}
 
 
 def _operation(route: Route) -> dict[str, Any]:
@@ -565,7 +577,7 @@ def _operation(route: Route) -> dict[str, Any]:
 def openapi_document() -> dict[str, Any]:
     """OpenAPI 3.0 for ``ROUTES``; schemas are derived from the models the codec decodes."""
     schemas: dict[str, Any] = {"Error": _ERROR_SCHEMA, "Event": _EVENT_SCHEMA}
-    for model in _MODELS.values():
+    for model in _MODELS:
         _dataclass_schema(model, schemas)
     paths: dict[str, dict[str, Any]] = {}
     for route in ROUTES:

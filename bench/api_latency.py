@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""REST read latency of one manager holding 100 running services.
+
+One manager (sim runtime, availability active: the manager's own agent runs
+all the tasks, so no worker is needed), 100 services x 1 replica created over
+REST, then sequential GET /v1/services and GET /v1/tasks on a single
+keep-alive HTTPS connection with the admin client certificate.
+
+    .venv/bin/python bench/api_latency.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchkit import Manager, percentile, print_table, scrape, task_counts, wait_for
+
+DOCKER_REFERENCE = "Docker Swarm engine API GET /services p95 0.45 ms (same kind of 2-core machine)"
+ENDPOINTS = ("/v1/services", "/v1/tasks")
+
+
+@dataclass(frozen=True)
+class Settings:
+    services: int
+    warmup: int
+    requests: int
+
+
+def parse_args() -> Settings:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="20 warm-up + 200 timed requests")
+    parser.add_argument("--services", type=int, default=100)
+    args = parser.parse_args()
+    if args.quick:
+        return Settings(services=args.services, warmup=20, requests=200)
+    return Settings(services=args.services, warmup=200, requests=2000)
+
+
+def connect(manager: Manager) -> http.client.HTTPSConnection:
+    conn = http.client.HTTPSConnection(
+        "127.0.0.1", manager.ports["rest"], context=manager.ssl_context(), timeout=30
+    )
+    conn.connect()
+    return conn
+
+
+def request(
+    conn: http.client.HTTPSConnection, method: str, path: str, body: object = None
+) -> tuple[int, bytes]:
+    """One request on the kept-alive connection; the body is read in full."""
+    payload = None if body is None else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"} if payload is not None else {}
+    conn.request(method, path, body=payload, headers=headers)
+    response = conn.getresponse()
+    return response.status, response.read()
+
+
+def create_services(conn: http.client.HTTPSConnection, count: int) -> None:
+    for i in range(count):
+        spec = {"name": f"s{i:03d}", "image": "busybox", "replicas": 1}
+        status, data = request(conn, "POST", "/v1/services", spec)
+        if status != 201:
+            raise RuntimeError(f"creating {spec['name']}: HTTP {status} {data[:200]!r}")
+
+
+def running_tasks(manager: Manager) -> int:
+    return task_counts(scrape(manager.metrics_url)).get("running", 0)
+
+
+def time_endpoint(
+    conn: http.client.HTTPSConnection, path: str, warmup: int, count: int
+) -> tuple[list[float], int]:
+    """Latencies in ms (sorted) and the size of the last response body."""
+    size = 0
+    for _ in range(warmup):
+        request(conn, "GET", path)
+    samples: list[float] = []
+    for _ in range(count):
+        started = time.perf_counter()
+        status, data = request(conn, "GET", path)
+        samples.append((time.perf_counter() - started) * 1000)
+        if status != 200:
+            raise RuntimeError(f"GET {path}: HTTP {status} {data[:200]!r}")
+        size = len(data)
+    return sorted(samples), size
+
+
+def report(settings: Settings, results: dict[str, tuple[list[float], int]], rss: float) -> None:
+    print(
+        f"\nWarren REST latency: 1 manager (sim runtime, availability active), "
+        f"{settings.services} services x 1 replica running; one keep-alive mTLS "
+        f"connection, {settings.warmup} warm-up + {settings.requests} timed sequential "
+        "requests per endpoint\n"
+    )
+    rows = []
+    for path, (samples, size) in results.items():
+        figures = [percentile(samples, p) for p in (50, 95, 99)] + [samples[-1]]
+        rows.append([f"GET {path}", f"{size / 1024:.1f}", *(f"{f:.2f}" for f in figures)])
+    print_table(["endpoint", "body KiB", "p50 ms", "p95 ms", "p99 ms", "max ms"], rows)
+    print(f"\npeer figure: {DOCKER_REFERENCE}")
+    print(f"manager RSS: {rss:.1f} MiB")
+
+
+def run(settings: Settings, root: Path) -> None:
+    manager = Manager(root, availability="active")
+    try:
+        manager.start()
+        conn = connect(manager)
+        try:
+            create_services(conn, settings.services)
+            wait_for(
+                lambda: running_tasks(manager) >= settings.services,
+                120,
+                f"{settings.services} running tasks",
+                interval=0.5,
+            )
+            results = {
+                path: time_endpoint(conn, path, settings.warmup, settings.requests)
+                for path in ENDPOINTS
+            }
+        finally:
+            conn.close()
+        report(settings, results, manager.child.rss_mib() if manager.child else float("nan"))
+    except BaseException:
+        if manager.child is not None:
+            print(f"manager log tail:\n{manager.child.tail()}", file=sys.stderr)
+        raise
+    finally:
+        manager.stop()
+
+
+def main() -> int:
+    settings = parse_args()
+    with tempfile.TemporaryDirectory(prefix="warren-bench-") as tmp:
+        run(settings, Path(tmp))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

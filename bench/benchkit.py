@@ -1,0 +1,295 @@
+#!/usr/bin/env python3
+"""Shared benchmark plumbing: a manager process on loopback, mTLS, metrics, RSS.
+
+The manager is started straight from ``warren.manager.daemon.run_manager``
+(what ``warren cluster init`` runs), so the benchmarks do not depend on the
+CLI. Every child gets its own session (process group) and is stopped in
+``finally`` blocks by the callers.
+
+Run as a script, ``benchkit.py manager ...`` is that manager entry point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+PYTHON = sys.executable
+# Quiet children: gRPC chatter and info logs would only fill the log files.
+CHILD_ENV = dict(os.environ, GRPC_VERBOSITY="ERROR", WARREN_LOG_LEVEL="warning")
+ASSIGNED_OR_LATER = ("assigned", "preparing", "starting", "running")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
+
+
+# -- child processes -------------------------------------------------------------
+
+
+@dataclass
+class Child:
+    """A child process in its own process group, logging to a file."""
+
+    name: str
+    args: list[str]
+    log_path: Path
+    popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.popen = subprocess.Popen(
+                self.args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=CHILD_ENV,
+                start_new_session=True,
+            )
+
+    @property
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def check_alive(self) -> None:
+        if self.popen is not None and not self.alive:
+            raise RuntimeError(f"{self.name} exited early:\n{self.tail()}")
+
+    def stop(self) -> None:
+        """SIGTERM the process group, then SIGKILL it if it lingers."""
+        if self.popen is None:
+            return
+        for sig, grace in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
+            if self.popen.poll() is not None:
+                break
+            try:
+                os.killpg(self.popen.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.popen.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                continue
+        # Anything the child itself started is in its group too.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+
+    def rss_mib(self) -> float:
+        return rss_mib(self.popen.pid) if self.popen is not None else math.nan
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.popen.pid) if self.popen is not None else math.nan
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def rss_mib(pid: int) -> float:
+    """Resident set size from /proc (VmRSS, reported in kB)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except FileNotFoundError:
+        pass
+    return math.nan
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time from /proc/PID/stat."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except FileNotFoundError:
+        return math.nan
+    # utime and stime are fields 14 and 15; fields[0] here is field 3 (state).
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def stop_all(children: Sequence[Child]) -> None:
+    for child in reversed(children):
+        child.stop()
+
+
+# -- the manager -------------------------------------------------------------------
+
+
+@dataclass
+class Manager:
+    root: Path
+    availability: str = "active"
+    ports: dict[str, int] = field(default_factory=dict)
+    child: Child | None = None
+
+    @property
+    def config_dir(self) -> Path:
+        return self.root / "config"
+
+    @property
+    def api_address(self) -> str:
+        return f"127.0.0.1:{self.ports['api']}"
+
+    @property
+    def rest_url(self) -> str:
+        return f"https://127.0.0.1:{self.ports['rest']}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['metrics']}/metrics"
+
+    def start(self, timeout: float = 60.0) -> None:
+        for name in ("api", "rest", "metrics", "raft"):
+            self.ports[name] = free_port()
+        args = [PYTHON, str(BENCH_DIR / "benchkit.py"), "manager"]
+        args += ["--data-dir", str(self.root / "manager"), "--config-dir", str(self.config_dir)]
+        args += ["--availability", self.availability]
+        args += [f"--{name}-port={port}" for name, port in self.ports.items()]
+        self.child = Child("manager", args, self.root / "manager.log")
+        self.child.start()
+        wait_for(self._ready, timeout, "the manager to lead and serve")
+
+    def _ready(self) -> bool:
+        assert self.child is not None
+        self.child.check_alive()
+        if not (self.config_dir / "cert.pem").exists():
+            return False
+        try:
+            return scrape(self.metrics_url).get("warren_raft_is_leader", 0.0) == 1.0
+        except OSError:
+            return False
+
+    def join_token(self) -> str:
+        from warren.cli.client import WarrenClient
+        from warren.security.tls import IdentityFiles
+
+        with WarrenClient([self.api_address], IdentityFiles(self.config_dir)) as client:
+            return client.join_token("worker")
+
+    def ssl_context(self) -> ssl.SSLContext:
+        return client_ssl_context(self.config_dir)
+
+    def stop(self) -> None:
+        if self.child is not None:
+            self.child.stop()
+
+
+def client_ssl_context(config_dir: Path) -> ssl.SSLContext:
+    """mTLS with the admin identity that ``cluster init`` wrote to the config dir."""
+    context = ssl.create_default_context(cafile=str(config_dir / "ca.pem"))
+    context.load_cert_chain(config_dir / "cert.pem", config_dir / "key.pem")
+    return context
+
+
+# -- metrics -------------------------------------------------------------------------
+
+
+def scrape(url: str, timeout: float = 5.0) -> dict[str, float]:
+    """Prometheus text format as ``{'name{labels}': value}``."""
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return parse_metrics(response.read().decode())
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    series: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            series[key] = float(value)
+    return series
+
+
+def task_counts(series: dict[str, float]) -> dict[str, int]:
+    prefix = 'warren_tasks_total{state="'
+    return {k[len(prefix) : -2]: int(v) for k, v in series.items() if k.startswith(prefix)}
+
+
+def ready_workers(series: dict[str, float]) -> int:
+    return int(series.get('warren_nodes_total{role="worker",status="ready"}', 0))
+
+
+# -- figures ---------------------------------------------------------------------------
+
+
+def percentile(ordered: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile of already sorted samples."""
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+
+    def line(row: Sequence[str]) -> str:
+        first = row[0].ljust(widths[0])
+        rest = [cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)]
+        return "  ".join([first, *rest])
+
+    print(line(cells[0]))
+    print("  ".join("-" * w for w in widths))
+    for row in cells[1:]:
+        print(line(row))
+
+
+# -- `benchkit.py manager`: the manager process itself ------------------------------------
+
+
+def run_manager_process(argv: Sequence[str]) -> int:
+    from warren.core.models import Availability
+    from warren.manager.daemon import ManagerOptions, run_manager
+
+    parser = argparse.ArgumentParser(prog="benchkit.py manager")
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--config-dir", type=Path, required=True)
+    parser.add_argument("--availability", default="active")
+    for name in ("api", "rest", "metrics", "raft"):
+        parser.add_argument(f"--{name}-port", type=int, required=True)
+    args = parser.parse_args(argv)
+    options = ManagerOptions(
+        data_dir=args.data_dir,
+        advertise_addr="127.0.0.1",
+        listen_addr="127.0.0.1",
+        api_port=args.api_port,
+        rest_port=args.rest_port,
+        metrics_port=args.metrics_port,
+        raft_port=args.raft_port,
+        runtime="sim",
+        availability=Availability(args.availability),
+        config_dir=args.config_dir,
+        node_name="bench-manager",
+    )
+    return run_manager(options)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["manager"]:
+        sys.exit("usage: benchkit.py manager --data-dir DIR --config-dir DIR --*-port N ...")
+    sys.exit(run_manager_process(sys.argv[2:]))

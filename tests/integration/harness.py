@@ -1,0 +1,210 @@
+"""Real Warren processes on loopback for integration tests.
+
+Every process gets its own session (process group) so teardown can kill it
+and anything it started, also when a test fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+WARREN = [sys.executable, "-m", "warren"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = condition()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+@dataclass
+class Process:
+    name: str
+    args: list[str]
+    log_path: Path
+    env: dict[str, str]
+    popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        self.popen = subprocess.Popen(
+            self.args, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+        )
+        log.close()
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            os.killpg(self.popen.pid, sig)
+            self.popen.wait(timeout=20)
+
+    def stop(self) -> None:
+        if self.popen is None or self.popen.poll() is not None:
+            return
+        os.killpg(self.popen.pid, signal.SIGTERM)
+        try:
+            self.popen.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    @property
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+
+@dataclass
+class Cluster:
+    root: Path
+    node_down_timeout: float = 3.0
+    processes: dict[str, Process] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.config_dir = self.root / "config"
+        self.env = dict(os.environ, WARREN_CONFIG_DIR=str(self.config_dir), GRPC_VERBOSITY="ERROR")
+        self.env.pop("WARREN_MANAGER", None)
+
+    @property
+    def manager_address(self) -> str:
+        return f"127.0.0.1:{self.ports['api']}"
+
+    # -- processes ---------------------------------------------------------------
+
+    def init_manager(self, *extra: str) -> Process:
+        for name in ("api", "rest", "metrics", "raft"):
+            self.ports.setdefault(name, free_port())
+        args = [
+            *WARREN, "cluster", "init",
+            "--data-dir", str(self.root / "manager"),
+            "--advertise-addr", "127.0.0.1",
+            "--listen-addr", "127.0.0.1",
+            "--api-port", str(self.ports["api"]),
+            "--rest-port", str(self.ports["rest"]),
+            "--metrics-port", str(self.ports["metrics"]),
+            "--raft-port", str(self.ports["raft"]),
+            "--runtime", "sim",
+            "--node-down-timeout", str(self.node_down_timeout),
+            "--node-name", "manager-1",
+            *extra,
+        ]  # fmt: skip
+        process = self._spawn("manager", args)
+        wait_for(lambda: self._api_ready(process), 30, "the manager's API")
+        return process
+
+    def restart_manager(self) -> Process:
+        process = self.processes["manager"]
+        process.start()
+        wait_for(lambda: self._api_ready(process), 30, "the restarted manager's API")
+        return process
+
+    def join_worker(self, name: str, *extra: str, token: str | None = None) -> Process:
+        token = token or self.join_token("worker")
+        args = [
+            *WARREN, "worker", "join",
+            "--token", token,
+            "--manager", self.manager_address,
+            "--data-dir", str(self.root / name),
+            "--runtime", "sim",
+            "--node-name", name,
+            *extra,
+        ]  # fmt: skip
+        process = self._spawn(name, args)
+        wait_for(lambda: self.node_status(name) == "ready", 30, f"worker {name} to be ready")
+        return process
+
+    def _spawn(self, name: str, args: list[str]) -> Process:
+        process = Process(name, args, self.root / f"{name}.log", self.env)
+        self.processes[name] = process
+        process.start()
+        return process
+
+    def _api_ready(self, process: Process) -> bool:
+        if not process.alive:
+            raise AssertionError(f"{process.name} exited:\n{process.tail()}")
+        if not (self.config_dir / "config.json").exists():
+            return False
+        return self.cli("cluster", "info", check=False).returncode == 0
+
+    def stop_all(self) -> None:
+        for process in self.processes.values():
+            process.stop()
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.tail()}" for p in self.processes.values())
+
+    # -- the CLI -----------------------------------------------------------------
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [*WARREN, "--manager", self.manager_address, *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"warren {' '.join(args)} failed: {result.stderr.strip()}")
+        return result
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.cli(*args, "-o", "json").stdout)
+
+    def join_token(self, role: str) -> str:
+        return self.cli("cluster", "join-token", role, "-q").stdout.strip()
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return list(self.json("node", "ls"))
+
+    def node_status(self, hostname: str) -> str | None:
+        for node in self.nodes():
+            if node["hostname"] == hostname:
+                return str(node["status"])
+        return None
+
+    def node_id(self, hostname: str) -> str:
+        return next(n["id"] for n in self.nodes() if n["hostname"] == hostname)
+
+    def tasks(self, service: str) -> list[dict[str, Any]]:
+        return list(self.json("service", "ps", service))
+
+    def running(self, service: str) -> list[dict[str, Any]]:
+        return [
+            t
+            for t in self.tasks(service)
+            if t["desired_state"] == "running" and t["status"]["state"] == "running"
+        ]
+
+    def placement(self, service: str) -> dict[str, int]:
+        """Running tasks per node hostname."""
+        hostnames = {n["id"]: n["hostname"] for n in self.nodes()}
+        counts: dict[str, int] = {}
+        for task in self.running(service):
+            host = hostnames.get(task["node_id"], task["node_id"])
+            counts[host] = counts.get(host, 0) + 1
+        return counts

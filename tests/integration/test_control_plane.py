@@ -1,0 +1,121 @@
+"""One manager and three sim workers, as real processes over loopback mTLS."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from harness import Cluster, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def test_replicas_spread_evenly(three_workers: Cluster) -> None:
+    c = three_workers
+    c.cli("service", "create", "web", "--image", "busybox", "--replicas", "6")
+    # `service create` waits for convergence, so everything already runs.
+    assert c.placement("web") == {"w1": 2, "w2": 2, "w3": 2}
+
+
+def test_scale_up_and_down(three_workers: Cluster) -> None:
+    c = three_workers
+    c.cli("service", "create", "web", "--image", "busybox", "--replicas", "2")
+    c.cli("service", "scale", "web=9")
+    assert sorted(c.placement("web").values()) == [3, 3, 3]
+    c.cli("service", "scale", "web=3")
+    wait_for(lambda: len(c.running("web")) == 3, 10, "scale down to 3")
+    assert sorted(c.placement("web").values()) == [1, 1, 1]
+
+
+def test_constraint_pins_tasks_to_labelled_node(three_workers: Cluster) -> None:
+    c = three_workers
+    c.cli("service", "create", "edge", "--image", "busybox", "--replicas", "3",
+          "--constraint", "node.labels.zone==edge")  # fmt: skip
+    assert c.placement("edge") == {"w1": 3}
+
+
+def test_impossible_constraint_shows_its_reason(three_workers: Cluster) -> None:
+    c = three_workers
+    c.cli("service", "create", "nowhere", "--image", "busybox", "--detach",
+          "--constraint", "node.labels.zone==moon")  # fmt: skip
+    tasks = wait_for(
+        lambda: [t for t in c.tasks("nowhere") if t["status"]["err"]], 10, "a pending reason"
+    )
+    assert tasks[0]["status"]["state"] == "pending"
+    # Four nodes: the drained manager fails first on availability.
+    assert tasks[0]["status"]["err"] == (
+        "no suitable node (constraint not met on 3 nodes; node not ready or not active on 1 node)"
+    )
+    table = c.cli("service", "ps", "nowhere").stdout
+    assert "constraint not met on 3 nodes" in table
+
+
+def test_drain_moves_tasks_away(three_workers: Cluster) -> None:
+    c = three_workers
+    c.cli("service", "create", "web", "--image", "busybox", "--replicas", "6")
+    c.cli("node", "update", "w2", "--availability", "drain")
+    wait_for(lambda: c.placement("web") == {"w1": 3, "w3": 3}, 15, "tasks to leave w2")
+    assert len(c.running("web")) == 6
+
+
+def test_killed_worker_tasks_are_replaced(three_workers: Cluster) -> None:
+    c = three_workers
+    c.cli("service", "create", "web", "--image", "busybox", "--replicas", "6")
+    started = time.monotonic()
+    c.processes["w3"].kill()
+    wait_for(lambda: c.node_status("w3") == "down", c.node_down_timeout + 5, "w3 down")
+    wait_for(lambda: c.placement("web") == {"w1": 3, "w2": 3}, 15, "replacements on w1, w2")
+    elapsed = time.monotonic() - started
+    assert elapsed < c.node_down_timeout + 10
+    orphaned = [t for t in c.tasks("web") if t["status"]["state"] == "orphaned"]
+    assert len(orphaned) == 2
+
+
+def test_returning_worker_stops_tasks_it_no_longer_owns(three_workers: Cluster) -> None:
+    c = three_workers
+    c.cli("service", "create", "web", "--image", "busybox", "--replicas", "3")
+    c.processes["w3"].kill()
+    wait_for(lambda: c.node_status("w3") == "down", c.node_down_timeout + 5, "w3 down")
+    wait_for(lambda: len(c.running("web")) == 3, 15, "replacements")
+    c.processes["w3"].start()  # same data dir: the node resumes
+    wait_for(lambda: c.node_status("w3") == "ready", 15, "w3 back")
+    time.sleep(1)
+    assert len(c.running("web")) == 3
+    assert "w3" not in c.placement("web")
+
+
+def test_manager_kill_and_restart_keeps_state(three_workers: Cluster) -> None:
+    c = three_workers
+    c.cli("service", "create", "web", "--image", "busybox", "--replicas", "4")
+    c.cli("service", "create", "db", "--image", "busybox", "--mode", "global")
+    before_services = {s["id"]: s for s in c.json("service", "ls")}
+    before_tasks = {t["id"] for t in c.json("service", "ps", "web", "db")}
+    manager_id = c.node_id("manager-1")
+    c.processes["manager"].kill()
+    c.restart_manager()
+    after_services = {s["id"]: s for s in c.json("service", "ls")}
+    assert after_services.keys() == before_services.keys()
+    assert {s["spec"]["name"] for s in after_services.values()} == {"web", "db"}
+    assert before_tasks <= {t["id"] for t in c.json("service", "ps", "web", "db")}
+    assert c.node_id("manager-1") == manager_id
+    wait_for(lambda: len(c.running("web")) == 4, 20, "web running after restart")
+    wait_for(lambda: len(c.running("db")) == 3, 20, "db on the three workers")
+
+
+def test_worker_join_rerun_resumes_the_same_node(three_workers: Cluster) -> None:
+    c = three_workers
+    node_id = c.node_id("w2")
+    c.processes["w2"].stop()
+    c.processes["w2"].start()
+    wait_for(lambda: c.node_status("w2") == "ready", 15, "w2 back")
+    assert [n["id"] for n in c.nodes() if n["hostname"] == "w2"] == [node_id]
+
+
+def test_global_service_follows_nodes(three_workers: Cluster) -> None:
+    c = three_workers
+    c.cli("service", "create", "agent", "--image", "busybox", "--mode", "global")
+    assert c.placement("agent") == {"w1": 1, "w2": 1, "w3": 1}
+    c.join_worker("w4")
+    wait_for(lambda: c.placement("agent").get("w4") == 1, 15, "a task on the new node")
+    c.cli("node", "update", "w1", "--availability", "drain")
+    wait_for(lambda: "w1" not in c.placement("agent"), 15, "the task to leave w1")

@@ -1,0 +1,746 @@
+"""The command line against an in-memory fake client: no manager, no network, no daemon."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import types
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import yaml
+from click.testing import CliRunner, Result
+from factories import make_node, make_service, make_task
+
+import warren.cli.main as cli_main
+from warren.cli import progress
+from warren.cli.main import cli
+from warren.cli.output import human_duration, table
+from warren.cli.parsing import (
+    parse_command,
+    parse_duration,
+    parse_pair,
+    parse_scale,
+    parse_size,
+)
+from warren.core.codec import to_dict
+from warren.core.errors import InvalidArgument, NotFound
+from warren.core.models import (
+    Availability,
+    Node,
+    NodeRole,
+    Resources,
+    RestartCondition,
+    RestartPolicy,
+    Service,
+    ServiceMode,
+    ServiceSpec,
+    Task,
+    TaskStatus,
+)
+from warren.core.states import TaskState
+from warren.security.tls import IdentityFiles
+
+TOKEN = "WRN-1-" + "a" * 50 + "-" + "b" * 25
+
+
+class FakeClient:
+    """Records calls; services it creates or changes converge at once unless told not to."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+        self.services: dict[str, Service] = {}
+        self.tasks: list[Task] = []
+        self.nodes: list[Node] = []
+        self.converge = True
+        self.error: Exception | None = None
+        self.factory_args: list[tuple[list[str], Path]] = []
+        self.manager = "10.0.0.1:2377"
+        self.info: dict[str, Any] = {
+            "cluster_id": "c1",
+            "ca_fingerprint": "f" * 50,
+            "leader": "mgr-1",
+            "is_leader": True,
+            "raft_last_log_index": 42,
+            "managers": ["10.0.0.1:2377"],
+            "nodes": 3,
+            "services": 1,
+            "tasks": 0,
+        }
+        # A hook run on every list_tasks call (for progress tests).
+        self.on_list_tasks: Callable[[], None] | None = None
+
+    def _record(self, name: str, *args: Any) -> None:
+        self.calls.append((name, args))
+        if self.error is not None:
+            raise self.error
+
+    def add(self, service: Service) -> Service:
+        self.services[service.id] = service
+        if self.converge:
+            self._run(service)
+        return service
+
+    def _run(self, service: Service) -> None:
+        self.tasks = [t for t in self.tasks if t.service_id != service.id]
+        count = service.spec.replicas if service.spec.mode == ServiceMode.REPLICATED else 2
+        for slot in range(1, count + 1):
+            self.tasks.append(make_task(service, slot=slot, state=TaskState.RUNNING))
+
+    def _find(self, ref: str) -> Service:
+        for service in self.services.values():
+            if ref in (service.id, service.spec.name):
+                return service
+        raise NotFound(f"service '{ref}' not found")
+
+    def create_service(self, spec: ServiceSpec) -> Service:
+        self._record("create_service", spec)
+        return self.add(Service(id=f"svc-{spec.name}", spec=spec))
+
+    def get_service(self, ref: str) -> Service:
+        self._record("get_service", ref)
+        return self._find(ref)
+
+    def list_services(self) -> list[Service]:
+        self._record("list_services")
+        return sorted(self.services.values(), key=lambda s: s.spec.name)
+
+    def update_service(self, ref: str, spec: ServiceSpec, version: int = 0) -> Service:
+        self._record("update_service", ref, spec, version)
+        service = self._find(ref)
+        updated = dataclasses.replace(service, spec=spec, spec_version=service.spec_version + 1)
+        return self.add(updated)
+
+    def scale_service(self, ref: str, replicas: int) -> Service:
+        self._record("scale_service", ref, replicas)
+        service = self._find(ref)
+        return self.add(
+            dataclasses.replace(service, spec=dataclasses.replace(service.spec, replicas=replicas))
+        )
+
+    def delete_service(self, ref: str) -> None:
+        self._record("delete_service", ref)
+
+    def list_nodes(self) -> list[Node]:
+        self._record("list_nodes")
+        return list(self.nodes)
+
+    def get_node(self, ref: str) -> Node:
+        self._record("get_node", ref)
+        return next(n for n in self.nodes if ref in (n.id, n.hostname))
+
+    def update_node(
+        self, ref: str, availability: Any = None, label_add: Any = None, label_rm: Any = None
+    ) -> Node:
+        self._record("update_node", ref, availability, label_add, label_rm)
+        return self.nodes[0]
+
+    def remove_node(self, ref: str, force: bool = False) -> None:
+        self._record("remove_node", ref, force)
+
+    def list_tasks(self, service: str = "", node: str = "") -> list[Task]:
+        self._record("list_tasks", service, node)
+        if self.on_list_tasks is not None:
+            self.on_list_tasks()
+        if not service:
+            return list(self.tasks)
+        service_id = self._find(service).id
+        return [t for t in self.tasks if t.service_id == service_id]
+
+    def cluster_info(self) -> dict[str, Any]:
+        self._record("cluster_info")
+        return dict(self.info)
+
+    def join_token(self, role: str, rotate: bool = False) -> str:
+        self._record("join_token", role, rotate)
+        return TOKEN
+
+    def close(self) -> None:
+        pass
+
+    def names(self) -> list[str]:
+        return [name for name, _ in self.calls]
+
+    def last(self) -> tuple[str, tuple[Any, ...]]:
+        return self.calls[-1]
+
+
+@pytest.fixture
+def config_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "config"
+    IdentityFiles(directory).save(b"ca", b"cert", b"key")
+    (directory / "config.json").write_text(json.dumps({"managers": ["127.0.0.1:2377"]}))
+    return directory
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> FakeClient:
+    client = FakeClient()
+
+    def factory(managers: list[str], identity: IdentityFiles) -> FakeClient:
+        client.factory_args.append((managers, identity.directory))
+        return client
+
+    monkeypatch.setattr(cli_main, "make_client", factory)
+    return client
+
+
+@pytest.fixture
+def run(config_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Result]:
+    monkeypatch.delenv("WARREN_MANAGER", raising=False)
+
+    def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
+        environment = {"WARREN_CONFIG_DIR": str(config_dir), **(env or {})}
+        return CliRunner().invoke(cli, list(args), env=environment)
+
+    return invoke
+
+
+def assert_one_error_line(result: Result, exit_code: int = 1) -> str:
+    assert result.exit_code == exit_code, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
+# -- value syntax ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("64m", 64 * 1024**2),
+        ("1g", 1024**3),
+        ("512k", 512 * 1024),
+        ("1048576", 1048576),
+        ("1.5g", int(1.5 * 1024**3)),
+        ("64MB", 64 * 1024**2),
+        ("2gib", 2 * 1024**3),
+        ("0", 0),
+    ],
+)
+def test_sizes(text: str, expected: int) -> None:
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "m", "-1m", "12x", "1.2.3", "64 megs"])
+def test_bad_sizes(text: str) -> None:
+    with pytest.raises(InvalidArgument, match="invalid size"):
+        parse_size(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("5s", 5.0),
+        ("1m30s", 90.0),
+        ("500ms", 0.5),
+        ("2h", 7200.0),
+        ("2.5", 2.5),
+        ("1h1m1s", 3661.0),
+    ],
+)
+def test_durations(text: str, expected: float) -> None:
+    assert parse_duration(text) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("text", ["", "s", "5x", "-5s", "1m30", "5 s"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(InvalidArgument, match="invalid duration"):
+        parse_duration(text)
+
+
+def test_pairs_and_scales() -> None:
+    assert parse_pair("A=b=c", "env", value_required=True) == ("A", "b=c")
+    assert parse_pair("A=", "env", value_required=True) == ("A", "")
+    assert parse_pair("ssd", "label", value_required=False) == ("ssd", "")
+    with pytest.raises(InvalidArgument):
+        parse_pair("A", "env", value_required=True)
+    with pytest.raises(InvalidArgument):
+        parse_pair("=x", "label", value_required=False)
+    assert parse_scale("web=3") == ("web", 3)
+    for bad in ("web", "web=", "web=-1", "=3", "web=x"):
+        with pytest.raises(InvalidArgument):
+            parse_scale(bad)
+    assert parse_command("sh -c 'echo hi'") == ("sh", "-c", "echo hi")
+    with pytest.raises(InvalidArgument):
+        parse_command("sh -c 'oops")
+
+
+def test_human_durations_and_table() -> None:
+    assert human_duration(0.2) == "less than a second"
+    assert human_duration(3.4) == "3 seconds"
+    assert human_duration(70) == "about a minute"
+    assert human_duration(5 * 60) == "5 minutes"
+    assert human_duration(3 * 3600) == "3 hours"
+    assert table(["A", "BB"], [["xyz", "1"]]) == "A     BB\nxyz   1"
+
+
+# -- service create ------------------------------------------------------------------
+
+
+def test_create_builds_the_full_spec(run: Callable[..., Result], fake: FakeClient) -> None:
+    result = run(
+        "service", "create", "web", "--image", "nginx:1.27", "--replicas", "3",
+        "-e", "A=1", "--env", "B=x=y", "-l", "tier=front", "--constraint", "node.labels.zone==a",
+        "--reserve-cpu", "0.5", "--reserve-memory", "64m", "--limit-cpu", "1.5",
+        "--limit-memory", "1.5g", "--restart-condition", "on-failure",
+        "--restart-max-attempts", "4", "--restart-delay", "1m30s", "--restart-window", "500ms",
+        "--max-replicas-per-node", "2", "--detach",
+        "--", "nginx", "-g", "daemon off;",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "svc-web\n"
+    assert fake.calls == [
+        (
+            "create_service",
+            (
+                ServiceSpec(
+                    name="web",
+                    image="nginx:1.27",
+                    replicas=3,
+                    args=("nginx", "-g", "daemon off;"),
+                    env={"A": "1", "B": "x=y"},
+                    labels={"tier": "front"},
+                    constraints=("node.labels.zone==a",),
+                    reservations=Resources(0.5, 64 * 1024**2),
+                    limits=Resources(1.5, int(1.5 * 1024**3)),
+                    restart_policy=RestartPolicy(RestartCondition.ON_FAILURE, 90.0, 4, 0.5),
+                    max_replicas_per_node=2,
+                ),
+            ),
+        )
+    ]
+
+
+def test_create_global(run: Callable[..., Result], fake: FakeClient) -> None:
+    result = run("service", "create", "agent", "--image", "busybox", "--mode", "global", "-d")
+    assert result.exit_code == 0, result.output
+    (spec,) = fake.calls[0][1]
+    assert spec.mode == ServiceMode.GLOBAL
+    assert spec.replicas == 0
+
+
+def test_replicas_with_global_mode_is_refused(run: Callable[..., Result], fake: FakeClient) -> None:
+    result = run(
+        "service", "create", "agent", "--image", "busybox", "--mode", "global", "--replicas", "2"
+    )
+    line = assert_one_error_line(result)
+    assert "--replicas" in line and "global" in line
+    assert fake.calls == []
+
+
+def test_bad_size_is_refused_before_any_call(run: Callable[..., Result], fake: FakeClient) -> None:
+    result = run("service", "create", "web", "--image", "nginx", "--reserve-memory", "12x")
+    line = assert_one_error_line(result, exit_code=2)
+    assert "invalid size '12x'" in line
+    assert fake.calls == []
+
+
+def test_invalid_spec_is_refused_before_any_call(
+    run: Callable[..., Result], fake: FakeClient
+) -> None:
+    result = run("service", "create", "web", "--image", "nginx", "--constraint", "zone=a")
+    line = assert_one_error_line(result)
+    assert "invalid constraint" in line
+    assert fake.calls == []
+
+
+def test_create_waits_until_converged(run: Callable[..., Result], fake: FakeClient) -> None:
+    result = run("service", "create", "web", "--image", "nginx", "--replicas", "2")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == ["svc-web", "web: 2/2 running", "web: converged"]
+
+
+def test_progress_prints_a_line_per_change(
+    run: Callable[..., Result], fake: FakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(progress, "POLL_INTERVAL", 0)
+    fake.converge = False
+    states = iter([TaskState.PENDING, TaskState.PENDING, TaskState.RUNNING, TaskState.RUNNING])
+
+    def advance() -> None:
+        service = fake.services["svc-web"]
+        fake.tasks = [make_task(service, slot=1, state=TaskState.RUNNING)]
+        fake.tasks.append(make_task(service, slot=2, state=next(states)))
+
+    fake.on_list_tasks = advance
+    result = run("service", "create", "web", "--image", "nginx", "--replicas", "2")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        "svc-web",
+        "web: 1/2 running",
+        "web: 2/2 running",
+        "web: converged",
+    ]
+
+
+def test_timeout_names_the_pending_reason(run: Callable[..., Result], fake: FakeClient) -> None:
+    fake.converge = False
+    service = fake.add(make_service("web", id="svc-web", replicas=1))
+    pending = make_task(service, state=TaskState.PENDING)
+    reason = "no suitable node (constraint not met on 3 nodes)"
+    fake.tasks = [dataclasses.replace(pending, status=TaskStatus(TaskState.PENDING, reason))]
+    result = run("service", "scale", "web=1", "--timeout", "0")
+    line = assert_one_error_line(result)
+    assert line == f"Error: web did not converge within 0s: 1 task pending: {reason}"
+    assert "web: 0/1 running" in result.stdout
+
+
+# -- progress measurement ------------------------------------------------------------
+
+
+def test_old_tasks_still_running_block_convergence() -> None:
+    service = make_service("web", replicas=1, spec_version=2)
+    new = make_task(service, slot=1, state=TaskState.RUNNING)
+    old = make_task(
+        service, slot=1, state=TaskState.RUNNING, spec_version=1, desired_state=TaskState.SHUTDOWN
+    )
+    state = progress.measure(service, [new, old], lambda: 0)
+    assert (state.running, state.desired, state.converged) == (1, 1, False)
+    assert state.waiting == "1 old task still running"
+    assert progress.measure(service, [new], lambda: 0).converged
+
+
+def test_global_convergence() -> None:
+    service = make_service("agent", mode=ServiceMode.GLOBAL, replicas=0)
+    assert progress.measure(service, [], lambda: 0).converged
+    waiting = progress.measure(service, [], lambda: 2)
+    assert not waiting.converged
+    assert waiting.waiting == "2 tasks not created yet"
+    running = [
+        make_task(service, slot=0, node_id=f"n{i}", state=TaskState.RUNNING) for i in range(2)
+    ]
+    assert progress.measure(service, running, lambda: 2) == progress.Progress(2, 2, True, "")
+    node = make_node(labels={"zone": "a"})
+    constrained = make_service(
+        "agent", mode=ServiceMode.GLOBAL, constraints=["node.labels.zone==b"]
+    )
+    assert progress.eligible_count(constrained, [node]) == 0
+
+
+# -- other service commands ------------------------------------------------------------
+
+
+def test_scale_several_services(run: Callable[..., Result], fake: FakeClient) -> None:
+    fake.add(make_service("web", id="svc-web"))
+    fake.add(make_service("api", id="svc-api", replicas=2))
+    result = run("service", "scale", "web=3", "api=0")
+    assert result.exit_code == 0, result.output
+    assert [c for c in fake.calls if c[0] == "scale_service"] == [
+        ("scale_service", ("web", 3)),
+        ("scale_service", ("api", 0)),
+    ]
+    assert result.stdout.splitlines() == [
+        "web scaled to 3",
+        "api scaled to 0",
+        "web: 3/3 running",
+        "web: converged",
+        "api: 0/0 running",
+        "api: converged",
+    ]
+
+
+def test_scale_syntax_is_checked_before_any_call(
+    run: Callable[..., Result], fake: FakeClient
+) -> None:
+    result = run("service", "scale", "web=3", "api")
+    assert_one_error_line(result, exit_code=2)
+    assert fake.calls == []
+
+
+def test_update_edits_the_spec_read(run: Callable[..., Result], fake: FakeClient) -> None:
+    base = make_service("web", id="svc-web", constraints=["node.role == worker"])
+    spec = dataclasses.replace(base.spec, env={"A": "1", "B": "2"}, labels={"x": "1"})
+    fake.add(dataclasses.replace(base, spec=spec, version=7))
+    result = run(
+        "service", "update", "web", "--image", "nginx:1.28", "--env-rm", "A", "--env-add", "C=3",
+        "--label-rm", "x", "--constraint-rm", "node.role==worker",
+        "--constraint-add", "node.labels.zone==a", "--limit-memory", "1g",
+        "--restart-delay", "2s", "--args", "nginx -g 'daemon off;'", "-d",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    update = next(args for name, args in fake.calls if name == "update_service")
+    ref, new_spec, version = update
+    assert (ref, version) == ("svc-web", 7)
+    assert new_spec == dataclasses.replace(
+        spec,
+        image="nginx:1.28",
+        env={"B": "2", "C": "3"},
+        labels={},
+        constraints=("node.labels.zone==a",),
+        limits=Resources(0.0, 1024**3),
+        restart_policy=dataclasses.replace(spec.restart_policy, delay=2.0),
+        args=("nginx", "-g", "daemon off;"),
+    )
+
+
+def test_update_waits_for_the_new_spec_version(
+    run: Callable[..., Result], fake: FakeClient
+) -> None:
+    fake.add(make_service("web", id="svc-web", replicas=2))
+    result = run("service", "update", "web", "--image", "nginx:1.28")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == ["web", "web: 2/2 running", "web: converged"]
+
+
+def test_update_replicas_of_a_global_service_is_refused(
+    run: Callable[..., Result], fake: FakeClient
+) -> None:
+    fake.add(make_service("agent", id="svc-agent", mode=ServiceMode.GLOBAL, replicas=0))
+    result = run("service", "update", "agent", "--replicas", "3")
+    assert "global" in assert_one_error_line(result)
+    assert "update_service" not in fake.names()
+
+
+def test_service_ls_table(run: Callable[..., Result], fake: FakeClient) -> None:
+    fake.converge = False
+    web = fake.add(make_service("web", id="svc-web-0123456789", replicas=3))
+    agent = fake.add(make_service("agent", id="svc-agent", mode=ServiceMode.GLOBAL, replicas=0))
+    fake.tasks = [
+        make_task(web, slot=1, state=TaskState.RUNNING),
+        make_task(web, slot=2, state=TaskState.RUNNING),
+        make_task(web, slot=3, state=TaskState.PENDING),
+        make_task(web, slot=3, state=TaskState.RUNNING, desired_state=TaskState.SHUTDOWN),
+        make_task(agent, slot=0, node_id="n1", state=TaskState.RUNNING),
+    ]
+    result = run("service", "ls")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        "ID             NAME    MODE         REPLICAS   IMAGE",
+        "svc-agent      agent   global       1/1        nginx:1.27",
+        "svc-web-0123   web     replicated   2/3        nginx:1.27",
+    ]
+
+
+@pytest.mark.parametrize("position", ["root", "command"])
+def test_json_and_yaml_output(run: Callable[..., Result], fake: FakeClient, position: str) -> None:
+    service = fake.add(make_service("web", id="svc-web"))
+    for fmt, load in (("json", json.loads), ("yaml", yaml.safe_load)):
+        args = ["-o", fmt, "service", "ls"] if position == "root" else ["service", "ls", "-o", fmt]
+        result = run(*args)
+        assert result.exit_code == 0, result.output
+        assert load(result.stdout) == [to_dict(service)]
+
+
+def test_inspect_is_json_unless_yaml(run: Callable[..., Result], fake: FakeClient) -> None:
+    service = fake.add(make_service("web", id="svc-web"))
+    assert json.loads(run("service", "inspect", "web").stdout) == [to_dict(service)]
+    assert yaml.safe_load(run("service", "inspect", "web", "-o", "yaml").stdout) == [
+        to_dict(service)
+    ]
+
+
+def test_service_ps_shows_nodes_history_and_reasons(
+    run: Callable[..., Result], fake: FakeClient
+) -> None:
+    fake.converge = False
+    web = fake.add(make_service("web", id="svc-web", replicas=2))
+    fake.nodes = [make_node("node-1", hostname="alpha")]
+    failed = make_task(
+        web, id="t-old", slot=1, node_id="node-1", state=TaskState.FAILED, created_at=1
+    )
+    fake.tasks = [
+        make_task(web, id="t-new", slot=1, node_id="node-1", state=TaskState.RUNNING, created_at=2),
+        dataclasses.replace(
+            failed,
+            desired_state=TaskState.SHUTDOWN,
+            status=TaskStatus(TaskState.FAILED, "exited", "exit code 1"),
+        ),
+        dataclasses.replace(
+            make_task(web, id="t-pending", slot=2),
+            status=TaskStatus(
+                TaskState.PENDING, "no suitable node (insufficient memory on 1 node)"
+            ),
+        ),
+    ]
+    result = run("service", "ps", "web")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == [
+        "ID", "NAME", "IMAGE", "NODE", "DESIRED", "STATE", "CURRENT", "STATE", "ERROR/MESSAGE",
+    ]  # fmt: skip
+    assert lines[1].split() == ["t-new", "web.1", "nginx:1.27", "alpha", "running", "running"]
+    assert lines[2].split()[:4] == ["t-old", "\\_", "web.1", "nginx:1.27"]
+    assert lines[2].endswith("exit code 1")
+    assert lines[3].endswith("no suitable node (insufficient memory on 1 node)")
+
+
+def test_service_rm(run: Callable[..., Result], fake: FakeClient) -> None:
+    result = run("service", "rm", "web", "api")
+    assert result.exit_code == 0
+    assert result.stdout == "web\napi\n"
+    assert fake.calls == [("delete_service", ("web",)), ("delete_service", ("api",))]
+
+
+# -- nodes and cluster -------------------------------------------------------------------
+
+
+def test_node_commands(run: Callable[..., Result], fake: FakeClient) -> None:
+    fake.nodes = [make_node("node-1", hostname="alpha", role=NodeRole.MANAGER)]
+    listing = run("node", "ls")
+    row = listing.stdout.splitlines()[1].split()
+    assert row == ["node-1", "alpha", "manager", "ready", "active"]
+    result = run(
+        "node", "update", "alpha", "--availability", "drain", "--label-add", "zone=a",
+        "--label-rm", "old",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert fake.last() == ("update_node", ("alpha", Availability.DRAIN, {"zone": "a"}, ["old"]))
+    assert run("node", "rm", "beta", "--force").stdout == "beta\n"
+    assert fake.last() == ("remove_node", ("beta", True))
+    assert json.loads(run("node", "inspect", "alpha").stdout) == [to_dict(fake.nodes[0])]
+
+
+def test_join_token(run: Callable[..., Result], fake: FakeClient) -> None:
+    quiet = run("cluster", "join-token", "worker", "-q")
+    assert quiet.stdout == TOKEN + "\n"
+    full = run("cluster", "join-token", "worker", "--rotate")
+    assert full.stdout == (
+        "Successfully rotated worker join token.\n\n"
+        "To add a worker to this cluster, run:\n\n"
+        f"    warren worker join --token {TOKEN} --manager 10.0.0.1:2377\n\n"
+    )
+    assert ("join_token", ("worker", True)) in fake.calls
+    assert run("cluster", "join-token", "admin").exit_code == 2
+
+
+def test_cluster_info(run: Callable[..., Result], fake: FakeClient) -> None:
+    text = run("cluster", "info").stdout
+    assert "Cluster ID:" in text and "Is leader:" in text and "yes" in text
+    assert json.loads(run("cluster", "info", "-o", "json").stdout) == fake.info
+
+
+# -- errors and configuration ---------------------------------------------------------
+
+
+def test_warren_error_is_one_line(run: Callable[..., Result], fake: FakeClient) -> None:
+    fake.error = NotFound("service 'nope' not found")
+    result = run("service", "inspect", "nope")
+    assert assert_one_error_line(result) == "Error: service 'nope' not found"
+    assert result.stderr == "Error: service 'nope' not found\n"
+
+
+class _FakeRpcError(grpc.RpcError):  # type: ignore[misc]
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.PERMISSION_DENIED
+
+    def details(self) -> str:
+        return "worker certificates may not call this method"
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("warren-error-code", "permission_denied"),)
+
+
+def test_raw_grpc_error_is_one_line(run: Callable[..., Result], fake: FakeClient) -> None:
+    fake.error = _FakeRpcError()
+    result = run("node", "ls")
+    assert assert_one_error_line(result) == "Error: worker certificates may not call this method"
+
+
+def test_manager_flag_overrides_config(
+    run: Callable[..., Result], fake: FakeClient, config_dir: Path
+) -> None:
+    run("node", "ls")
+    run("--manager", "a:1,b:2", "node", "ls")
+    run("node", "ls", env={"WARREN_MANAGER": "c:3"})
+    assert fake.factory_args == [
+        (["127.0.0.1:2377"], config_dir),
+        (["a:1", "b:2"], config_dir),
+        (["c:3"], config_dir),
+    ]
+
+
+def test_missing_credentials(run: Callable[..., Result], fake: FakeClient, tmp_path: Path) -> None:
+    result = run("--config-dir", str(tmp_path / "empty"), "--manager", "a:1", "node", "ls")
+    assert "no admin credentials" in assert_one_error_line(result)
+    (tmp_path / "creds").mkdir()
+    IdentityFiles(tmp_path / "creds").save(b"ca", b"cert", b"key")
+    result = run("--config-dir", str(tmp_path / "creds"), "node", "ls")
+    assert "--manager" in assert_one_error_line(result)
+
+
+# -- daemons (nothing is started: the entry points are replaced) -------------------------
+
+
+def test_cluster_init_builds_manager_options(
+    run: Callable[..., Result], config_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[Any] = []
+    daemon = types.ModuleType("warren.manager.daemon")
+    daemon.ManagerOptions = lambda **kwargs: kwargs  # type: ignore[attr-defined]
+
+    def run_manager(options: Any) -> int:
+        started.append(options)
+        return 3
+
+    daemon.run_manager = run_manager  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "warren.manager.daemon", daemon)
+    result = run(
+        "cluster", "init", "--data-dir", str(tmp_path / "data"), "--advertise-addr", "10.1.2.3",
+        "--api-port", "3000", "--availability", "drain", "--node-name", "m1",
+        "--label", "zone=a", "--node-down-timeout", "1m",
+    )  # fmt: skip
+    assert result.exit_code == 3, result.output
+    assert started == [
+        {
+            "data_dir": tmp_path / "data",
+            "advertise_addr": "10.1.2.3",
+            "listen_addr": "0.0.0.0",
+            "api_port": 3000,
+            "rest_port": 2378,
+            "metrics_port": 9090,
+            "raft_port": 2379,
+            "runtime": "sim",
+            "availability": Availability.DRAIN,
+            "node_down_timeout": 60.0,
+            "config_dir": config_dir,
+            "node_name": "m1",
+            "labels": {"zone": "a"},
+        }
+    ]
+
+
+def test_worker_join_builds_worker_options(
+    run: Callable[..., Result], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import warren.agent.daemon as agent_daemon
+
+    started: list[agent_daemon.WorkerOptions] = []
+
+    def run_worker(options: agent_daemon.WorkerOptions) -> int:
+        started.append(options)
+        return 0
+
+    monkeypatch.setattr(agent_daemon, "run_worker", run_worker)
+    result = run(
+        "worker", "join", "--token", TOKEN, "--manager", "10.0.0.1:2377,10.0.0.2:2377",
+        "--data-dir", str(tmp_path / "w"), "--node-name", "w1", "-l", "ssd",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert started == [
+        agent_daemon.WorkerOptions(
+            data_dir=tmp_path / "w",
+            token=TOKEN,
+            managers=["10.0.0.1:2377", "10.0.0.2:2377"],
+            runtime="sim",
+            node_name="w1",
+            labels={"ssd": ""},
+        )
+    ]
+    # Resuming: no token, managers from the global option.
+    resumed = run("--manager", "m:1", "worker", "join", "--data-dir", str(tmp_path / "w"))
+    assert resumed.exit_code == 0, resumed.output
+    assert started[1].token is None
+    assert started[1].managers == ["m:1"]
+
+
+def test_help_needs_no_config(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["--config-dir", str(tmp_path / "none"), "service", "--help"])
+    assert result.exit_code == 0
+    assert "create" in result.stdout

@@ -1,0 +1,159 @@
+"""``warren cluster ...``: start the first manager, hand out join tokens, show cluster info."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any
+
+import click
+
+from warren.cli.context import CliContext, output_option, pass_cli
+from warren.cli.options import (
+    data_dir_option,
+    node_labels_option,
+    node_name_option,
+    runtime_option,
+)
+from warren.cli.output import document, key_values
+from warren.cli.parsing import DURATION
+from warren.core.models import Availability
+
+PORT = click.IntRange(1, 65535)
+ROLES = ("worker", "manager")
+_INFO_LABELS = {
+    "cluster_id": "Cluster ID",
+    "ca_fingerprint": "CA fingerprint",
+    "leader": "Leader",
+    "is_leader": "Is leader",
+    "raft_last_log_index": "Raft log index",
+    "managers": "Managers",
+    "nodes": "Nodes",
+    "services": "Services",
+    "tasks": "Tasks",
+}
+
+
+@click.group("cluster")
+def cluster_group() -> None:
+    """Create a cluster and manage its membership."""
+
+
+@cluster_group.command("init")
+@data_dir_option
+@click.option(
+    "--advertise-addr",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address nodes and the CLI use to reach this manager.",
+)
+@click.option("--listen-addr", default="0.0.0.0", show_default=True, help="Address to bind.")
+@click.option("--api-port", type=PORT, default=2377, show_default=True, help="gRPC API port.")
+@click.option("--rest-port", type=PORT, default=2378, show_default=True, help="REST API port.")
+@click.option("--metrics-port", type=PORT, default=9090, show_default=True)
+@click.option("--raft-port", type=PORT, default=2379, show_default=True)
+@runtime_option
+@click.option(
+    "--availability",
+    type=click.Choice([a.value for a in Availability]),
+    default=Availability.ACTIVE.value,
+    show_default=True,
+    help="Whether this manager also runs tasks.",
+)
+@click.option(
+    "--node-down-timeout",
+    type=DURATION,
+    default="15s",
+    show_default=True,
+    metavar="DURATION",
+    help="Silence after which a node is marked down.",
+)
+@node_name_option
+@node_labels_option
+@pass_cli
+def init(
+    cli: CliContext,
+    data_dir: Path,
+    advertise_addr: str,
+    listen_addr: str,
+    api_port: int,
+    rest_port: int,
+    metrics_port: int,
+    raft_port: int,
+    runtime: str,
+    availability: str,
+    node_down_timeout: float,
+    node_name: str | None,
+    labels: tuple[tuple[str, str], ...],
+) -> None:
+    """Start a new cluster with this host as its manager, and run it until stopped.
+
+    Run again with the same data dir to restart the manager. The manager writes
+    admin credentials and config.json to the config dir, so later commands on
+    this host need no flags.
+    """
+    # Imported here: admin commands should not pay for loading the manager.
+    from warren.manager.daemon import ManagerOptions, run_manager
+
+    options = ManagerOptions(
+        data_dir=data_dir,
+        advertise_addr=advertise_addr,
+        listen_addr=listen_addr,
+        api_port=api_port,
+        rest_port=rest_port,
+        metrics_port=metrics_port,
+        raft_port=raft_port,
+        runtime=runtime,
+        availability=Availability(availability),
+        node_down_timeout=node_down_timeout,
+        config_dir=cli.config_dir,
+        node_name=node_name or socket.gethostname(),
+        labels=dict(labels),
+    )
+    click.get_current_context().exit(run_manager(options))
+
+
+@cluster_group.command("join-token")
+@click.argument("role", type=click.Choice(ROLES))
+@click.option("-q", "--quiet", is_flag=True, help="Only print the token.")
+@click.option("--rotate", is_flag=True, help="Replace the token; the old one stops working.")
+@pass_cli
+def join_token(cli: CliContext, role: str, quiet: bool, rotate: bool) -> None:
+    """Show (or rotate) the token that lets a node join as ROLE."""
+    client = cli.client()
+    token = client.join_token(role, rotate=rotate)
+    if quiet:
+        click.echo(token)
+        return
+    if rotate:
+        click.echo(f"Successfully rotated {role} join token.\n")
+    if role == "manager":
+        click.echo(f"Manager join token for this cluster:\n\n    {token}\n")
+        return
+    managers = ",".join(client.cluster_info().get("managers") or [client.manager])
+    click.echo(
+        "To add a worker to this cluster, run:\n\n"
+        f"    warren worker join --token {token} --manager {managers}\n"
+    )
+
+
+def _info_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+@cluster_group.command("info")
+@output_option
+@pass_cli
+def info(cli: CliContext) -> None:
+    """Show the cluster's identity, leader and size."""
+    details = cli.client().cluster_info()
+    fmt = cli.output_format()
+    if fmt != "table":
+        click.echo(document(details, fmt))
+        return
+    pairs = [(_INFO_LABELS.get(key, key), _info_value(value)) for key, value in details.items()]
+    click.echo(key_values(pairs))

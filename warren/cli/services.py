@@ -1,0 +1,293 @@
+"""``warren service ...``: create, list, inspect, scale, update and remove services."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import click
+
+from warren.cli.context import CliContext, output_option, pass_cli
+from warren.cli.options import WaitOptions, resource_options, restart_options, wait_options
+from warren.cli.output import ago, document, short_id, table
+from warren.cli.parsing import COMMAND, ENV, LABEL, SCALE
+from warren.cli.progress import wait_for_convergence
+from warren.cli.specs import (
+    CreateOptions,
+    ResourceOptions,
+    RestartOptions,
+    SpecChanges,
+    apply_changes,
+    build_spec,
+)
+from warren.core.models import Service, ServiceMode, Task
+from warren.core.states import TaskState
+
+
+@click.group("service")
+def service_group() -> None:
+    """Manage services."""
+
+
+def _wait(cli: CliContext, services: Sequence[Service], wait: WaitOptions) -> None:
+    if wait.detach:
+        return
+    for service in services:
+        wait_for_convergence(cli.client(), service, wait.timeout)
+
+
+@service_group.command("create")
+@click.argument("name")
+@click.option("--image", required=True, help="Container image to run.")
+@click.option(
+    "--replicas", type=click.IntRange(min=0), metavar="N", help="Number of tasks [default: 1]."
+)
+@click.option(
+    "--mode",
+    type=click.Choice([m.value for m in ServiceMode]),
+    default=ServiceMode.REPLICATED.value,
+    show_default=True,
+    help="global: one task on every eligible node.",
+)
+@click.option("-e", "--env", type=ENV, multiple=True, help="Set an environment variable.")
+@click.option("-l", "--label", type=LABEL, multiple=True, help="Set a service label.")
+@click.option(
+    "--constraint",
+    multiple=True,
+    metavar="EXPR",
+    help="Placement constraint, e.g. node.labels.zone==a.",
+)
+@resource_options
+@restart_options
+@click.option(
+    "--max-replicas-per-node",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="0 (default): unlimited.",
+)
+@wait_options
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@pass_cli
+def create(
+    cli: CliContext,
+    name: str,
+    image: str,
+    replicas: int | None,
+    mode: str,
+    env: tuple[tuple[str, str], ...],
+    label: tuple[tuple[str, str], ...],
+    constraint: tuple[str, ...],
+    resources: ResourceOptions,
+    restart: RestartOptions,
+    max_replicas_per_node: int | None,
+    wait: WaitOptions,
+    command: tuple[str, ...],
+) -> None:
+    """Create a service. Put the container's command after "--", as in
+
+    warren service create web --image nginx:1.27 -- nginx -g "daemon off;"
+    """
+    spec = build_spec(
+        CreateOptions(
+            name=name,
+            image=image,
+            mode=mode,
+            replicas=replicas,
+            args=command,
+            env=dict(env),
+            labels=dict(label),
+            constraints=constraint,
+            resources=resources,
+            restart=restart,
+            max_replicas_per_node=max_replicas_per_node,
+        )
+    )
+    service = cli.client().create_service(spec)
+    click.echo(service.id)
+    _wait(cli, [service], wait)
+
+
+def _replicas(service: Service, tasks: Sequence[Task]) -> str:
+    current = [t for t in tasks if t.desired_state == TaskState.RUNNING]
+    running = sum(1 for t in current if t.status.state == TaskState.RUNNING)
+    desired = len(current) if service.spec.mode == ServiceMode.GLOBAL else service.spec.replicas
+    return f"{running}/{desired}"
+
+
+@service_group.command("ls")
+@click.option("-q", "--quiet", is_flag=True, help="Only print IDs.")
+@output_option
+@pass_cli
+def list_services(cli: CliContext, quiet: bool) -> None:
+    """List services."""
+    client = cli.client()
+    services = client.list_services()
+    fmt = cli.output_format()
+    if quiet or fmt != "table":
+        click.echo("\n".join(s.id for s in services) if quiet else document(services, fmt))
+        return
+    by_service: dict[str, list[Task]] = {}
+    for task in client.list_tasks():
+        by_service.setdefault(task.service_id, []).append(task)
+    rows = [
+        [
+            short_id(s.id),
+            s.spec.name,
+            str(s.spec.mode),
+            _replicas(s, by_service.get(s.id, [])),
+            s.spec.image,
+        ]
+        for s in services
+    ]
+    click.echo(table(["ID", "NAME", "MODE", "REPLICAS", "IMAGE"], rows))
+
+
+def _slot_order(task: Task) -> tuple[str, int, str, float]:
+    # Newest first within a slot, so older attempts read as its history.
+    return (task.service_name, task.slot, "" if task.slot else task.node_id, -task.created_at)
+
+
+def _current_state(task: Task, now: float) -> str:
+    state = str(task.status.state)
+    return f"{state} {ago(task.status.timestamp, now)}" if task.status.timestamp else state
+
+
+def _message(task: Task) -> str:
+    # A pending task's message is the scheduler's reason; a running one's is noise.
+    if task.status.err:
+        return task.status.err
+    return "" if task.status.state == TaskState.RUNNING else task.status.message
+
+
+def task_rows(tasks: Sequence[Task], hostnames: dict[str, str], now: float) -> list[list[str]]:
+    rows: list[list[str]] = []
+    seen: set[tuple[str, int, str]] = set()
+    for task in sorted(tasks, key=_slot_order):
+        slot = (task.service_id, task.slot, "" if task.slot else task.node_id)
+        rows.append(
+            [
+                short_id(task.id),
+                task.name if slot not in seen else f" \\_ {task.name}",
+                task.spec.image,
+                hostnames.get(task.node_id, short_id(task.node_id)),
+                str(task.desired_state),
+                _current_state(task, now),
+                _message(task),
+            ]
+        )
+        seen.add(slot)
+    return rows
+
+
+@service_group.command("ps")
+@click.argument("services", nargs=-1, required=True, metavar="SERVICE...")
+@click.option("-q", "--quiet", is_flag=True, help="Only print task IDs.")
+@output_option
+@pass_cli
+def list_service_tasks(cli: CliContext, services: tuple[str, ...], quiet: bool) -> None:
+    """List the tasks of one or more services, with their history."""
+    client = cli.client()
+    tasks = [task for ref in services for task in client.list_tasks(service=ref)]
+    fmt = cli.output_format()
+    if quiet or fmt != "table":
+        click.echo("\n".join(t.id for t in tasks) if quiet else document(tasks, fmt))
+        return
+    hostnames = {node.id: node.hostname for node in client.list_nodes()}
+    headers = ["ID", "NAME", "IMAGE", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR/MESSAGE"]
+    click.echo(table(headers, task_rows(tasks, hostnames, time.time())))
+
+
+@service_group.command("inspect")
+@click.argument("services", nargs=-1, required=True, metavar="SERVICE...")
+@output_option
+@pass_cli
+def inspect(cli: CliContext, services: tuple[str, ...]) -> None:
+    """Show services in full (JSON unless -o yaml)."""
+    client = cli.client()
+    found = [client.get_service(ref) for ref in services]
+    fmt = cli.output_format("json")
+    click.echo(document(found, "yaml" if fmt == "yaml" else "json"))
+
+
+@service_group.command("scale")
+@click.argument("scales", nargs=-1, required=True, type=SCALE, metavar="SERVICE=REPLICAS...")
+@wait_options
+@pass_cli
+def scale(cli: CliContext, scales: tuple[tuple[str, int], ...], wait: WaitOptions) -> None:
+    """Set the replica count of one or more replicated services."""
+    client = cli.client()
+    scaled: list[Service] = []
+    for ref, replicas in scales:
+        scaled.append(client.scale_service(ref, replicas))
+        click.echo(f"{ref} scaled to {replicas}")
+    _wait(cli, scaled, wait)
+
+
+@service_group.command("update")
+@click.argument("service")
+@click.option("--image", help="New image.")
+@click.option("--replicas", type=click.IntRange(min=0), metavar="N", help="New number of tasks.")
+@click.option("--args", type=COMMAND, metavar='"CMD ARG..."', help="New command, shell-quoted.")
+@click.option("--env-add", type=ENV, multiple=True, help="Add or set a variable.")
+@click.option("--env-rm", multiple=True, metavar="KEY", help="Remove a variable.")
+@click.option("--label-add", type=LABEL, multiple=True, help="Add or set a label.")
+@click.option("--label-rm", multiple=True, metavar="KEY", help="Remove a label.")
+@click.option("--constraint-add", multiple=True, metavar="EXPR", help="Add a constraint.")
+@click.option("--constraint-rm", multiple=True, metavar="EXPR", help="Remove a constraint.")
+@resource_options
+@restart_options
+@click.option(
+    "--max-replicas-per-node", type=click.IntRange(min=0), metavar="N", help="0: unlimited."
+)
+@wait_options
+@pass_cli
+def update(
+    cli: CliContext,
+    service: str,
+    image: str | None,
+    replicas: int | None,
+    args: tuple[str, ...] | None,
+    env_add: tuple[tuple[str, str], ...],
+    env_rm: tuple[str, ...],
+    label_add: tuple[tuple[str, str], ...],
+    label_rm: tuple[str, ...],
+    constraint_add: tuple[str, ...],
+    constraint_rm: tuple[str, ...],
+    resources: ResourceOptions,
+    restart: RestartOptions,
+    max_replicas_per_node: int | None,
+    wait: WaitOptions,
+) -> None:
+    """Change a service's spec; its tasks are replaced with the new one."""
+    changes = SpecChanges(
+        image=image,
+        replicas=replicas,
+        args=args,
+        env_add=dict(env_add),
+        env_rm=env_rm,
+        label_add=dict(label_add),
+        label_rm=label_rm,
+        constraint_add=constraint_add,
+        constraint_rm=constraint_rm,
+        resources=resources,
+        restart=restart,
+        max_replicas_per_node=max_replicas_per_node,
+    )
+    client = cli.client()
+    current = client.get_service(service)
+    spec = apply_changes(current.spec, changes)
+    # The version read makes this a compare-and-swap: a concurrent edit is not lost.
+    updated = client.update_service(current.id, spec, version=current.version)
+    click.echo(updated.spec.name)
+    _wait(cli, [updated], wait)
+
+
+@service_group.command("rm")
+@click.argument("services", nargs=-1, required=True, metavar="SERVICE...")
+@pass_cli
+def remove(cli: CliContext, services: tuple[str, ...]) -> None:
+    """Remove services; their tasks are stopped."""
+    client = cli.client()
+    for ref in services:
+        client.delete_service(ref)
+        click.echo(ref)
