@@ -167,13 +167,16 @@ async def poll_metrics(
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
         while time.monotonic() < deadline:
             await asyncio.sleep(POLL_PERIOD)
-            async with session.get(manager.metrics_url) as resp:
-                counts = task_counts(parse_metrics(await resp.text()))
+            try:
+                async with session.get(manager.metrics_url) as resp:
+                    counts = task_counts(parse_metrics(await resp.text()))
+            except (aiohttp.ClientError, TimeoutError):
+                continue  # a busy manager may miss a scrape; the next one counts
             sample = Sample(time.monotonic() - t0, run.created, counts)
             run.samples.append(sample)
             if not run.create_seconds:
                 continue  # the target is known once every create has answered
-            expected = run.created * settings.replicas
+            expected = max(1, run.created * settings.replicas)
             if run.all_assigned is None and sample.assigned >= expected:
                 run.all_assigned = sample.at
             if sample.running >= expected:

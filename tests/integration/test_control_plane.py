@@ -115,6 +115,8 @@ def test_global_service_follows_nodes(three_workers: Cluster) -> None:
     c = three_workers
     c.cli("service", "create", "agent", "--image", "busybox", "--mode", "global")
     assert c.placement("agent") == {"w1": 1, "w2": 1, "w3": 1}
+    # Started once each: no task failed and was restarted on the way.
+    assert len(c.tasks("agent")) == 3
     c.join_worker("w4")
     wait_for(lambda: c.placement("agent").get("w4") == 1, 15, "a task on the new node")
     c.cli("node", "update", "w1", "--availability", "drain")

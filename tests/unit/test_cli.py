@@ -411,7 +411,7 @@ def test_global_convergence() -> None:
     service = make_service("agent", mode=ServiceMode.GLOBAL, replicas=0)
     assert progress.measure(service, [], lambda: 0).converged
     waiting = progress.measure(service, [], lambda: 2)
-    assert not waiting.converged
+    assert (waiting.running, waiting.desired, waiting.converged) == (0, 2, False)
     assert waiting.waiting == "2 tasks not created yet"
     running = [
         make_task(service, slot=0, node_id=f"n{i}", state=TaskState.RUNNING) for i in range(2)

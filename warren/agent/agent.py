@@ -216,7 +216,7 @@ class Agent:
             elif not task.status.state.is_terminal:
                 self._on_status(task.id, TaskStatus(TaskState.SHUTDOWN, "shut down before start"))
             return
-        if executor is not None:
+        if executor is not None or task.status.state.rank < TaskState.ASSIGNED.rank:
             return
         if task.status.state == TaskState.ASSIGNED:
             executor = TaskExecutor(task, self.runtime, self._on_status)

@@ -61,9 +61,9 @@ def measure(service: Service, tasks: Sequence[Task], eligible_nodes: Callable[[]
     surplus = sum(1 for t in tasks if _is_running(t)) - running
     stuck = [t for t in current if not _is_running(t)]
     if service.spec.mode == ServiceMode.GLOBAL:
-        desired = len(current)
-        # No task at all is only right when no node could take one.
-        missing = eligible_nodes() if not current else 0
+        # Before the first task exists, the eligible nodes say how many to expect.
+        desired = len(current) or eligible_nodes()
+        missing = desired - len(current)
     else:
         desired = service.spec.replicas
         missing = max(0, desired - len(current))

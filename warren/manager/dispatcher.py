@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from warren.core.errors import Conflict, PermissionDenied, Unavailable
-from warren.core.models import Node, NodeStatus, Resources, TaskStatus
+from warren.core.models import Node, NodeStatus, Resources, Task, TaskStatus
 from warren.core.states import TaskState
 from warren.manager.consensus import Consensus
 from warren.manager.events import EventBus
@@ -204,10 +204,12 @@ class Dispatcher:
                     pending[task_id] = from_message(TaskStatus, status)
 
     def _assignments_if_changed(self, session: _Session) -> Any | None:
-        # Everything not yet terminal: tasks to run and tasks to stop. A task
-        # missing from the set is one the node no longer owns.
+        # Everything placed and not yet terminal: tasks to run and tasks to
+        # stop. A task missing from the set is one the node no longer owns. A
+        # global task is bound to its node before the scheduler accepts it:
+        # it is not the node's until it is assigned.
         tasks = sorted(
-            (t for t in self.store.tasks_on_node(session.node_id) if t.status.state.is_active),
+            (t for t in self.store.tasks_on_node(session.node_id) if _shipped(t)),
             key=lambda t: t.id,
         )
         fingerprint = tuple((t.id, t.version) for t in tasks)
@@ -217,6 +219,11 @@ class Dispatcher:
         return pb.ManagerMessage(
             assignments=pb.Assignments(tasks=[to_message(t, pb.Task) for t in tasks])
         )
+
+
+def _shipped(task: Task) -> bool:
+    state = task.status.state
+    return state.is_active and state.rank >= TaskState.ASSIGNED.rank
 
 
 async def _wait_either(event: asyncio.Event, task: asyncio.Task[None]) -> None:
