@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchkit import Manager, percentile, print_table, scrape, task_counts, wait_for
+from benchkit import CpuMeter, Manager, percentile, print_table, scrape, task_counts, wait_for
 
 DOCKER_REFERENCE = "Docker Swarm engine API GET /services p95 0.45 ms (same kind of 2-core machine)"
 ENDPOINTS = ("/v1/services", "/v1/tasks")
@@ -92,7 +92,9 @@ def time_endpoint(
     return sorted(samples), size
 
 
-def report(settings: Settings, results: dict[str, tuple[list[float], int]], rss: float) -> None:
+def report(
+    settings: Settings, results: dict[str, tuple[list[float], int]], rss: float, cpu_note: str
+) -> None:
     print(
         f"\nWarren REST latency: 1 manager (sim runtime, availability active), "
         f"{settings.services} services x 1 replica running; one keep-alive mTLS "
@@ -106,6 +108,7 @@ def report(settings: Settings, results: dict[str, tuple[list[float], int]], rss:
     print_table(["endpoint", "body KiB", "p50 ms", "p95 ms", "p99 ms", "max ms"], rows)
     print(f"\npeer figure: {DOCKER_REFERENCE}")
     print(f"manager RSS: {rss:.1f} MiB")
+    print(cpu_note)
 
 
 def run(settings: Settings, root: Path) -> None:
@@ -121,13 +124,16 @@ def run(settings: Settings, root: Path) -> None:
                 f"{settings.services} running tasks",
                 interval=0.5,
             )
+            assert manager.child is not None and manager.child.popen is not None
+            meter = CpuMeter([manager.child.popen.pid])
             results = {
                 path: time_endpoint(conn, path, settings.warmup, settings.requests)
                 for path in ENDPOINTS
             }
+            cpu_note = meter.note()
         finally:
             conn.close()
-        report(settings, results, manager.child.rss_mib() if manager.child else float("nan"))
+        report(settings, results, manager.child.rss_mib(), cpu_note)
     except BaseException:
         if manager.child is not None:
             print(f"manager log tail:\n{manager.child.tail()}", file=sys.stderr)

@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import math
 import os
+import resource
 import signal
 import socket
 import ssl
@@ -132,6 +133,45 @@ def cpu_seconds(pid: int) -> float:
         return math.nan
     # utime and stime are fields 14 and 15; fields[0] here is field 3 (state).
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def system_busy_seconds() -> float:
+    """CPU time every CPU spent busy since boot (first line of /proc/stat)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass
+class CpuMeter:
+    """Splits machine CPU use over a phase into ours (this process and ``pids``)
+    and everyone else's, which tells whether other work skewed the figures."""
+
+    pids: list[int]
+    started: float = 0.0
+    ours: float = 0.0
+    busy: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.started, self.ours, self.busy = self._now()
+
+    def _now(self) -> tuple[float, float, float]:
+        ours = own_cpu_seconds() + sum(cpu_seconds(pid) for pid in self.pids)
+        return time.monotonic(), ours, system_busy_seconds()
+
+    def note(self) -> str:
+        now, ours, busy = self._now()
+        wall = max(now - self.started, 1e-9)
+        mine, others = (ours - self.ours) / wall, (busy - self.busy - ours + self.ours) / wall
+        return (
+            f"machine: {os.cpu_count()} CPUs; during the measured phase this benchmark's "
+            f"processes used {mine:.2f} CPUs on average and other processes {max(others, 0):.2f}"
+        )
 
 
 def stop_all(children: Sequence[Child]) -> None:

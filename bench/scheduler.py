@@ -26,6 +26,7 @@ from benchkit import (
     BENCH_DIR,
     PYTHON,
     Child,
+    CpuMeter,
     Manager,
     parse_metrics,
     print_table,
@@ -227,7 +228,12 @@ def print_timeline(samples: list[Sample], rows: int = 12) -> None:
 
 
 def report(
-    settings: Settings, run: Run, manager: Manager, workers: list[Child], cpu: dict[str, float]
+    settings: Settings,
+    run: Run,
+    manager: Manager,
+    workers: list[Child],
+    cpu: dict[str, float],
+    cpu_note: str,
 ) -> None:
     tasks = run.created * settings.replicas
     print(
@@ -261,6 +267,7 @@ def report(
     ]
     print_table(["figure", "value"], rows)
     print_timeline(run.samples)
+    print(f"\n{cpu_note}")
     if run.create_errors:
         print(f"\nfirst create errors: {run.create_errors[:3]}")
     if run.timed_out:
@@ -284,10 +291,12 @@ def run_benchmark(settings: Settings, root: Path, started: float) -> None:
         join_seconds = wait_workers_ready(settings, manager, workers)
         children = [c for c in (manager.child, *workers) if c is not None]
         cpu_before = {c.name: c.cpu_seconds() for c in children}
+        meter = CpuMeter([c.popen.pid for c in children if c.popen is not None])
         run = asyncio.run(measure(settings, manager, started + BUDGET_SECONDS))
         run.join_seconds = join_seconds
+        cpu_note = meter.note()
         cpu = {c.name: c.cpu_seconds() - cpu_before[c.name] for c in children}
-        report(settings, run, manager, workers, cpu)
+        report(settings, run, manager, workers, cpu, cpu_note)
     except BaseException:
         for child in [manager.child, *workers]:
             if child is not None:

@@ -121,3 +121,55 @@ def test_global_service_follows_nodes(three_workers: Cluster) -> None:
     wait_for(lambda: c.placement("agent").get("w4") == 1, 15, "a task on the new node")
     c.cli("node", "update", "w1", "--availability", "drain")
     wait_for(lambda: "w1" not in c.placement("agent"), 15, "the task to leave w1")
+
+
+def test_restart_policy_limits_attempts(three_workers: Cluster) -> None:
+    c = three_workers
+    # The sim runtime's `exit CODE AFTER` makes a container exit by itself.
+    c.cli("service", "create", "crashy", "--image", "busybox", "--detach",
+          "--restart-condition", "on-failure", "--restart-max-attempts", "2",
+          "--restart-delay", "100ms", "--", "exit", "3", "0.2")  # fmt: skip
+    def failed_runs() -> int:
+        return sum(1 for t in c.tasks("crashy") if t["status"]["state"] == "failed")
+
+    wait_for(lambda: failed_runs() >= 3, 20, "three failed runs")
+    time.sleep(1)  # a fourth run would have started by now
+    tasks = c.tasks("crashy")
+    assert len(tasks) == 3, tasks
+    assert all(t["status"]["state"] == "failed" for t in tasks)
+    assert all(t["status"]["exit_code"] == 3 for t in tasks)
+    assert {t["slot"] for t in tasks} == {1}
+
+
+def test_completed_task_is_not_restarted_on_failure_policy(three_workers: Cluster) -> None:
+    c = three_workers
+    c.cli("service", "create", "job", "--image", "busybox", "--detach",
+          "--restart-condition", "on-failure", "--", "exit", "0", "0.1")  # fmt: skip
+    wait_for(lambda: [t["status"]["state"] for t in c.tasks("job")] == ["complete"], 10, "done")
+    time.sleep(0.5)
+    assert len(c.tasks("job")) == 1
+
+
+def test_update_rolls_tasks_to_the_new_spec(three_workers: Cluster) -> None:
+    c = three_workers
+    c.cli("service", "create", "web", "--image", "busybox:1", "--replicas", "3")
+    c.cli("service", "update", "web", "--image", "busybox:2", "--env-add", "MODE=blue")
+    running = c.running("web")
+    assert len(running) == 3
+    assert {t["spec"]["image"] for t in running} == {"busybox:2"}
+    assert {t["spec"]["env"]["MODE"] for t in running} == {"blue"}
+    assert len([t for t in c.tasks("web") if t["desired_state"] == "shutdown"]) == 3
+
+
+def test_remove_service_and_node(three_workers: Cluster) -> None:
+    c = three_workers
+    c.cli("service", "create", "web", "--image", "busybox", "--replicas", "3")
+    c.cli("service", "rm", "web")
+    assert c.json("service", "ls") == []
+    refused = c.cli("node", "rm", "w3", check=False)
+    assert refused.returncode == 1
+    assert "not down" in refused.stderr
+    c.processes["w3"].kill()
+    wait_for(lambda: c.node_status("w3") == "down", c.node_down_timeout + 5, "w3 down")
+    c.cli("node", "rm", "w3")
+    assert c.node_status("w3") is None

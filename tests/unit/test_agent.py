@@ -1,0 +1,362 @@
+"""Worker side: TaskExecutor on SimRuntime, Agent assignments, cache and recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from factories import GIB, make_service, make_task
+
+from warren.agent.agent import Agent
+from warren.agent.cache import TaskCache
+from warren.agent.executor import TaskExecutor
+from warren.agent.runtime import ContainerConfig, ContainerState
+from warren.agent.sim import SimRuntime
+from warren.core.errors import InvalidArgument
+from warren.core.models import Resources, Task, TaskStatus
+from warren.core.states import TaskState
+from warren.security.tls import IdentityFiles
+
+S = TaskState
+
+
+def _task(
+    task_id: str = "t1",
+    image: str = "nginx:1.27",
+    args: tuple[str, ...] = (),
+    state: S = S.ASSIGNED,
+    slot: int = 1,
+) -> Task:
+    service = make_service("web")
+    service = replace(service, spec=replace(service.spec, image=image, args=args))
+    return make_task(service, id=task_id, slot=slot, node_id="n1", state=state)
+
+
+async def _eventually(check: Callable[[], bool | Awaitable[bool]], timeout: float = 2.0) -> None:
+    """Poll ``check`` (sync or async) until it holds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+async def _no_containers(runtime: SimRuntime) -> bool:
+    return await runtime.list() == []
+
+
+class Reports:
+    """Collects an executor's status reports."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, TaskStatus]] = []
+
+    def __call__(self, task_id: str, status: TaskStatus) -> None:
+        self.items.append((task_id, status))
+
+    @property
+    def states(self) -> list[S]:
+        return [status.state for _, status in self.items]
+
+    @property
+    def last(self) -> TaskStatus:
+        return self.items[-1][1]
+
+    async def wait_for(self, state: S) -> TaskStatus:
+        await _eventually(lambda: state in self.states)
+        return self.last
+
+
+@pytest.fixture
+async def runtime() -> AsyncIterator[SimRuntime]:
+    runtime = SimRuntime()
+    try:
+        yield runtime
+    finally:
+        await runtime.close()
+
+
+Start = Callable[[Task], tuple[TaskExecutor, Reports]]
+
+
+@pytest.fixture
+async def start(runtime: SimRuntime) -> AsyncIterator[Start]:
+    """Starts an executor with its own report collector; closes them all at the end."""
+    made: list[TaskExecutor] = []
+
+    def start(task: Task) -> tuple[TaskExecutor, Reports]:
+        reports = Reports()
+        executor = TaskExecutor(task, runtime, reports)
+        made.append(executor)
+        executor.start()
+        return executor, reports
+
+    try:
+        yield start
+    finally:
+        for executor in made:
+            await executor.close()
+
+
+# --- TaskExecutor ------------------------------------------------------------------
+
+
+async def test_a_task_goes_preparing_starting_running(
+    runtime: SimRuntime, start: Start
+) -> None:
+    executor, reports = start(_task(image="redis:7"))
+    status = await reports.wait_for(S.RUNNING)
+    assert reports.states == [S.PREPARING, S.STARTING, S.RUNNING]
+    assert {task_id for task_id, _ in reports.items} == {"t1"}
+    assert status.container_id == "t1"
+    assert executor.state == S.RUNNING
+    assert not executor.done
+    info = await runtime.inspect("t1")
+    assert (info.state, info.image) == (ContainerState.RUNNING, "redis:7")
+    assert info.labels["warren.task.id"] == "t1"
+    assert info.labels["warren.node.id"] == "n1"
+
+
+async def test_a_killed_container_fails_with_exit_137(
+    runtime: SimRuntime, start: Start
+) -> None:
+    executor, reports = start(_task())
+    await reports.wait_for(S.RUNNING)
+    runtime.kill("t1")
+    status = await reports.wait_for(S.FAILED)
+    assert status.exit_code == 137
+    assert status.err == "task exited with code 137"
+    assert executor.done
+    await _eventually(lambda: _no_containers(runtime))  # removed once it ended
+
+
+async def test_stop_shuts_a_running_task_down(
+    runtime: SimRuntime, start: Start
+) -> None:
+    executor, reports = start(_task())
+    await reports.wait_for(S.RUNNING)
+    await executor.stop(grace_period=0.1)
+    status = await reports.wait_for(S.SHUTDOWN)
+    assert (status.exit_code, status.err) == (0, "")
+    assert reports.states == [S.PREPARING, S.STARTING, S.RUNNING, S.SHUTDOWN]
+    await executor.stop()  # a second stop is a no-op
+    assert reports.states.count(S.SHUTDOWN) == 1
+
+
+async def test_stop_before_the_runner_starts_reports_shutdown_without_a_container(
+    runtime: SimRuntime,
+) -> None:
+    reports = Reports()
+    executor = TaskExecutor(_task(), runtime, reports)
+    executor.start()
+    try:
+        await executor.stop()
+        assert reports.states == [S.SHUTDOWN]
+        assert reports.last.message == "shut down before start"
+        await asyncio.sleep(0.01)
+        assert await runtime.list() == []
+    finally:
+        await executor.close()
+
+
+async def test_a_missing_image_is_rejected(
+    runtime: SimRuntime, start: Start
+) -> None:
+    _, reports = start(_task(image="registry.local/notfound:1"))
+    status = await reports.wait_for(S.REJECTED)
+    assert reports.states == [S.PREPARING, S.REJECTED]
+    assert status.err == "image not found: registry.local/notfound:1"
+    assert await runtime.list() == []
+
+
+async def test_a_container_exiting_0_completes(
+    start: Start,
+) -> None:
+    _, reports = start(_task(args=("exit", "0", "0.05")))
+    status = await reports.wait_for(S.COMPLETE)
+    assert reports.states == [S.PREPARING, S.STARTING, S.RUNNING, S.COMPLETE]
+    assert (status.exit_code, status.err) == (0, "")
+
+
+async def test_a_container_exiting_non_zero_fails(
+    start: Start,
+) -> None:
+    _, reports = start(_task(args=("exit", "3", "0.01")))
+    status = await reports.wait_for(S.FAILED)
+    assert (status.exit_code, status.err) == (3, "task exited with code 3")
+
+
+async def test_a_container_that_cannot_start_is_rejected(
+    runtime: SimRuntime, start: Start
+) -> None:
+    await runtime.create(ContainerConfig(container_id="t1", image="x"))  # the ID is taken
+    _, reports = start(_task())
+    status = await reports.wait_for(S.REJECTED)
+    assert "already exists" in status.err
+
+
+# --- TaskCache ------------------------------------------------------------------------
+
+
+def test_task_cache_round_trip(tmp_path: Path) -> None:
+    cache = TaskCache(tmp_path / "sub" / "tasks.json")
+    tasks = {t.id: t for t in (_task("a", slot=1), _task("b", state=S.RUNNING, slot=2))}
+    cache.save(tasks)
+    assert TaskCache(cache.path).load() == tasks
+    assert not cache.path.with_suffix(".tmp").exists()
+
+
+def test_task_cache_without_a_file_is_empty(tmp_path: Path) -> None:
+    assert TaskCache(tmp_path / "tasks.json").load() == {}
+
+
+def test_an_unreadable_task_cache_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "tasks.json"
+    path.write_text("{not json")
+    with pytest.raises(InvalidArgument, match="unreadable task cache"):
+        TaskCache(path).load()
+
+
+# --- Agent ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def agent(tmp_path: Path, runtime: SimRuntime) -> AsyncIterator[Agent]:
+    agent = Agent(
+        node_id="n1",
+        managers=[],
+        identity=IdentityFiles(tmp_path / "identity"),  # unused: no session is opened
+        runtime=runtime,
+        data_dir=tmp_path / "data",
+        hostname="w1",
+        resources=Resources(2.0, GIB),
+    )
+    try:
+        yield agent
+    finally:
+        for executor in agent.executors.values():
+            await executor.close()
+        for task in list(agent._background):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def _state(agent: Agent, task_id: str) -> S | None:
+    task = agent.tasks.get(task_id)
+    return None if task is None else task.status.state
+
+
+async def _containers(runtime: SimRuntime) -> dict[str, ContainerState]:
+    return {c.container_id: c.state for c in await runtime.list()}
+
+
+async def _containers_are(runtime: SimRuntime, expected: dict[str, ContainerState]) -> bool:
+    return await _containers(runtime) == expected
+
+
+async def test_assigned_tasks_start(agent: Agent, runtime: SimRuntime) -> None:
+    await agent.apply_assignments([_task("a", slot=1), _task("b", slot=2)])
+    assert set(agent.executors) == {"a", "b"}
+    await _eventually(lambda: _state(agent, "a") == _state(agent, "b") == S.RUNNING)
+    assert await _containers(runtime) == {"a": ContainerState.RUNNING, "b": ContainerState.RUNNING}
+    # No session: the reports wait to be sent.
+    assert {tid: s.state for tid, s in agent._unsent.items()} == {"a": S.RUNNING, "b": S.RUNNING}
+
+
+async def test_the_same_assignment_twice_starts_one_container(
+    agent: Agent, runtime: SimRuntime
+) -> None:
+    await agent.apply_assignments([_task("a")])
+    await _eventually(lambda: _state(agent, "a") == S.RUNNING)
+    await agent.apply_assignments([_task("a")])  # the manager's copy is still ASSIGNED
+    await asyncio.sleep(0.02)
+    assert await _containers(runtime) == {"a": ContainerState.RUNNING}
+    assert _state(agent, "a") == S.RUNNING  # our fresher status is kept
+
+
+async def test_a_task_missing_from_the_next_set_is_stopped(
+    agent: Agent, runtime: SimRuntime
+) -> None:
+    await agent.apply_assignments([_task("a", slot=1), _task("b", slot=2)])
+    await _eventually(lambda: _state(agent, "a") == _state(agent, "b") == S.RUNNING)
+    await agent.apply_assignments([_task("b", slot=2)])
+    assert set(agent.executors) == {"b"}
+    assert "a" not in agent.tasks
+    await _eventually(lambda: "a" in agent._unsent and agent._unsent["a"].state == S.SHUTDOWN)
+    await _eventually(lambda: _containers_are(runtime, {"b": ContainerState.RUNNING}))
+
+
+async def test_a_task_told_to_shut_down_is_stopped(agent: Agent, runtime: SimRuntime) -> None:
+    task = _task("a")
+    await agent.apply_assignments([task])
+    await _eventually(lambda: _state(agent, "a") == S.RUNNING)
+    await agent.apply_assignments([replace(task, desired_state=S.SHUTDOWN)])
+    await _eventually(lambda: _state(agent, "a") == S.SHUTDOWN)
+    await _eventually(lambda: _no_containers(runtime))
+    assert agent.tasks["a"].desired_state == S.SHUTDOWN
+
+
+async def test_a_task_shut_down_before_it_started_is_reported_without_running(
+    agent: Agent, runtime: SimRuntime
+) -> None:
+    await agent.apply_assignments([replace(_task("a"), desired_state=S.SHUTDOWN)])
+    assert agent.executors == {}
+    assert _state(agent, "a") == S.SHUTDOWN
+    assert await runtime.list() == []
+
+
+async def test_a_task_the_manager_thinks_runs_here_but_does_not_is_failed(
+    agent: Agent, runtime: SimRuntime
+) -> None:
+    await agent.apply_assignments([_task("a", state=S.RUNNING)])
+    assert agent.executors == {}
+    assert agent._unsent["a"].state == S.FAILED
+    assert agent._unsent["a"].err == "not running on this worker"
+    assert await runtime.list() == []
+
+
+async def test_recover_reports_a_lost_container_as_failed(agent: Agent) -> None:
+    agent.cache.save({"a": _task("a", state=S.RUNNING)})
+    await agent.recover()
+    status = agent._unsent["a"]
+    assert status.state == S.FAILED
+    assert status.err == "container lost while the worker was down"
+    assert _state(agent, "a") == S.FAILED
+    assert agent.executors["a"].done
+
+
+async def test_recover_reattaches_to_a_running_container(
+    agent: Agent, runtime: SimRuntime
+) -> None:
+    task = _task("a", state=S.RUNNING)
+    agent.cache.save({"a": task})
+    await runtime.create(ContainerConfig(container_id="a", image=task.spec.image))
+    await runtime.start("a")
+    await agent.recover()
+    assert agent._unsent == {}
+    assert agent.executors["a"].state == S.RUNNING
+    runtime.kill("a")
+    await _eventually(lambda: _state(agent, "a") == S.FAILED)
+    assert agent.tasks["a"].status.exit_code == 137
+
+
+async def test_recover_removes_containers_no_task_explains(
+    agent: Agent, runtime: SimRuntime
+) -> None:
+    await runtime.create(ContainerConfig(container_id="stray", image="x"))
+    await runtime.start("stray")
+    agent.cache.save({"early": _task("early", state=S.ASSIGNED)})
+    await agent.recover()
+    assert await runtime.list() == []
+    assert agent.executors == {}  # not started yet: it waits for the manager
