@@ -111,9 +111,7 @@ async def start(runtime: SimRuntime) -> AsyncIterator[Start]:
 # --- TaskExecutor ------------------------------------------------------------------
 
 
-async def test_a_task_goes_preparing_starting_running(
-    runtime: SimRuntime, start: Start
-) -> None:
+async def test_a_task_goes_preparing_starting_running(runtime: SimRuntime, start: Start) -> None:
     executor, reports = start(_task(image="redis:7"))
     status = await reports.wait_for(S.RUNNING)
     assert reports.states == [S.PREPARING, S.STARTING, S.RUNNING]
@@ -127,9 +125,7 @@ async def test_a_task_goes_preparing_starting_running(
     assert info.labels["warren.node.id"] == "n1"
 
 
-async def test_a_killed_container_fails_with_exit_137(
-    runtime: SimRuntime, start: Start
-) -> None:
+async def test_a_killed_container_fails_with_exit_137(runtime: SimRuntime, start: Start) -> None:
     executor, reports = start(_task())
     await reports.wait_for(S.RUNNING)
     runtime.kill("t1")
@@ -140,9 +136,7 @@ async def test_a_killed_container_fails_with_exit_137(
     await _eventually(lambda: _no_containers(runtime))  # removed once it ended
 
 
-async def test_stop_shuts_a_running_task_down(
-    runtime: SimRuntime, start: Start
-) -> None:
+async def test_stop_shuts_a_running_task_down(runtime: SimRuntime, start: Start) -> None:
     executor, reports = start(_task())
     await reports.wait_for(S.RUNNING)
     await executor.stop(grace_period=0.1)
@@ -169,9 +163,7 @@ async def test_stop_before_the_runner_starts_reports_shutdown_without_a_containe
         await executor.close()
 
 
-async def test_a_missing_image_is_rejected(
-    runtime: SimRuntime, start: Start
-) -> None:
+async def test_a_missing_image_is_rejected(runtime: SimRuntime, start: Start) -> None:
     _, reports = start(_task(image="registry.local/notfound:1"))
     status = await reports.wait_for(S.REJECTED)
     assert reports.states == [S.PREPARING, S.REJECTED]
@@ -196,9 +188,7 @@ async def test_a_container_exiting_non_zero_fails(
     assert (status.exit_code, status.err) == (3, "task exited with code 3")
 
 
-async def test_a_container_that_cannot_start_is_rejected(
-    runtime: SimRuntime, start: Start
-) -> None:
+async def test_a_container_that_cannot_start_is_rejected(runtime: SimRuntime, start: Start) -> None:
     await runtime.create(ContainerConfig(container_id="t1", image="x"))  # the ID is taken
     _, reports = start(_task())
     status = await reports.wait_for(S.REJECTED)
@@ -336,9 +326,7 @@ async def test_recover_reports_a_lost_container_as_failed(agent: Agent) -> None:
     assert agent.executors["a"].done
 
 
-async def test_recover_reattaches_to_a_running_container(
-    agent: Agent, runtime: SimRuntime
-) -> None:
+async def test_recover_reattaches_to_a_running_container(agent: Agent, runtime: SimRuntime) -> None:
     task = _task("a", state=S.RUNNING)
     agent.cache.save({"a": task})
     await runtime.create(ContainerConfig(container_id="a", image=task.spec.image))

@@ -44,9 +44,7 @@ async def _until_leader(consensus: RaftConsensus, timeout: float = 5.0) -> None:
 
 async def _create(consensus: RaftConsensus, name: str) -> str:
     service = make_service(name, id=f"svc-{name}")
-    raise_for_result(
-        await consensus.propose(txn([put(service, MUST_NOT_EXIST)], at=time.time()))
-    )
+    raise_for_result(await consensus.propose(txn([put(service, MUST_NOT_EXIST)], at=time.time())))
     return service.id
 
 
@@ -88,7 +86,10 @@ async def test_a_single_member_leads_and_lists_itself(raft: Member1) -> None:
     await _until_leader(consensus)
     assert consensus.leader == raft.address
     assert consensus.members() == [Member(raft.address, is_leader=True, reachable=True)]
-    await asyncio.sleep(0)  # the listener is called on the loop
+    # The listener runs on the loop, a moment after the Raft thread changed state.
+    deadline = time.monotonic() + 1.0
+    while not leadership and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
     assert leadership == [True]
 
 

@@ -32,7 +32,7 @@ def test_terminal_and_active_split_the_states() -> None:
 
 
 def test_desired_states_are_running_and_shutdown() -> None:
-    assert DESIRED_STATES == {S.RUNNING, S.SHUTDOWN}
+    assert frozenset({S.RUNNING, S.SHUTDOWN}) == DESIRED_STATES
 
 
 @given(st.sampled_from(TaskState), st.sampled_from(TaskState))

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from warren.core.errors import AlreadyExists, Conflict, FailedPrecondition, NotFound
-from warren.core.models import Service, Task, TaskStatus
+from warren.core.models import Cluster, Service, Task, TaskStatus
 from warren.core.states import TaskState
 from warren.manager.snapshot import Snapshot
 from warren.manager.store import (
@@ -136,8 +136,6 @@ def test_delete_checks_existence_and_version() -> None:
 
 
 def test_a_second_cluster_is_refused() -> None:
-    from warren.core.models import Cluster
-
     store = Store()
     _write(store, put(Cluster("c1", "w", "m", "fp"), MUST_NOT_EXIST))
     result = _write(store, put(Cluster("c2", "w", "m", "fp"), None))
@@ -265,9 +263,7 @@ def test_task_state_cannot_move_backwards_via_put(old: S, new: S) -> None:
 
 def test_a_shut_down_task_cannot_be_told_to_run_again() -> None:
     store, task = _with_task(S.RUNNING)
-    raise_for_result(
-        _write(store, put(replace(task, desired_state=S.SHUTDOWN), task.version))
-    )
+    raise_for_result(_write(store, put(replace(task, desired_state=S.SHUTDOWN), task.version)))
     shut = store.get(Kind.TASK, "t1")
     result = _write(store, put(replace(shut, desired_state=S.RUNNING), shut.version))
     assert _error(result) == FailedPrecondition.code

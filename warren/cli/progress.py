@@ -67,8 +67,8 @@ def measure(service: Service, tasks: Sequence[Task], eligible_nodes: Callable[[]
     else:
         desired = service.spec.replicas
         missing = max(0, desired - len(current))
-    converged = running == desired and not stuck and not missing and surplus <= 0
-    return Progress(running, desired, converged, _describe(stuck, max(surplus, 0), missing))
+    converged = running == desired and not stuck and not missing and not surplus
+    return Progress(running, desired, converged, _describe(stuck, surplus, missing))
 
 
 def eligible_count(service: Service, nodes: Sequence[Node]) -> int:
