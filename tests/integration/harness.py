@@ -160,7 +160,9 @@ class Cluster:
 
     # -- the CLI -----------------------------------------------------------------
 
-    def cli(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [*WARREN, "--manager", self.manager_address, *args],
             capture_output=True,

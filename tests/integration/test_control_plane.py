@@ -129,6 +129,7 @@ def test_restart_policy_limits_attempts(three_workers: Cluster) -> None:
     c.cli("service", "create", "crashy", "--image", "busybox", "--detach",
           "--restart-condition", "on-failure", "--restart-max-attempts", "2",
           "--restart-delay", "100ms", "--", "exit", "3", "0.2")  # fmt: skip
+
     def failed_runs() -> int:
         return sum(1 for t in c.tasks("crashy") if t["status"]["state"] == "failed")
 

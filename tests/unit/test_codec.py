@@ -228,11 +228,6 @@ def test_the_scalars_helper_decodes_good_values() -> None:
     assert decoded == _Scalars(True, 2, 1.0, None)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="models.py NAME_RE/LABEL_KEY_RE/ENV_KEY_RE end in '$', which also matches "
-    "before a trailing newline, so 'web\\n' passes validation",
-)
 @pytest.mark.parametrize(
     "data",
     [

@@ -505,11 +505,6 @@ def test_import_replaces_what_was_there() -> None:
 # --- known bugs: ops of one atomic txn are all checked against the state before it
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="store.py _apply_txn checks every atomic op against the pre-txn state, "
-    "so two services of one name in one txn both commit",
-)
 def test_atomic_txn_cannot_create_two_services_with_one_name() -> None:
     store = Store()
     _write(
@@ -520,11 +515,6 @@ def test_atomic_txn_cannot_create_two_services_with_one_name() -> None:
     assert len([s for s in store.list(Kind.SERVICE) if s.spec.name == "web"]) <= 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="store.py _apply_txn: a task assigned twice in one atomic txn ends on the "
-    "second node and stays indexed under both",
-)
 def test_atomic_txn_cannot_assign_a_task_twice() -> None:
     store, task = _with_task(S.NEW, node_id="")
     _write(store, put(replace(task, node_id="n1"), None), put(replace(task, node_id="n2"), None))
@@ -532,12 +522,6 @@ def test_atomic_txn_cannot_assign_a_task_twice() -> None:
     assert store.get(Kind.TASK, "t1").node_id in ("", "n1")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=KeyError,
-    reason="store.py _commit: deleting one object twice in an atomic txn raises "
-    "KeyError out of apply() after the first delete committed",
-)
 def test_atomic_txn_deleting_twice_is_an_error_and_changes_nothing() -> None:
     store, _ = _with_task()
     before = store.snapshot()
@@ -546,11 +530,6 @@ def test_atomic_txn_deleting_twice_is_an_error_and_changes_nothing() -> None:
     assert store.snapshot() == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="store.py _apply_txn: an atomic txn reports the final revision as every "
-    "op's version; only the last one is right",
-)
 def test_atomic_txn_results_give_each_op_its_version() -> None:
     store = Store()
     result = _write(store, put(make_node("n1"), None), put(make_node("n2"), None))
@@ -558,11 +537,6 @@ def test_atomic_txn_results_give_each_op_its_version() -> None:
     assert versions == [store.get(Kind.NODE, n).version for n in ("n1", "n2")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="store.py _apply_task_status: a malformed update after a good one returns an "
-    "error result, yet the good one stays applied (and its event is published)",
-)
 def test_task_status_with_a_malformed_update_changes_nothing() -> None:
     store = Store()
     tasks = [make_task(id=f"t{i}", slot=i, node_id="n1", state=S.ASSIGNED) for i in (1, 2)]
@@ -627,7 +601,6 @@ def _command(draw: st.DrawFn) -> dict[str, Any]:
             )
         )
         return task_status(draw(st.sampled_from(_NODES[1:])), updates, at)
-    # Ops of one txn touch distinct objects (see the xfail tests above for why).
     ops = draw(
         st.lists(
             st.one_of(_service_op(), _task_op()), min_size=1, max_size=4, unique_by=lambda o: o[0]

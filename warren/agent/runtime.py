@@ -7,7 +7,7 @@ those steps apart so the executor can report each state as it happens.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
@@ -15,16 +15,45 @@ from typing import Protocol
 
 @dataclass(frozen=True)
 class ContainerConfig:
-    """What to run: derived from a task's spec by the executor."""
+    """What to run: derived from a task's spec by the executor.
+
+    ``entrypoint`` and ``args`` override the image's ENTRYPOINT and CMD when
+    non-empty; ``env`` is merged over the image's environment; an empty
+    ``workdir`` or ``user`` keeps the image's.
+    """
 
     container_id: str
     image: str
+    entrypoint: tuple[str, ...] = ()
     args: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
-    cpu_limit: float = 0.0
-    memory_limit_bytes: int = 0
+    workdir: str = ""
+    user: str = ""  # uid[:gid] or a name from the image's /etc/passwd
+    cpu_limit: float = 0.0  # CPUs (cgroup quota); 0: unlimited
+    memory_limit_bytes: int = 0  # 0: unlimited
+    read_only: bool = False  # read-only root filesystem
+    init: bool = False  # run a tiny init as PID 1 that forwards signals and reaps
+    host_network: bool = False  # share the node's network namespace
     stop_signal: str = "SIGTERM"
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int
+    output: bytes  # stdout and stderr together, truncated to a few KiB
+
+
+class LogStream(StrEnum):
+    STDOUT = "stdout"
+    STDERR = "stderr"
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    timestamp: float
+    stream: LogStream
+    line: bytes  # without the trailing newline
 
 
 @dataclass(frozen=True)
@@ -92,7 +121,28 @@ class Runtime(Protocol):
         """Delete a stopped container and its resources; unknown IDs are ignored."""
         ...
 
-    def logs(self, container_id: str, follow: bool = False) -> AsyncIterator[bytes]: ...
+    async def exec(self, container_id: str, args: Sequence[str], timeout: float) -> ExecResult:
+        """Run ``args`` inside the running container (health checks).
+
+        Raises ``RuntimeFailure`` if it cannot start, ``TimeoutError`` when it
+        outlives ``timeout`` (it is killed then).
+        """
+        ...
+
+    def network_namespace(self, container_id: str) -> str | None:
+        """Path of the container's network namespace; None when it shares the host's."""
+        ...
+
+    def logs(
+        self, container_id: str, follow: bool = False, tail: int | None = None
+    ) -> AsyncIterator[LogEntry]:
+        """The container's output, oldest first; ``tail`` keeps the last N lines.
+
+        With ``follow``, keeps yielding new lines until the container is removed
+        or the caller stops iterating. Works after the container exited, until
+        it is removed.
+        """
+        ...
 
     def events(self) -> AsyncIterator[RuntimeEvent]: ...
 

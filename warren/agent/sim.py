@@ -6,6 +6,7 @@ Its state lives in memory, so a restarted sim worker finds no containers.
 
 Images: any name pulls, except one containing ``notfound`` (ImageNotFound).
 Args ``["exit", CODE, AFTER_SECONDS]`` make a container exit by itself.
+Exec: ``["false"]`` fails (exit 1), anything else succeeds.
 """
 
 from __future__ import annotations
@@ -13,14 +14,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from warren.agent.runtime import (
     ContainerConfig,
     ContainerInfo,
     ContainerState,
+    ExecResult,
     ExitStatus,
+    LogEntry,
+    LogStream,
     RuntimeEvent,
 )
 from warren.core.errors import FailedPrecondition, ImageNotFound, NotFound
@@ -36,7 +40,7 @@ class _Container:
     exit: ExitStatus | None = None
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     timer: asyncio.TimerHandle | None = None
-    logs: list[bytes] = field(default_factory=list)
+    logs: list[LogEntry] = field(default_factory=list)
 
 
 class SimRuntime:
@@ -61,7 +65,8 @@ class SimRuntime:
         if container.state != ContainerState.CREATED:
             raise FailedPrecondition(f"container {container_id} is {container.state}")
         container.state = ContainerState.RUNNING
-        container.logs.append(f"started {container.config.image}\n".encode())
+        line = f"started {container.config.image}".encode()
+        container.logs.append(LogEntry(time.time(), LogStream.STDOUT, line))
         args = container.config.args
         if len(args) == 3 and args[0] == "exit":
             loop = asyncio.get_running_loop()
@@ -111,9 +116,20 @@ class SimRuntime:
         if container is not None and container.timer is not None:
             container.timer.cancel()
 
-    async def logs(self, container_id: str, follow: bool = False) -> AsyncIterator[bytes]:
-        for line in list(self._get(container_id).logs):
-            yield line
+    async def exec(self, container_id: str, args: Sequence[str], timeout: float) -> ExecResult:
+        if self._get(container_id).state != ContainerState.RUNNING:
+            raise FailedPrecondition(f"container {container_id} is not running")
+        return ExecResult(1 if list(args) == ["false"] else 0, b"")
+
+    def network_namespace(self, container_id: str) -> str | None:
+        return None
+
+    async def logs(
+        self, container_id: str, follow: bool = False, tail: int | None = None
+    ) -> AsyncIterator[LogEntry]:
+        entries = list(self._get(container_id).logs)
+        for entry in entries[-tail:] if tail else entries:
+            yield entry
 
     async def events(self) -> AsyncIterator[RuntimeEvent]:
         while True:

@@ -6,8 +6,10 @@ references, never the objects.
 
 from __future__ import annotations
 
+import math
 import re
 import secrets
+import signal
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -15,9 +17,10 @@ from warren.core.constraints import parse_constraint
 from warren.core.errors import InvalidArgument
 from warren.core.states import DESIRED_STATES, TaskState
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,127}$")
-ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Used with fullmatch: `$` would also accept a trailing newline.
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+LABEL_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_./-]{0,127}")
+ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Far above any sane service, low enough that a typo can't swamp the store.
 MAX_REPLICAS = 100_000
 
@@ -50,6 +53,18 @@ class ServiceMode(StrEnum):
     GLOBAL = "global"
 
 
+class NetworkMode(StrEnum):
+    PRIVATE = "private"  # its own network namespace (loopback until overlays exist)
+    HOST = "host"  # the node's network namespace
+
+
+class Health(StrEnum):
+    NONE = ""  # no health check
+    STARTING = "starting"
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+
+
 class RestartCondition(StrEnum):
     NONE = "none"
     ON_FAILURE = "on-failure"
@@ -58,7 +73,7 @@ class RestartCondition(StrEnum):
 
 def _check_labels(labels: dict[str, str], what: str) -> None:
     for key in labels:
-        if not LABEL_KEY_RE.match(key):
+        if not LABEL_KEY_RE.fullmatch(key):
             raise InvalidArgument(f"invalid {what} key '{key}'")
 
 
@@ -68,8 +83,8 @@ class Resources:
     memory_bytes: int = 0
 
     def __post_init__(self) -> None:
-        if self.cpus < 0 or self.memory_bytes < 0:
-            raise InvalidArgument("resources cannot be negative")
+        if not math.isfinite(self.cpus) or self.cpus < 0 or self.memory_bytes < 0:
+            raise InvalidArgument("resources must be finite and not negative")
 
     def __add__(self, other: Resources) -> Resources:
         return Resources(self.cpus + other.cpus, self.memory_bytes + other.memory_bytes)
@@ -115,6 +130,38 @@ class RestartPolicy:
 
 
 @dataclass(frozen=True)
+class HealthCheck:
+    """Exactly one probe: a command in the container, an HTTP GET, or a TCP connect."""
+
+    cmd: tuple[str, ...] = ()  # run in the container; exit 0 is healthy
+    http: str = ""  # "PORT/PATH": a 2xx or 3xx answer is healthy
+    tcp: int = 0  # a port that accepts a connection is healthy
+    interval: float = 30.0
+    timeout: float = 30.0
+    retries: int = 3  # consecutive failures that make a task unhealthy
+    start_period: float = 0.0  # failures in this time after start don't count
+
+    def __post_init__(self) -> None:
+        probes = sum((bool(self.cmd), bool(self.http), bool(self.tcp)))
+        if probes != 1:
+            raise InvalidArgument("a health check needs exactly one of cmd, http or tcp")
+        if self.http:
+            self.http_target()
+        if not 0 <= self.tcp <= 65535:
+            raise InvalidArgument(f"invalid health check port {self.tcp}")
+        if self.interval <= 0 or self.timeout <= 0:
+            raise InvalidArgument("health check interval and timeout must be positive")
+        if self.retries < 1 or self.start_period < 0:
+            raise InvalidArgument("health check retries must be 1 or more, start period 0 or more")
+
+    def http_target(self) -> tuple[int, str]:
+        port, _, path = self.http.partition("/")
+        if not port.isdigit() or not 0 < int(port) <= 65535:
+            raise InvalidArgument(f"invalid HTTP health check '{self.http}': expected PORT/PATH")
+        return int(port), "/" + path
+
+
+@dataclass(frozen=True)
 class ServiceSpec:
     name: str
     image: str
@@ -128,24 +175,42 @@ class ServiceSpec:
     limits: Resources = field(default_factory=Resources)
     restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
     max_replicas_per_node: int = 0  # 0: unlimited
+    # The container: empty values keep what the image says.
+    entrypoint: tuple[str, ...] = ()
+    workdir: str = ""
+    user: str = ""
+    read_only: bool = False
+    init: bool = False
+    network_mode: NetworkMode = NetworkMode.PRIVATE
+    stop_signal: str = "SIGTERM"
+    stop_grace_period: float = 10.0
+    health: HealthCheck | None = None
 
     def __post_init__(self) -> None:
-        if not NAME_RE.match(self.name):
+        if not NAME_RE.fullmatch(self.name):
             raise InvalidArgument(
                 f"invalid service name '{self.name}': use 1-63 letters, digits, '_', '.' or '-'"
             )
         if not self.image.strip():
             raise InvalidArgument("image must not be empty")
         if not 0 <= self.replicas <= MAX_REPLICAS:
-            raise InvalidArgument(f"replicas must be between 0 and {MAX_REPLICAS}, not {self.replicas}")
+            raise InvalidArgument(
+                f"replicas must be between 0 and {MAX_REPLICAS}, not {self.replicas}"
+            )
         if self.max_replicas_per_node < 0:
             raise InvalidArgument("max replicas per node cannot be negative")
         for key in self.env:
-            if not ENV_KEY_RE.match(key):
+            if not ENV_KEY_RE.fullmatch(key):
                 raise InvalidArgument(f"invalid environment variable name '{key}'")
         _check_labels(self.labels, "service label")
         for expr in self.constraints:
             parse_constraint(expr)
+        if self.stop_signal not in signal.Signals.__members__:
+            raise InvalidArgument(f"unknown stop signal '{self.stop_signal}' (e.g. SIGTERM)")
+        if self.stop_grace_period < 0:
+            raise InvalidArgument("stop grace period cannot be negative")
+        if self.workdir and not self.workdir.startswith("/"):
+            raise InvalidArgument(f"workdir must be an absolute path, not '{self.workdir}'")
 
 
 @dataclass(frozen=True)
@@ -167,6 +232,7 @@ class TaskStatus:
     exit_code: int | None = None
     container_id: str = ""
     timestamp: float = 0.0
+    health: Health = Health.NONE
 
 
 @dataclass(frozen=True)

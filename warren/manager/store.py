@@ -178,23 +178,37 @@ class Store:
 
     def _apply_txn(self, command: dict[str, Any], events: builtins.list[StoreEvent]) -> Any:
         at = float(command["at"])
-        ops = command["ops"]
-        if command["atomic"]:
-            # Check everything first so a failure changes nothing.
-            planned = [self._check_op(op, at) for op in ops]
-            for step in planned:
-                events.append(self._commit(step, at))
-            return {"results": [{"version": self._revision} for _ in planned]}
+        atomic = bool(command["atomic"])
+        revision = self._revision
+        undo: builtins.list[tuple[Kind, str, Any]] = []
         results: builtins.list[dict[str, Any]] = []
-        for op in ops:
+        for op in command["ops"]:
+            # Each op sees the state the ops before it left.
             try:
-                step = self._check_op(op, at)
+                kind, object_id, old, new = self._check_op(op, at)
             except WarrenError as exc:
+                if atomic:
+                    self._rollback(undo, revision)
+                    events.clear()
+                    raise
                 results.append(_error(exc))
                 continue
-            events.append(self._commit(step, at))
+            undo.append((kind, object_id, old))
+            events.append(self._commit((kind, object_id, old, new), at))
             results.append({"version": self._revision})
         return {"results": results}
+
+    def _rollback(self, undo: builtins.list[tuple[Kind, str, Any]], revision: int) -> None:
+        """Undo committed ops of a failed atomic txn, newest first."""
+        for kind, object_id, old in reversed(undo):
+            current = self._tables[kind].pop(object_id, None)
+            if kind is Kind.TASK and current is not None:
+                self._unindex(current)
+            if old is not None:
+                self._tables[kind][object_id] = old
+                if kind is Kind.TASK:
+                    self._index(old)
+        self._revision = revision
 
     def _check_op(self, op: dict[str, Any], at: float) -> tuple[Kind, str, Any, Any]:
         """Validate one op against the current state; return (kind, id, old, new)."""
@@ -256,7 +270,9 @@ class Store:
         tasks = self._tables[Kind.TASK]
         applied: builtins.list[str] = []
         refused: dict[str, str] = {}
-        for task_id, raw in command["updates"].items():
+        # Decode everything first: a malformed report changes nothing.
+        updates = {tid: from_dict(TaskStatus, raw) for tid, raw in command["updates"].items()}
+        for task_id, status in updates.items():
             task = tasks.get(task_id)
             if task is None:
                 refused[task_id] = "unknown task"
@@ -264,7 +280,6 @@ class Store:
             if task.node_id != node_id:
                 refused[task_id] = "task is not assigned to this node"
                 continue
-            status = from_dict(TaskStatus, raw)
             # Forward-only: a late or repeated report never moves a task back.
             if status.state.rank < task.status.state.rank or task.status.state.is_terminal:
                 refused[task_id] = f"task is already {task.status.state}"
