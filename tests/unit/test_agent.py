@@ -139,7 +139,7 @@ async def test_a_killed_container_fails_with_exit_137(runtime: SimRuntime, start
 async def test_stop_shuts_a_running_task_down(runtime: SimRuntime, start: Start) -> None:
     executor, reports = start(_task())
     await reports.wait_for(S.RUNNING)
-    await executor.stop(grace_period=0.1)
+    await executor.stop()
     status = await reports.wait_for(S.SHUTDOWN)
     assert (status.exit_code, status.err) == (0, "")
     assert reports.states == [S.PREPARING, S.STARTING, S.RUNNING, S.SHUTDOWN]

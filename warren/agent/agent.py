@@ -14,6 +14,7 @@ import logging
 import os
 import random
 import socket
+import time
 from collections.abc import Coroutine
 from dataclasses import replace
 from pathlib import Path
@@ -24,7 +25,7 @@ import grpc
 from warren.agent.cache import TaskCache
 from warren.agent.executor import TaskExecutor
 from warren.agent.runtime import ContainerState, Runtime
-from warren.core.errors import WarrenError
+from warren.core.errors import NotFound, WarrenError
 from warren.core.models import Resources, Task, TaskStatus
 from warren.core.states import TaskState
 from warren.proto import warren_pb2 as pb
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 
 _REPORT_DEBOUNCE = 0.02
 _CACHE_DEBOUNCE = 0.2
+_LOG_BATCH_LINES = 200
+_LOG_BATCH_SECONDS = 0.05
 
 
 def node_resources() -> Resources:
@@ -75,6 +78,9 @@ class Agent:
         self.executors: dict[str, TaskExecutor] = {}
         self._unsent: dict[str, TaskStatus] = {}
         self._call: Any = None
+        # One writer at a time on the session stream (gRPC allows no overlap).
+        self._write_lock = asyncio.Lock()
+        self._log_requests: dict[str, asyncio.Task[None]] = {}
         self._report_scheduled = False
         self._cache_dirty = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
@@ -181,27 +187,90 @@ class Agent:
                     message = await call.read()
                     if message is grpc.aio.EOF:
                         return
-                    if message.WhichOneof("message") == "assignments":
-                        tasks = [from_message(Task, t) for t in message.assignments.tasks]
-                        await self.apply_assignments(tasks)
+                    await self._handle(message)
             finally:
                 heartbeat.cancel()
+                for request in self._log_requests.values():
+                    request.cancel()
+                self._log_requests.clear()
+
+    async def _handle(self, message: Any) -> None:
+        kind = message.WhichOneof("message")
+        if kind == "assignments":
+            update = message.assignments
+            changed = [from_message(Task, t) for t in update.tasks]
+            if update.full:
+                await self.apply_assignments(changed)
+            else:
+                await self.apply_changes(changed, list(update.removed))
+        elif kind == "logs":
+            request = message.logs
+            task = asyncio.create_task(self._serve_logs(request))
+            self._log_requests[request.request_id] = task
+            task.add_done_callback(lambda _: self._log_requests.pop(request.request_id, None))
+        elif kind == "cancel_logs":
+            running = self._log_requests.get(message.cancel_logs.request_id)
+            if running is not None:
+                running.cancel()
+
+    async def _write(self, message: Any) -> None:
+        call = self._call
+        if call is None:
+            raise WarrenError("no session")
+        async with self._write_lock:
+            await call.write(message)
 
     async def _heartbeats(self, call: Any, period: float) -> None:
         while True:
             await asyncio.sleep(period)
-            await call.write(pb.WorkerMessage(heartbeat=pb.Heartbeat()))
+            await self._write(pb.WorkerMessage(heartbeat=pb.Heartbeat()))
+
+    async def _serve_logs(self, request: Any) -> None:
+        """Stream a container's output back in batches, ending with ``done``."""
+        batch: list[Any] = []
+        last_flush = time.monotonic()
+
+        async def flush(done: bool = False, error: str = "") -> None:
+            nonlocal batch, last_flush
+            chunk = pb.LogsChunk(
+                request_id=request.request_id, entries=batch, done=done, error=error
+            )
+            batch, last_flush = [], time.monotonic()
+            await self._write(pb.WorkerMessage(logs=chunk))
+
+        try:
+            lines = self.runtime.logs(request.task_id, request.follow, request.tail or None)
+            async for entry in lines:
+                batch.append(
+                    pb.LogEntry(timestamp=entry.timestamp, stream=entry.stream, line=entry.line)
+                )
+                if (
+                    len(batch) >= _LOG_BATCH_LINES
+                    or time.monotonic() - last_flush > _LOG_BATCH_SECONDS
+                ):
+                    await flush()
+        except NotFound:
+            await flush(done=True, error="no container (the task is not running on this node)")
+        except WarrenError as exc:
+            await flush(done=True, error=str(exc))
+        else:
+            await flush(done=True)
 
     # -- assignments -------------------------------------------------------------
 
     async def apply_assignments(self, tasks: list[Task]) -> None:
+        """A complete set: anything not in it is no longer this node's."""
         assigned = {t.id: t for t in tasks}
-        for task_id in list(self.executors.keys() - assigned.keys()):
+        await self.apply_changes(tasks, list(self.executors.keys() - assigned.keys()))
+
+    async def apply_changes(self, changed: list[Task], removed: list[str]) -> None:
+        for task_id in removed:
             # No longer ours: stop it, whatever the manager thinks it was.
-            executor = self.executors.pop(task_id)
-            await executor.stop()
+            executor = self.executors.pop(task_id, None)
+            if executor is not None:
+                await executor.stop()
             self.tasks.pop(task_id, None)
-        for task in assigned.values():
+        for task in changed:
             self._apply_one(task)
         self._cache_dirty.set()
 
@@ -272,12 +341,16 @@ class Agent:
             await self._cache_dirty.wait()
             await asyncio.sleep(_CACHE_DEBOUNCE)
             self._cache_dirty.clear()
-            self._save_cache()
+            await asyncio.to_thread(self.cache.write, self._encode_cache())
 
-    def _save_cache(self) -> None:
+    def _encode_cache(self) -> bytes:
+        # Encoded on the loop (the tasks change there), written in a thread.
         live = {
             tid: t
             for tid, t in self.tasks.items()
             if tid in self.executors or not t.status.state.is_terminal
         }
-        self.cache.save(live)
+        return self.cache.encode(live)
+
+    def _save_cache(self) -> None:
+        self.cache.write(self._encode_cache())

@@ -29,12 +29,20 @@ class TaskCache:
             raise InvalidArgument(f"unreadable task cache {self.path}: {exc}") from None
         return {task_id: from_dict(Task, data) for task_id, data in raw.get("tasks", {}).items()}
 
-    def save(self, tasks: dict[str, Task]) -> None:
+    def encode(self, tasks: dict[str, Task]) -> bytes:
         payload: dict[str, Any] = {"tasks": {tid: to_dict(t) for tid, t in tasks.items()}}
+        # json.dumps, not json.dump: only dumps uses the C encoder.
+        return json.dumps(payload, separators=(",", ":")).encode()
+
+    def write(self, data: bytes) -> None:
+        """Atomic and durable; blocking, so callers on the event loop use a thread."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w") as handle:
-            json.dump(payload, handle)
+        with open(tmp, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, self.path)
+
+    def save(self, tasks: dict[str, Task]) -> None:
+        self.write(self.encode(tasks))

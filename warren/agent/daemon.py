@@ -13,7 +13,7 @@ import signal
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
@@ -24,6 +24,7 @@ from warren.core.errors import FailedPrecondition, InvalidArgument, Unavailable,
 from warren.proto import warren_pb2 as pb
 from warren.proto import warren_pb2_grpc as pb_grpc
 from warren.proto.errors import error_from_rpc
+from warren.registry.client import RegistryConfig
 from warren.security.ca import generate_key, key_pem, make_csr
 from warren.security.join import joiner_credentials
 from warren.security.tls import IdentityFiles, fetch_ca_chain, pin_ca, write_private
@@ -37,9 +38,13 @@ class WorkerOptions:
     data_dir: Path
     token: str | None
     managers: list[str]
-    runtime: str = "sim"
+    runtime: str = "containerd"
     node_name: str = field(default_factory=socket.gethostname)
     labels: dict[str, str] = field(default_factory=dict)
+    containerd_socket: str = "/run/containerd/containerd.sock"
+    containerd_namespace: str = "warren"
+    insecure_registries: list[str] = field(default_factory=list)
+    registry_config: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -70,10 +75,34 @@ def split_address(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def make_runtime(name: str) -> Runtime:
-    if name == "sim":
+class RuntimeOptions(Protocol):
+    """The runtime settings a manager and a worker share."""
+
+    data_dir: Path
+    runtime: str
+    containerd_socket: str
+    containerd_namespace: str
+    insecure_registries: list[str]
+    registry_config: Path | None
+
+
+def registry_config(options: RuntimeOptions) -> RegistryConfig:
+    return RegistryConfig.load(options.registry_config, options.insecure_registries)
+
+
+def make_runtime(options: RuntimeOptions) -> Runtime:
+    if options.runtime == "sim":
         return SimRuntime()
-    raise InvalidArgument(f"unknown runtime '{name}': this build supports 'sim'")
+    if options.runtime == "containerd":
+        from warren.agent.containerd.runtime import ContainerdRuntime
+
+        return ContainerdRuntime(
+            socket=options.containerd_socket,
+            namespace=options.containerd_namespace,
+            state_dir=options.data_dir / "containerd",
+            registry=registry_config(options),
+        )
+    raise InvalidArgument(f"unknown runtime '{options.runtime}': use containerd or sim")
 
 
 async def join_cluster(options: WorkerOptions, identity: IdentityFiles) -> NodeState:
@@ -134,7 +163,7 @@ async def serve_worker(options: WorkerOptions, stop: asyncio.Event) -> None:
         node_id=state.node_id,
         managers=managers,
         identity=identity,
-        runtime=make_runtime(options.runtime),
+        runtime=make_runtime(options),
         data_dir=options.data_dir / "agent",
         hostname=options.node_name,
     )

@@ -117,6 +117,11 @@ class Runtime(Protocol):
         """Every container this runtime manages (for re-attaching after a restart)."""
         ...
 
+    async def reattach(self, container_id: str) -> None:
+        """Resume what follows a container found running after an agent restart
+        (its output capture), without touching the container."""
+        ...
+
     async def remove(self, container_id: str) -> None:
         """Delete a stopped container and its resources; unknown IDs are ignored."""
         ...

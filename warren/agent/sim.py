@@ -111,6 +111,9 @@ class SimRuntime:
     async def list(self) -> list[ContainerInfo]:
         return [self._info(c) for c in self._containers.values()]
 
+    async def reattach(self, container_id: str) -> None:
+        self._get(container_id)
+
     async def remove(self, container_id: str) -> None:
         container = self._containers.pop(container_id, None)
         if container is not None and container.timer is not None:

@@ -25,10 +25,17 @@ ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MAX_REPLICAS = 100_000
 
 
+_BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
 def new_id() -> str:
-    """A random 25-character ID (base 36, like Swarm's)."""
-    alphabet = "0123456789abcdefghijklmnopqrstuvwxyz"
-    return "".join(secrets.choice(alphabet) for _ in range(25))
+    """A random 25-character ID (base 36, like Swarm's): 128 random bits."""
+    number = int.from_bytes(secrets.token_bytes(16), "big")
+    digits = []
+    for _ in range(25):
+        number, digit = divmod(number, 36)
+        digits.append(_BASE36[digit])
+    return "".join(digits)
 
 
 class NodeRole(StrEnum):

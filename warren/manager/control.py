@@ -33,6 +33,7 @@ from warren.core.models import (
 )
 from warren.core.states import TaskState
 from warren.manager.consensus import Consensus
+from warren.manager.images import ImageResolver
 from warren.manager.store import MUST_NOT_EXIST, Kind, delete, put, raise_for_result, txn
 from warren.security.ca import CertificateAuthority
 from warren.security.tokens import JoinToken, new_secret, secrets_equal
@@ -44,10 +45,22 @@ _CAS_ATTEMPTS = 5
 
 
 class ControlService:
-    def __init__(self, consensus: Consensus, ca: CertificateAuthority) -> None:
+    def __init__(
+        self,
+        consensus: Consensus,
+        ca: CertificateAuthority,
+        images: ImageResolver | None = None,
+    ) -> None:
         self.consensus = consensus
         self.store = consensus.store
         self.ca = ca
+        # None: images are not pinned (the simulated runtime has no registry).
+        self.images = images
+
+    async def _pin_image(self, spec: ServiceSpec) -> ServiceSpec:
+        if self.images is None:
+            return spec
+        return replace(spec, image=await self.images.pin(spec.image))
 
     async def _write(self, ops: list[dict[str, Any]]) -> Any:
         return raise_for_result(await self.consensus.propose(txn(ops, at=time.time())))
@@ -57,7 +70,7 @@ class ControlService:
     async def create_service(self, spec: ServiceSpec) -> Service:
         if self.store.service_by_name(spec.name) is not None:
             raise AlreadyExists(f"service '{spec.name}' already exists")
-        spec = _normalise(spec)
+        spec = await self._pin_image(_normalise(spec))
         now = time.time()
         service = Service(id=new_id(), spec=spec, created_at=now, updated_at=now)
         await self._write([put(service, MUST_NOT_EXIST)])
@@ -81,6 +94,8 @@ class ControlService:
         if spec.mode != service.spec.mode:
             raise InvalidArgument("a service's mode cannot change; create a new service")
         spec = _normalise(spec)
+        if spec.image != service.spec.image:
+            spec = await self._pin_image(spec)
         if spec == service.spec:
             return service
         updated = replace(

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from warren.agent.daemon import registry_config
 from warren.core.errors import FailedPrecondition, Unavailable
 from warren.core.models import Availability, Cluster, Node, NodeRole, NodeStatus, new_id
 from warren.manager.consensus import Consensus
@@ -25,6 +26,7 @@ from warren.manager.controllers import Orchestrator, Scheduler
 from warren.manager.dispatcher import Dispatcher
 from warren.manager.events import EventBus
 from warren.manager.grpc_api import ServerCredentials, start_grpc
+from warren.manager.images import RegistryImageResolver
 from warren.manager.metrics import Metrics, start_metrics
 from warren.manager.raft import RaftConsensus
 from warren.manager.rest import build_app, server_ssl_context, start_rest
@@ -45,12 +47,16 @@ class ManagerOptions:
     rest_port: int = 2378
     metrics_port: int = 9090
     raft_port: int = 2379
-    runtime: str = "sim"
+    runtime: str = "containerd"
     availability: Availability = Availability.ACTIVE
     node_down_timeout: float = 15.0
     config_dir: Path = field(default_factory=lambda: Path.home() / ".warren")
     node_name: str = field(default_factory=socket.gethostname)
     labels: dict[str, str] = field(default_factory=dict)
+    containerd_socket: str = "/run/containerd/containerd.sock"
+    containerd_namespace: str = "warren"
+    insecure_registries: list[str] = field(default_factory=list)
+    registry_config: Path | None = None
 
     @property
     def api_address(self) -> str:
@@ -182,7 +188,10 @@ class Manager:
         options = self.options
         loop = asyncio.get_running_loop()
         self.bus = EventBus(self.store, loop)
-        self.control = ControlService(self.consensus, ca)
+        images = None
+        if options.runtime != "sim":
+            images = RegistryImageResolver(registry_config(options))
+        self.control = ControlService(self.consensus, ca, images)
         self.metrics = Metrics(self.store, self.consensus)
         self.dispatcher = Dispatcher(
             self.consensus, self.bus, options.node_down_timeout, self.control.manager_addresses
@@ -258,7 +267,7 @@ async def serve_manager(options: ManagerOptions, stop: asyncio.Event) -> None:
             node_id=manager.node_id,
             managers=[f"127.0.0.1:{options.api_port}"],
             identity=manager.identity,
-            runtime=make_runtime(options.runtime),
+            runtime=make_runtime(options),
             data_dir=options.data_dir / "agent",
             hostname=options.node_name,
             address=options.advertise_addr,

@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from warren.core.errors import Conflict, PermissionDenied, Unavailable
-from warren.core.models import Node, NodeStatus, Resources, Task, TaskStatus
+from warren.core.errors import Conflict, PermissionDenied, RuntimeFailure, Unavailable
+from warren.core.models import Node, NodeStatus, Resources, Task, TaskStatus, new_id
 from warren.core.states import TaskState
 from warren.manager.consensus import Consensus
 from warren.manager.events import EventBus
@@ -35,8 +35,20 @@ _ASSIGNMENT_DEBOUNCE = 0.02
 @dataclass
 class _Session:
     node_id: str
-    dirty: asyncio.Event = field(default_factory=asyncio.Event)
-    last_sent: tuple[tuple[str, int], ...] | None = None
+    # Set when the node's tasks changed or a message waits in the outbox.
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    assignments_dirty: bool = True
+    outbox: list[Any] = field(default_factory=list)
+    # Task ID -> version the node was last sent; None until the first full set.
+    sent: dict[str, int] | None = None
+
+    def mark_dirty(self) -> None:
+        self.assignments_dirty = True
+        self.wake.set()
+
+    def send(self, message: Any) -> None:
+        self.outbox.append(message)
+        self.wake.set()
 
 
 class Dispatcher:
@@ -57,6 +69,7 @@ class Dispatcher:
         self._last_seen: dict[str, float] = {}
         self._pending: dict[str, dict[str, TaskStatus]] = {}
         self._leader_since = time.monotonic()
+        self._log_streams: dict[str, asyncio.Queue[Any]] = {}
 
     # -- leader-only background work -------------------------------------------
 
@@ -75,7 +88,7 @@ class Dispatcher:
                 node_id = event.object.node_id if event.kind is Kind.TASK else event.object.id
                 session = self._sessions.get(node_id)
                 if session is not None:
-                    session.dirty.set()
+                    session.mark_dirty()
         finally:
             subscription.close()
 
@@ -140,7 +153,7 @@ class Dispatcher:
         session = _Session(node_id)
         previous = self._sessions.get(node_id)
         if previous is not None:
-            previous.dirty.set()
+            previous.wake.set()
         self._sessions[node_id] = session
         self._last_seen[node_id] = time.monotonic()
         reader = asyncio.create_task(self._read(node_id, requests))
@@ -152,16 +165,22 @@ class Dispatcher:
                     managers=self._managers(),
                 )
             )
-            session.dirty.set()
+            session.mark_dirty()
             while not reader.done() and self._sessions.get(node_id) is session:
-                await _wait_either(session.dirty, reader)
+                await _wait_either(session.wake, reader)
                 if reader.done() or self._sessions.get(node_id) is not session:
                     break
-                await asyncio.sleep(_ASSIGNMENT_DEBOUNCE)
-                session.dirty.clear()
-                message = self._assignments_if_changed(session)
-                if message is not None:
+                if session.assignments_dirty:
+                    await asyncio.sleep(_ASSIGNMENT_DEBOUNCE)
+                session.wake.clear()
+                outbox, session.outbox = session.outbox, []
+                for message in outbox:
                     yield message
+                if session.assignments_dirty:
+                    session.assignments_dirty = False
+                    assignments = self._assignments_if_changed(session)
+                    if assignments is not None:
+                        yield assignments
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -198,26 +217,65 @@ class Dispatcher:
     async def _read(self, node_id: str, requests: AsyncIterator[Any]) -> None:
         async for message in requests:
             self._last_seen[node_id] = time.monotonic()
-            if message.WhichOneof("message") == "status":
+            kind = message.WhichOneof("message")
+            if kind == "status":
                 pending = self._pending.setdefault(node_id, {})
                 for task_id, status in message.status.statuses.items():
                     pending[task_id] = from_message(TaskStatus, status)
+            elif kind == "logs":
+                stream = self._log_streams.get(message.logs.request_id)
+                if stream is not None:
+                    stream.put_nowait(message.logs)
+
+    async def task_logs(self, task: Task, follow: bool, tail: int) -> AsyncIterator[Any]:
+        """Stream a task's log entries from its node, over the node's session."""
+        session = self._sessions.get(task.node_id)
+        if session is None:
+            raise Unavailable(f"the node running {task.name} is not connected")
+        request_id = new_id()
+        chunks: asyncio.Queue[Any] = asyncio.Queue()
+        self._log_streams[request_id] = chunks
+        session.send(
+            pb.ManagerMessage(
+                logs=pb.TaskLogsRequest(
+                    request_id=request_id, task_id=task.id, follow=follow, tail=tail
+                )
+            )
+        )
+        done = False
+        try:
+            while not done:
+                chunk = await chunks.get()
+                for entry in chunk.entries:
+                    yield entry
+                done = chunk.done
+                if chunk.error:
+                    raise RuntimeFailure(f"logs of {task.name}: {chunk.error}")
+        finally:
+            del self._log_streams[request_id]
+            if not done:
+                session.send(pb.ManagerMessage(cancel_logs=pb.CancelLogs(request_id=request_id)))
 
     def _assignments_if_changed(self, session: _Session) -> Any | None:
         # Everything placed and not yet terminal: tasks to run and tasks to
-        # stop. A task missing from the set is one the node no longer owns. A
+        # stop. A task that leaves the set is one the node no longer owns. A
         # global task is bound to its node before the scheduler accepts it:
         # it is not the node's until it is assigned.
-        tasks = sorted(
-            (t for t in self.store.tasks_on_node(session.node_id) if _shipped(t)),
-            key=lambda t: t.id,
-        )
-        fingerprint = tuple((t.id, t.version) for t in tasks)
-        if fingerprint == session.last_sent:
+        current = {t.id: t for t in self.store.tasks_on_node(session.node_id) if _shipped(t)}
+        previous = session.sent
+        changed = [
+            t for t in current.values() if previous is None or previous.get(t.id) != t.version
+        ]
+        removed = sorted(previous.keys() - current.keys()) if previous is not None else []
+        if previous is not None and not changed and not removed:
             return None
-        session.last_sent = fingerprint
+        session.sent = {t.id: t.version for t in current.values()}
         return pb.ManagerMessage(
-            assignments=pb.Assignments(tasks=[to_message(t, pb.Task) for t in tasks])
+            assignments=pb.Assignments(
+                tasks=[to_message(t, pb.Task) for t in changed],
+                removed=removed,
+                full=previous is None,
+            )
         )
 
 

@@ -7,6 +7,7 @@ handshake, so a rotated token stops working at once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -15,8 +16,9 @@ from typing import Any, TypeVar
 
 import grpc
 
-from warren.core.errors import PermissionDenied, Unauthenticated, WarrenError
-from warren.core.models import Availability, ServiceSpec
+from warren.core.errors import InvalidArgument, PermissionDenied, Unauthenticated, WarrenError
+from warren.core.models import Availability, ServiceSpec, Task
+from warren.core.states import TaskState
 from warren.manager.control import ControlService
 from warren.manager.dispatcher import Dispatcher
 from warren.manager.events import EventBus
@@ -80,9 +82,16 @@ def admin_rpc(method: F) -> F:
 
 
 class ControlServicer(pb_grpc.ControlServicer):  # type: ignore[misc]
-    def __init__(self, control: ControlService, bus: EventBus, metrics: Metrics | None) -> None:
+    def __init__(
+        self,
+        control: ControlService,
+        bus: EventBus,
+        dispatcher: Dispatcher,
+        metrics: Metrics | None,
+    ) -> None:
         self.control = control
         self.bus = bus
+        self.dispatcher = dispatcher
         self.metrics = metrics
 
     @admin_rpc
@@ -174,6 +183,59 @@ class ControlServicer(pb_grpc.ControlServicer):  # type: ignore[misc]
         finally:
             subscription.close()
 
+    async def Logs(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        try:
+            _require(context, ADMIN_ROLES)
+            tasks = self._log_sources(request)
+        except WarrenError as exc:
+            await _abort(context, exc)
+            return
+        lines: asyncio.Queue[Any] = asyncio.Queue(maxsize=1000)
+        pumps = [asyncio.create_task(self._pump_logs(t, request, lines)) for t in tasks]
+        ended = 0
+        try:
+            while ended < len(pumps):
+                item = await lines.get()
+                if item is None:
+                    ended += 1
+                elif isinstance(item, WarrenError):
+                    await _abort(context, item)
+                    return
+                else:
+                    yield item
+        finally:
+            for pump in pumps:
+                pump.cancel()
+
+    def _log_sources(self, request: Any) -> list[Task]:
+        if bool(request.service) == bool(request.task):
+            raise InvalidArgument("ask for the logs of one service or of one task")
+        if request.task:
+            return [self.control.get_task(request.task)]
+        tasks = self.control.list_tasks(service=request.service)
+        # Tasks whose container exists: started and not yet gone.
+        return [t for t in tasks if t.node_id and t.status.state in _WITH_CONTAINER]
+
+    async def _pump_logs(self, task: Task, request: Any, lines: asyncio.Queue[Any]) -> None:
+        try:
+            async for entry in self.dispatcher.task_logs(task, request.follow, request.tail):
+                await lines.put(
+                    pb.LogLine(
+                        task_id=task.id,
+                        task_name=task.name,
+                        node_id=task.node_id,
+                        timestamp=entry.timestamp,
+                        stream=entry.stream,
+                        line=entry.line,
+                    )
+                )
+        except WarrenError as exc:
+            await lines.put(exc)
+        finally:
+            await lines.put(None)
+
+
+_WITH_CONTAINER = frozenset({TaskState.STARTING, TaskState.RUNNING})
 
 _EVENT_FIELD = {
     Kind.NODE: ("node", pb.Node),
@@ -274,7 +336,9 @@ async def start_grpc(
             ("grpc.keepalive_permit_without_calls", 1),
         ]
     )
-    pb_grpc.add_ControlServicer_to_server(ControlServicer(control, bus, metrics), server)
+    pb_grpc.add_ControlServicer_to_server(
+        ControlServicer(control, bus, dispatcher, metrics), server
+    )
     pb_grpc.add_DispatcherServicer_to_server(DispatcherServicer(control, dispatcher), server)
     server.add_secure_port(address, credentials.credentials())
     await server.start()

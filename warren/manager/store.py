@@ -92,6 +92,7 @@ class Store:
         self._tables: dict[Kind, dict[str, Any]] = {kind: {} for kind in Kind}
         self._tasks_by_service: dict[str, set[str]] = {}
         self._tasks_by_node: dict[str, set[str]] = {}
+        self._service_ids_by_name: dict[str, str] = {}
         self._listeners: list[Listener] = []
 
     # -- reads ---------------------------------------------------------------
@@ -138,10 +139,8 @@ class Store:
 
     def service_by_name(self, name: str) -> Service | None:
         with self._lock:
-            for service in self._tables[Kind.SERVICE].values():
-                if service.spec.name == name:
-                    return service  # type: ignore[no-any-return]
-        return None
+            service_id = self._service_ids_by_name.get(name)
+            return None if service_id is None else self._tables[Kind.SERVICE][service_id]
 
     def cluster(self) -> Cluster | None:
         with self._lock:
@@ -202,12 +201,11 @@ class Store:
         """Undo committed ops of a failed atomic txn, newest first."""
         for kind, object_id, old in reversed(undo):
             current = self._tables[kind].pop(object_id, None)
-            if kind is Kind.TASK and current is not None:
-                self._unindex(current)
+            if current is not None:
+                self._unindex(kind, current)
             if old is not None:
                 self._tables[kind][object_id] = old
-                if kind is Kind.TASK:
-                    self._index(old)
+                self._index(kind, old)
         self._revision = revision
 
     def _check_op(self, op: dict[str, Any], at: float) -> tuple[Kind, str, Any, Any]:
@@ -241,26 +239,20 @@ class Store:
             raise AlreadyExists("the cluster is already initialised")
 
     def _service_name_owner(self, name: str) -> str | None:
-        for service in self._tables[Kind.SERVICE].values():
-            if service.spec.name == name:
-                return service.id  # type: ignore[no-any-return]
-        return None
+        return self._service_ids_by_name.get(name)
 
     def _commit(self, step: tuple[Kind, str, Any, Any], at: float) -> StoreEvent:
         kind, object_id, old, new = step
         self._revision += 1
         table = self._tables[kind]
+        if old is not None:
+            self._unindex(kind, old)
         if new is None:
             del table[object_id]
-            if kind is Kind.TASK:
-                self._unindex(old)
             return StoreEvent(self._revision, EventAction.DELETE, kind, old, at)
         new = replace(new, version=self._revision)
         table[object_id] = new
-        if kind is Kind.TASK:
-            if old is not None:
-                self._unindex(old)
-            self._index(new)
+        self._index(kind, new)
         action = EventAction.CREATE if old is None else EventAction.UPDATE
         return StoreEvent(self._revision, action, kind, new, at)
 
@@ -289,15 +281,21 @@ class Store:
             applied.append(task_id)
         return {"applied": applied, "refused": refused}
 
-    def _index(self, task: Task) -> None:
-        self._tasks_by_service.setdefault(task.service_id, set()).add(task.id)
-        if task.node_id:
-            self._tasks_by_node.setdefault(task.node_id, set()).add(task.id)
+    def _index(self, kind: Kind, obj: Any) -> None:
+        if kind is Kind.TASK:
+            self._tasks_by_service.setdefault(obj.service_id, set()).add(obj.id)
+            if obj.node_id:
+                self._tasks_by_node.setdefault(obj.node_id, set()).add(obj.id)
+        elif kind is Kind.SERVICE:
+            self._service_ids_by_name[obj.spec.name] = obj.id
 
-    def _unindex(self, task: Task) -> None:
-        _discard(self._tasks_by_service, task.service_id, task.id)
-        if task.node_id:
-            _discard(self._tasks_by_node, task.node_id, task.id)
+    def _unindex(self, kind: Kind, obj: Any) -> None:
+        if kind is Kind.TASK:
+            _discard(self._tasks_by_service, obj.service_id, obj.id)
+            if obj.node_id:
+                _discard(self._tasks_by_node, obj.node_id, obj.id)
+        elif kind is Kind.SERVICE:
+            self._service_ids_by_name.pop(obj.spec.name, None)
 
     # -- snapshots for log compaction ----------------------------------------
 
@@ -311,8 +309,10 @@ class Store:
             self._tables = {kind: dict(state["tables"].get(kind, {})) for kind in Kind}
             self._tasks_by_service.clear()
             self._tasks_by_node.clear()
-            for task in self._tables[Kind.TASK].values():
-                self._index(task)
+            self._service_ids_by_name.clear()
+            for kind, table in self._tables.items():
+                for obj in table.values():
+                    self._index(kind, obj)
 
     def load(self, objects: Iterable[Any]) -> None:
         """Seed objects directly (tests and restore only; bypasses the log)."""
@@ -322,8 +322,7 @@ class Store:
                 self._revision += 1
                 obj = replace(obj, version=self._revision)
                 self._tables[kind][obj.id] = obj
-                if kind is Kind.TASK:
-                    self._index(obj)
+                self._index(kind, obj)
 
 
 def barrier() -> dict[str, Any]:

@@ -109,6 +109,11 @@ class ControlStub:
                 request_serializer=warren_dot_proto_dot_warren__pb2.StreamEventsRequest.SerializeToString,
                 response_deserializer=warren_dot_proto_dot_warren__pb2.Event.FromString,
                 _registered_method=True)
+        self.Logs = channel.unary_stream(
+                '/warren.v1.Control/Logs',
+                request_serializer=warren_dot_proto_dot_warren__pb2.LogsRequest.SerializeToString,
+                response_deserializer=warren_dot_proto_dot_warren__pb2.LogLine.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -204,6 +209,13 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Logs(self, request, context):
+        """Streams from the workers through this manager over the existing sessions.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -281,6 +293,11 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.StreamEvents,
                     request_deserializer=warren_dot_proto_dot_warren__pb2.StreamEventsRequest.FromString,
                     response_serializer=warren_dot_proto_dot_warren__pb2.Event.SerializeToString,
+            ),
+            'Logs': grpc.unary_stream_rpc_method_handler(
+                    servicer.Logs,
+                    request_deserializer=warren_dot_proto_dot_warren__pb2.LogsRequest.FromString,
+                    response_serializer=warren_dot_proto_dot_warren__pb2.LogLine.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -688,6 +705,33 @@ class Control:
             '/warren.v1.Control/StreamEvents',
             warren_dot_proto_dot_warren__pb2.StreamEventsRequest.SerializeToString,
             warren_dot_proto_dot_warren__pb2.Event.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Logs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/warren.v1.Control/Logs',
+            warren_dot_proto_dot_warren__pb2.LogsRequest.SerializeToString,
+            warren_dot_proto_dot_warren__pb2.LogLine.FromString,
             options,
             channel_credentials,
             insecure,
