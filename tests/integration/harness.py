@@ -82,6 +82,8 @@ class Process:
 class Cluster:
     root: Path
     node_down_timeout: float = 3.0
+    # Runtime flags of every node; "{node}" in them becomes the node's name.
+    runtime_args: list[str] = field(default_factory=lambda: ["--runtime", "sim"])
     processes: dict[str, Process] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
 
@@ -108,7 +110,7 @@ class Cluster:
             "--rest-port", str(self.ports["rest"]),
             "--metrics-port", str(self.ports["metrics"]),
             "--raft-port", str(self.ports["raft"]),
-            "--runtime", "sim",
+            *self._runtime_args("manager-1"),
             "--node-down-timeout", str(self.node_down_timeout),
             "--node-name", "manager-1",
             *extra,
@@ -130,13 +132,16 @@ class Cluster:
             "--token", token,
             "--manager", self.manager_address,
             "--data-dir", str(self.root / name),
-            "--runtime", "sim",
+            *self._runtime_args(name),
             "--node-name", name,
             *extra,
         ]  # fmt: skip
         process = self._spawn(name, args)
         wait_for(lambda: self.node_status(name) == "ready", 30, f"worker {name} to be ready")
         return process
+
+    def _runtime_args(self, node: str) -> list[str]:
+        return [arg.replace("{node}", node) for arg in self.runtime_args]
 
     def _spawn(self, name: str, args: list[str]) -> Process:
         process = Process(name, args, self.root / f"{name}.log", self.env)

@@ -1,0 +1,1 @@
+"""Pulling images from OCI/Docker registries: references and a v2 API client."""
