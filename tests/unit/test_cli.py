@@ -6,7 +6,7 @@ import dataclasses
 import json
 import sys
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +18,27 @@ from factories import make_node, make_service, make_task
 
 import warren.cli.main as cli_main
 from warren.cli import progress
+from warren.cli.client import LogLine
 from warren.cli.main import cli
 from warren.cli.output import human_duration, table
 from warren.cli.parsing import (
     parse_command,
     parse_duration,
+    parse_http_probe,
     parse_pair,
+    parse_registry_host,
     parse_scale,
+    parse_signal,
     parse_size,
+    parse_tail,
 )
 from warren.core.codec import to_dict
 from warren.core.errors import InvalidArgument, NotFound
 from warren.core.models import (
     Availability,
+    Health,
+    HealthCheck,
+    NetworkMode,
     Node,
     NodeRole,
     Resources,
@@ -73,6 +81,8 @@ class FakeClient:
         }
         # A hook run on every list_tasks call (for progress tests).
         self.on_list_tasks: Callable[[], None] | None = None
+        # What logs() streams; an exception in it is raised mid-stream.
+        self.log_lines: list[LogLine | BaseException] = []
 
     def _record(self, name: str, *args: Any) -> None:
         self.calls.append((name, args))
@@ -150,6 +160,19 @@ class FakeClient:
             return list(self.tasks)
         service_id = self._find(service).id
         return [t for t in self.tasks if t.service_id == service_id]
+
+    def get_task(self, ref: str) -> Task:
+        self._record("get_task", ref)
+        return next(t for t in self.tasks if t.id == ref)
+
+    def logs(
+        self, service: str = "", task: str = "", follow: bool = False, tail: int = 0
+    ) -> Iterator[LogLine]:
+        self._record("logs", service, task, follow, tail)
+        for item in self.log_lines:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
 
     def cluster_info(self) -> dict[str, Any]:
         self._record("cluster_info")
@@ -696,12 +719,16 @@ def test_cluster_init_builds_manager_options(
             "rest_port": 2378,
             "metrics_port": 9090,
             "raft_port": 2379,
-            "runtime": "sim",
+            "runtime": "containerd",
             "availability": Availability.DRAIN,
             "node_down_timeout": 60.0,
             "config_dir": config_dir,
             "node_name": "m1",
             "labels": {"zone": "a"},
+            "containerd_socket": "/run/containerd/containerd.sock",
+            "containerd_namespace": "warren",
+            "insecure_registries": [],
+            "registry_config": None,
         }
     ]
 
@@ -728,7 +755,7 @@ def test_worker_join_builds_worker_options(
             data_dir=tmp_path / "w",
             token=TOKEN,
             managers=["10.0.0.1:2377", "10.0.0.2:2377"],
-            runtime="sim",
+            runtime="containerd",
             node_name="w1",
             labels={"ssd": ""},
         )
@@ -744,3 +771,458 @@ def test_help_needs_no_config(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["--config-dir", str(tmp_path / "none"), "service", "--help"])
     assert result.exit_code == 0
     assert "create" in result.stdout
+
+
+# -- container and health flags -------------------------------------------------------
+
+
+def test_parsers_of_new_values() -> None:
+    assert parse_signal("SIGTERM") == "SIGTERM"
+    assert parse_signal("hup") == "SIGHUP"
+    assert parse_signal("9") == "SIGKILL"
+    for bad in ("SIGNOPE", "", "999", "-1"):
+        with pytest.raises(InvalidArgument, match="unknown signal"):
+            parse_signal(bad)
+    assert parse_http_probe("8080/healthz") == "8080/healthz"
+    assert parse_http_probe("80") == "80"
+    for bad in ("", "/healthz", "x/y", "70000/", "0/"):
+        with pytest.raises(InvalidArgument, match="invalid HTTP health check"):
+            parse_http_probe(bad)
+    assert parse_registry_host("10.0.0.5:5000") == "10.0.0.5:5000"
+    assert parse_registry_host("registry.local") == "registry.local"
+    for bad in ("", "http://r:5000", "r:x", "r:", ":5000", "r:5000/v2", "a b:1"):
+        with pytest.raises(InvalidArgument, match="invalid registry"):
+            parse_registry_host(bad)
+    assert parse_tail("all") == 0
+    assert parse_tail("20") == 20
+    for bad in ("0", "-1", "x", ""):
+        with pytest.raises(InvalidArgument, match="invalid tail"):
+            parse_tail(bad)
+
+
+def test_create_maps_container_and_health_flags(
+    run: Callable[..., Result], fake: FakeClient
+) -> None:
+    result = run(
+        "service", "create", "web", "--image", "nginx", "-d",
+        "--entrypoint", "/docker-entrypoint.sh --verbose 'a b'", "--workdir", "/srv",
+        "--user", "1000:1000", "--read-only", "--init", "--network", "host",
+        "--stop-signal", "QUIT", "--stop-grace-period", "1m",
+        "--health-cmd", "curl -f http://localhost/ || exit 1", "--health-interval", "5s",
+        "--health-timeout", "2s", "--health-retries", "4", "--health-start-period", "30s",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (spec,) = fake.calls[0][1]
+    assert spec == ServiceSpec(
+        name="web",
+        image="nginx",
+        entrypoint=("/docker-entrypoint.sh", "--verbose", "a b"),
+        workdir="/srv",
+        user="1000:1000",
+        read_only=True,
+        init=True,
+        network_mode=NetworkMode.HOST,
+        stop_signal="SIGQUIT",
+        stop_grace_period=60.0,
+        health=HealthCheck(
+            cmd=("/bin/sh", "-c", "curl -f http://localhost/ || exit 1"),
+            interval=5.0,
+            timeout=2.0,
+            retries=4,
+            start_period=30.0,
+        ),
+    )
+
+
+def test_create_without_new_flags_keeps_the_defaults(
+    run: Callable[..., Result], fake: FakeClient
+) -> None:
+    assert run("service", "create", "web", "--image", "nginx", "-d").exit_code == 0
+    (spec,) = fake.calls[0][1]
+    assert spec == ServiceSpec(name="web", image="nginx")
+    assert spec.health is None and spec.network_mode == NetworkMode.PRIVATE
+
+
+@pytest.mark.parametrize(
+    ("flags", "check"),
+    [
+        (["--health-http", "8080/healthz"], HealthCheck(http="8080/healthz")),
+        (["--health-tcp", "5432"], HealthCheck(tcp=5432)),
+        (
+            ["--health-tcp", "6379", "--health-retries", "1"],
+            HealthCheck(tcp=6379, retries=1),
+        ),
+    ],
+)
+def test_create_http_and_tcp_probes(
+    run: Callable[..., Result], fake: FakeClient, flags: list[str], check: HealthCheck
+) -> None:
+    result = run("service", "create", "web", "--image", "nginx", "-d", *flags)
+    assert result.exit_code == 0, result.output
+    assert fake.calls[0][1][0].health == check
+
+
+@pytest.mark.parametrize(
+    ("flags", "exit_code", "message"),
+    [
+        (["--health-cmd", "true", "--health-http", "80/"], 1, "use only one of"),
+        (["--health-http", "80/", "--health-tcp", "80"], 1, "use only one of"),
+        (["--health-interval", "5s"], 1, "--health-interval needs a health check"),
+        (["--health-retries", "2"], 1, "--health-retries needs a health check"),
+        (["--health-cmd", " "], 1, "--health-cmd must not be empty"),
+        (["--health-cmd", "true", "--health-interval", "0s"], 1, "must be positive"),
+        (["--health-http", "web/healthz"], 2, "invalid HTTP health check"),
+        (["--health-tcp", "0"], 2, "--health-tcp"),
+        (["--health-cmd", "true", "--health-retries", "0"], 2, "--health-retries"),
+        (["--stop-signal", "SIGNOPE"], 2, "unknown signal 'SIGNOPE'"),
+        (["--stop-grace-period", "soon"], 2, "invalid duration"),
+        (["--workdir", "srv"], 1, "workdir must be an absolute path"),
+        (["--entrypoint", "sh -c 'oops"], 2, "invalid command"),
+        (["--network", "bridge"], 2, "--network"),
+    ],
+)
+def test_bad_container_or_health_flags_are_refused(
+    run: Callable[..., Result],
+    fake: FakeClient,
+    flags: list[str],
+    exit_code: int,
+    message: str,
+) -> None:
+    result = run("service", "create", "web", "--image", "nginx", *flags)
+    assert message in assert_one_error_line(result, exit_code)
+    assert fake.calls == []
+
+
+def _service_with(fake: FakeClient, **changes: Any) -> Service:
+    base = make_service("web", id="svc-web")
+    return fake.add(
+        dataclasses.replace(base, spec=dataclasses.replace(base.spec, **changes), version=3)
+    )
+
+
+def _updated_spec(fake: FakeClient) -> ServiceSpec:
+    ref, spec, version = next(args for name, args in fake.calls if name == "update_service")
+    assert (ref, version) == ("svc-web", 3)
+    assert isinstance(spec, ServiceSpec)
+    return spec
+
+
+def test_update_container_flags(run: Callable[..., Result], fake: FakeClient) -> None:
+    service = _service_with(
+        fake,
+        entrypoint=("/init",),
+        workdir="/srv",
+        user="app",
+        read_only=True,
+        init=True,
+    )
+    result = run(
+        "service", "update", "web", "-d", "--entrypoint", "", "--workdir", "", "--user", "0",
+        "--no-read-only", "--no-init", "--network", "host", "--stop-signal", "SIGINT",
+        "--stop-grace-period", "500ms",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert _updated_spec(fake) == dataclasses.replace(
+        service.spec,
+        entrypoint=(),
+        workdir="",
+        user="0",
+        read_only=False,
+        init=False,
+        network_mode=NetworkMode.HOST,
+        stop_signal="SIGINT",
+        stop_grace_period=0.5,
+    )
+
+
+def test_update_without_container_flags_keeps_them(
+    run: Callable[..., Result], fake: FakeClient
+) -> None:
+    service = _service_with(
+        fake, entrypoint=("/init",), read_only=True, network_mode=NetworkMode.HOST
+    )
+    assert run("service", "update", "web", "-d", "--image", "nginx:2").exit_code == 0
+    assert _updated_spec(fake) == dataclasses.replace(service.spec, image="nginx:2")
+
+
+def test_update_interval_alone_keeps_the_probe(
+    run: Callable[..., Result], fake: FakeClient
+) -> None:
+    check = HealthCheck(http="8080/healthz", interval=10.0, retries=5)
+    _service_with(fake, health=check)
+    result = run("service", "update", "web", "-d", "--health-interval", "2s")
+    assert result.exit_code == 0, result.output
+    assert _updated_spec(fake).health == dataclasses.replace(check, interval=2.0)
+
+
+def test_update_new_probe_keeps_the_timing(run: Callable[..., Result], fake: FakeClient) -> None:
+    _service_with(fake, health=HealthCheck(http="8080/healthz", interval=10.0, retries=5))
+    result = run("service", "update", "web", "-d", "--health-tcp", "8080")
+    assert result.exit_code == 0, result.output
+    assert _updated_spec(fake).health == HealthCheck(tcp=8080, interval=10.0, retries=5)
+
+
+def test_update_adds_a_health_check(run: Callable[..., Result], fake: FakeClient) -> None:
+    _service_with(fake)
+    result = run("service", "update", "web", "-d", "--health-cmd", "pg_isready")
+    assert result.exit_code == 0, result.output
+    assert _updated_spec(fake).health == HealthCheck(cmd=("/bin/sh", "-c", "pg_isready"))
+
+
+def test_update_no_healthcheck_removes_it(run: Callable[..., Result], fake: FakeClient) -> None:
+    _service_with(fake, health=HealthCheck(tcp=80))
+    result = run("service", "update", "web", "-d", "--no-healthcheck")
+    assert result.exit_code == 0, result.output
+    assert _updated_spec(fake).health is None
+
+
+@pytest.mark.parametrize(
+    ("health", "flags", "message"),
+    [
+        (None, ["--health-interval", "2s"], "--health-interval needs a health check"),
+        (HealthCheck(tcp=80), ["--no-healthcheck", "--health-tcp", "81"], "--no-healthcheck"),
+        (HealthCheck(tcp=80), ["--health-cmd", "true", "--health-tcp", "81"], "only one of"),
+    ],
+)
+def test_update_bad_health_flags_send_nothing(
+    run: Callable[..., Result],
+    fake: FakeClient,
+    health: HealthCheck | None,
+    flags: list[str],
+    message: str,
+) -> None:
+    _service_with(fake, health=health)
+    result = run("service", "update", "web", *flags)
+    assert message in assert_one_error_line(result)
+    assert "update_service" not in fake.names()
+
+
+def test_service_ps_shows_health(run: Callable[..., Result], fake: FakeClient) -> None:
+    fake.converge = False
+    web = fake.add(make_service("web", id="svc-web", replicas=3))
+    fake.nodes = [make_node("node-1", hostname="alpha")]
+    now = __import__("time").time()
+
+    def task(slot: int, state: TaskState, health: Health) -> Task:
+        made = make_task(web, id=f"t{slot}", slot=slot, node_id="node-1", state=state)
+        status = TaskStatus(state, timestamp=now - 5, health=health)
+        return dataclasses.replace(made, status=status)
+
+    fake.tasks = [
+        task(1, TaskState.RUNNING, Health.HEALTHY),
+        task(2, TaskState.STARTING, Health.STARTING),
+        task(3, TaskState.RUNNING, Health.NONE),
+    ]
+    result = run("service", "ps", "web")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert "running (healthy) 5 seconds ago" in lines[1]
+    assert "starting (starting) 5 seconds ago" in lines[2]
+    assert "running 5 seconds ago" in lines[3] and "(" not in lines[3]
+
+
+# -- logs and tasks ---------------------------------------------------------------------
+
+
+def _line(task: str, node: str, text: bytes, timestamp: float = 0.0) -> LogLine:
+    return LogLine(f"id-{task}", task, node, timestamp, "stdout", text)
+
+
+def test_service_logs_prefix_each_line_with_task_and_node(
+    run: Callable[..., Result], fake: FakeClient
+) -> None:
+    fake.nodes = [make_node("node-1", hostname="alpha")]
+    fake.log_lines = [
+        _line("web.1", "node-1", b"GET / 200"),
+        dataclasses.replace(_line("web.2", "node-0123456789abcdef", b"oops"), stream="stderr"),
+        _line("web.1", "node-1", b"bad \xff byte"),
+    ]
+    result = run("service", "logs", "web")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        "web.1@alpha    | GET / 200",
+        "web.2@node-0123456    | oops",
+        "web.1@alpha    | bad \ufffd byte",
+    ]
+    assert result.stderr == ""
+    assert ("logs", ("web", "", False, 0)) in fake.calls
+    assert fake.names().count("list_nodes") == 1
+
+
+def test_logs_with_timestamps_follow_and_tail(run: Callable[..., Result], fake: FakeClient) -> None:
+    fake.log_lines = [_line("web.1", "node-1", b"hello", timestamp=1736139845.123456)]
+    result = run("service", "logs", "web", "-f", "--tail", "20", "-t")
+    assert result.exit_code == 0, result.output
+    # The fake's stream ends, and so does the follow.
+    assert result.stdout == "web.1@node-1    | 2025-01-06T05:04:05.123456Z hello\n"
+    assert ("logs", ("web", "", True, 20)) in fake.calls
+
+
+def test_logs_ctrl_c_ends_a_follow_quietly(run: Callable[..., Result], fake: FakeClient) -> None:
+    fake.log_lines = [_line("web.1", "n", b"one"), KeyboardInterrupt(), _line("web.1", "n", b"x")]
+    result = run("service", "logs", "web", "--follow")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "web.1@n    | one\n"
+    assert result.stderr == ""
+
+
+def test_logs_of_a_service_without_tasks_print_nothing(
+    run: Callable[..., Result], fake: FakeClient
+) -> None:
+    result = run("service", "logs", "web")
+    assert (result.exit_code, result.stdout, result.stderr) == (0, "", "")
+    assert fake.names() == ["logs"]
+
+
+def test_logs_errors_are_one_line(run: Callable[..., Result], fake: FakeClient) -> None:
+    fake.log_lines = [NotFound("service 'nope' not found")]
+    result = run("service", "logs", "nope")
+    assert assert_one_error_line(result) == "Error: service 'nope' not found"
+    assert_one_error_line(run("service", "logs", "web", "--tail", "0"), exit_code=2)
+
+
+def test_task_logs_and_inspect(run: Callable[..., Result], fake: FakeClient) -> None:
+    fake.add(make_service("web", id="svc-web"))
+    task = fake.tasks[0]
+    fake.log_lines = [_line(task.name, "node-1", b"ready")]
+    result = run("task", "logs", task.id, "--tail", "all", "-f")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"{task.name}@node-1    | ready\n"
+    assert ("logs", ("", task.id, True, 0)) in fake.calls
+    assert json.loads(run("task", "inspect", task.id).stdout) == [to_dict(task)]
+    assert yaml.safe_load(run("task", "inspect", task.id, "-o", "yaml").stdout) == [to_dict(task)]
+
+
+# -- image import (runs on the node: no manager) ---------------------------------------
+
+
+class _FakeRuntime:
+    instances: list[_FakeRuntime] = []
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.kwargs = kwargs
+        self.imported: list[Path] = []
+        self.closed = False
+        _FakeRuntime.instances.append(self)
+
+    async def import_archive(self, path: Path) -> list[str]:
+        self.imported.append(path)
+        if path.name == "broken.tar":
+            raise InvalidArgument(f"{path}: not an OCI archive (no index.json)")
+        return ["docker.io/library/app:1.0", "registry.local:5000/tools:latest"]
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def fake_runtime(monkeypatch: pytest.MonkeyPatch) -> type[_FakeRuntime]:
+    module = types.ModuleType("warren.agent.containerd.runtime")
+    module.ContainerdRuntime = _FakeRuntime  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "warren.agent.containerd.runtime", module)
+    monkeypatch.setattr(_FakeRuntime, "instances", [])
+    return _FakeRuntime
+
+
+def test_image_import_loads_the_archive_locally(
+    run: Callable[..., Result],
+    fake: FakeClient,
+    fake_runtime: type[_FakeRuntime],
+    tmp_path: Path,
+) -> None:
+    from warren.registry.client import RegistryConfig
+
+    archive = tmp_path / "app.tar"
+    archive.write_bytes(b"")
+    result = run(
+        "image", "import", str(archive), "--containerd-socket", "/tmp/c.sock",
+        "--data-dir", str(tmp_path / "data"),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "docker.io/library/app:1.0\nregistry.local:5000/tools:latest\n"
+    (runtime,) = fake_runtime.instances
+    assert runtime.kwargs == {
+        "socket": "/tmp/c.sock",
+        "namespace": "warren",
+        "state_dir": tmp_path / "data" / "containerd",
+        "registry": RegistryConfig(),
+    }
+    assert runtime.imported == [archive]
+    assert runtime.closed
+    assert fake.calls == []
+
+
+def test_image_import_errors(
+    run: Callable[..., Result], fake_runtime: type[_FakeRuntime], tmp_path: Path
+) -> None:
+    missing = run("image", "import", str(tmp_path / "nope.tar"))
+    assert "does not exist" in assert_one_error_line(missing, exit_code=2)
+    assert fake_runtime.instances == []
+    broken = tmp_path / "broken.tar"
+    broken.write_bytes(b"")
+    result = run("image", "import", str(broken), "--containerd-namespace", "other")
+    assert "not an OCI archive" in assert_one_error_line(result)
+    (runtime,) = fake_runtime.instances
+    assert runtime.kwargs["namespace"] == "other"
+    assert runtime.closed
+
+
+# -- daemon runtime flags ----------------------------------------------------------------
+
+
+def test_daemons_take_runtime_and_registry_flags(
+    run: Callable[..., Result], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import warren.agent.daemon as agent_daemon
+    import warren.manager.daemon as manager_daemon
+
+    started: list[Any] = []
+
+    def start(options: Any) -> int:
+        started.append(options)
+        return 0
+
+    monkeypatch.setattr(agent_daemon, "run_worker", start)
+    monkeypatch.setattr(manager_daemon, "run_manager", start)
+    auths = tmp_path / "auths.json"
+    auths.write_text('{"auths": {}}')
+    flags = [
+        "--data-dir", str(tmp_path / "d"), "--runtime", "sim",
+        "--containerd-socket", "/run/k3s/containerd.sock", "--containerd-namespace", "edge",
+        "--insecure-registry", "10.0.0.5:5000", "--insecure-registry", "registry.local",
+        "--registry-config", str(auths),
+    ]  # fmt: skip
+    assert run("cluster", "init", *flags).exit_code == 0
+    assert run("worker", "join", "--token", TOKEN, "--manager", "m:1", *flags).exit_code == 0
+    for options in started:
+        assert (options.runtime, options.containerd_socket, options.containerd_namespace) == (
+            "sim",
+            "/run/k3s/containerd.sock",
+            "edge",
+        )
+        assert options.insecure_registries == ["10.0.0.5:5000", "registry.local"]
+        assert options.registry_config == auths
+    assert [type(o) for o in started] == [
+        manager_daemon.ManagerOptions,
+        agent_daemon.WorkerOptions,
+    ]
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--insecure-registry", "http://10.0.0.5:5000"],
+        ["--registry-config", "/nonexistent/auths.json"],
+        ["--runtime", "docker"],
+    ],
+)
+def test_bad_daemon_flags_are_refused(
+    run: Callable[..., Result], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flags: list[str]
+) -> None:
+    import warren.agent.daemon as agent_daemon
+
+    started: list[Any] = []
+    monkeypatch.setattr(agent_daemon, "run_worker", started.append)
+    result = run("worker", "join", "--data-dir", str(tmp_path), *flags)
+    assert_one_error_line(result, exit_code=2)
+    assert started == []

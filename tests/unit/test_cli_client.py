@@ -11,8 +11,8 @@ from typing import Any
 import grpc
 import pytest
 
-from warren.cli.client import WarrenClient
-from warren.core.errors import FailedPrecondition, NotFound, Unavailable
+from warren.cli.client import LogLine, WarrenClient
+from warren.core.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from warren.core.models import Service, ServiceMode, ServiceSpec
 from warren.proto import warren_pb2 as pb
 from warren.proto import warren_pb2_grpc as pb_grpc
@@ -32,6 +32,7 @@ SERVICE = Service(
 class Control(pb_grpc.ControlServicer):  # type: ignore[misc]
     def __init__(self) -> None:
         self.created: list[ServiceSpec] = []
+        self.logs_requests: list[Any] = []
 
     def CreateService(self, request: Any, context: Any) -> Any:
         spec = from_message(ServiceSpec, request.spec)
@@ -55,6 +56,21 @@ class Control(pb_grpc.ControlServicer):  # type: ignore[misc]
             timestamp=1.5,
             service=to_message(SERVICE, pb.Service),
         )
+
+    def Logs(self, request: Any, context: Any) -> Iterator[Any]:
+        self.logs_requests.append(request)
+        if request.service == "nope":
+            context.set_trailing_metadata(((ERROR_CODE_KEY, "not_found"),))
+            context.abort(grpc.StatusCode.NOT_FOUND, "service 'nope' not found")
+        for n in range(2):
+            yield pb.LogLine(
+                task_id="t1",
+                task_name="web.1",
+                node_id="n1",
+                timestamp=10.5 + n,
+                stream="stderr" if n else "stdout",
+                line=b"line %d \xff" % n,
+            )
 
 
 @pytest.fixture
@@ -162,3 +178,21 @@ def test_events_carry_models(
 def test_missing_identity_is_reported(tmp_path: Path) -> None:
     with pytest.raises(FailedPrecondition, match="no node identity"):
         WarrenClient(["127.0.0.1:1"], IdentityFiles(tmp_path))
+
+
+def test_logs_stream_lines(
+    server: tuple[str, Control], tls: tuple[CertificateAuthority, IdentityFiles]
+) -> None:
+    address, control = server
+    with WarrenClient([_closed_port(), address], tls[1], timeout=5) as client:
+        lines = list(client.logs(service="web", follow=True, tail=5))
+        with pytest.raises(NotFound, match="service 'nope' not found"):
+            list(client.logs(service="nope"))
+        with pytest.raises(InvalidArgument):
+            list(client.logs(service="web", task="t1"))
+    assert lines == [
+        LogLine("t1", "web.1", "n1", 10.5, "stdout", b"line 0 \xff"),
+        LogLine("t1", "web.1", "n1", 11.5, "stderr", b"line 1 \xff"),
+    ]
+    request = control.logs_requests[0]
+    assert (request.service, request.task, request.follow, request.tail) == ("web", "", True, 5)

@@ -8,7 +8,9 @@ in order and sticks with the first that answers.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
+from contextlib import closing
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -30,6 +32,18 @@ _EVENT_OBJECTS: dict[str, type[Node] | type[Service] | type[Task]] = {
     "service": Service,
     "task": Task,
 }
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """One line a task's container wrote, as the managers relay it."""
+
+    task_id: str
+    task_name: str  # e.g. web.2
+    node_id: str
+    timestamp: float  # seconds since the epoch
+    stream: str  # stdout or stderr
+    line: bytes  # without the newline
 
 
 class WarrenClient:
@@ -166,16 +180,47 @@ class WarrenClient:
         first event is skipped like for any other call.
         """
         request = pb.StreamEventsRequest(kinds=list(kinds))
+        with closing(self._stream("StreamEvents", request)) as messages:
+            for message in messages:
+                yield _event(message)
+
+    def logs(
+        self, service: str = "", task: str = "", follow: bool = False, tail: int = 0
+    ) -> Iterator[LogLine]:
+        """The output of a service's tasks, or of one task; ``tail``: last N lines (0: all).
+
+        Without ``follow`` the stream ends after the lines written so far.
+        """
+        if bool(service) == bool(task):
+            raise InvalidArgument("ask for the logs of one service or of one task")
+        request = pb.LogsRequest(service=service, task=task, follow=follow, tail=tail)
+        with closing(self._stream("Logs", request)) as messages:
+            for message in messages:
+                yield LogLine(
+                    task_id=str(message.task_id),
+                    task_name=str(message.task_name),
+                    node_id=str(message.node_id),
+                    timestamp=float(message.timestamp),
+                    stream=str(message.stream),
+                    line=bytes(message.line),
+                )
+
+    def _stream(self, method: str, request: Any) -> Generator[Any, None, None]:
+        """A server stream without a deadline, cancelled when it is closed.
+
+        A manager that is unavailable before the first message is skipped like
+        for any other call.
+        """
         failures: list[str] = []
         for index in self._candidates():
             address = self._managers[index]
-            stream = self._stub(address).StreamEvents(request)
+            stream = getattr(self._stub(address), method)(request)
             received = False
             try:
                 for message in stream:
                     received = True
                     self._preferred = index
-                    yield _event(message)
+                    yield message
                 return
             except grpc.RpcError as exc:
                 if received or not _is_unavailable(exc):

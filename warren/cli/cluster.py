@@ -10,10 +10,11 @@ import click
 
 from warren.cli.context import CliContext, output_option, pass_cli
 from warren.cli.options import (
+    RuntimeOptions,
     data_dir_option,
     node_labels_option,
     node_name_option,
-    runtime_option,
+    runtime_options,
 )
 from warren.cli.output import document, key_values
 from warren.cli.parsing import DURATION
@@ -52,7 +53,7 @@ def cluster_group() -> None:
 @click.option("--rest-port", type=PORT, default=2378, show_default=True, help="REST API port.")
 @click.option("--metrics-port", type=PORT, default=9090, show_default=True)
 @click.option("--raft-port", type=PORT, default=2379, show_default=True)
-@runtime_option
+@runtime_options
 @click.option(
     "--availability",
     type=click.Choice([a.value for a in Availability]),
@@ -80,7 +81,7 @@ def init(
     rest_port: int,
     metrics_port: int,
     raft_port: int,
-    runtime: str,
+    runtime: RuntimeOptions,
     availability: str,
     node_down_timeout: float,
     node_name: str | None,
@@ -103,12 +104,12 @@ def init(
         rest_port=rest_port,
         metrics_port=metrics_port,
         raft_port=raft_port,
-        runtime=runtime,
         availability=Availability(availability),
         node_down_timeout=node_down_timeout,
         config_dir=cli.config_dir,
         node_name=node_name or socket.gethostname(),
         labels=dict(labels),
+        **runtime.daemon_fields(),
     )
     click.get_current_context().exit(run_manager(options))
 

@@ -11,9 +11,11 @@ from warren.cli.client import WarrenClient
 from warren.cli.cluster import cluster_group
 from warren.cli.config import DEFAULT_CONFIG_DIR, expand, split_managers
 from warren.cli.context import CliContext
+from warren.cli.images import image_group
 from warren.cli.nodes import node_group
 from warren.cli.output import FORMATS
 from warren.cli.services import service_group
+from warren.cli.tasks import task_group
 from warren.cli.worker import worker_group
 from warren.core.errors import WarrenError
 from warren.proto.errors import error_from_rpc
@@ -83,6 +85,8 @@ cli.add_command(cluster_group)
 cli.add_command(worker_group)
 cli.add_command(node_group)
 cli.add_command(service_group)
+cli.add_command(task_group)
+cli.add_command(image_group)
 
 
 def main() -> None:

@@ -11,9 +11,18 @@ from typing import Any, TypeVar, cast
 
 import click
 
-from warren.cli.parsing import CPUS, DURATION, LABEL, SIZE
-from warren.cli.specs import ResourceOptions, RestartOptions
-from warren.core.models import RestartCondition
+from warren.cli.parsing import (
+    COMMAND,
+    CPUS,
+    DURATION,
+    HTTP_PROBE,
+    LABEL,
+    REGISTRY,
+    SIGNAL,
+    SIZE,
+)
+from warren.cli.specs import ContainerOptions, HealthOptions, ResourceOptions, RestartOptions
+from warren.core.models import NetworkMode, RestartCondition
 
 F = TypeVar("F", bound=Callable[..., Any])
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
@@ -86,6 +95,94 @@ restart_options = option_group(
     ),
 )
 
+container_options = option_group(
+    "container",
+    ContainerOptions,
+    click.option(
+        "--entrypoint",
+        type=COMMAND,
+        metavar='"CMD ARG..."',
+        help="Override the image's entrypoint, shell-quoted (\"\": the image's own).",
+    ),
+    click.option(
+        "--workdir", metavar="DIR", help='Working directory (absolute; "": the image\'s).'
+    ),
+    click.option("--user", metavar="USER[:GROUP]", help='User to run as ("": the image\'s).'),
+    click.option(
+        "--read-only/--no-read-only",
+        default=None,
+        help="Mount the container's root filesystem read-only.",
+    ),
+    click.option(
+        "--init/--no-init",
+        default=None,
+        help="Run an init as PID 1 that forwards signals and reaps zombies.",
+    ),
+    click.option(
+        "--network",
+        type=click.Choice([m.value for m in NetworkMode]),
+        help="host: use the node's network namespace  [default: private]",
+    ),
+    click.option(
+        "--stop-signal",
+        type=SIGNAL,
+        metavar="SIGNAL",
+        help="Signal that stops the container  [default: SIGTERM]",
+    ),
+    click.option(
+        "--stop-grace-period",
+        type=DURATION,
+        metavar="DURATION",
+        help="Wait after the stop signal before killing  [default: 10s]",
+    ),
+)
+
+health_options = option_group(
+    "health",
+    HealthOptions,
+    click.option(
+        "--health-cmd",
+        metavar='"CMD"',
+        help="Health probe: a command run with /bin/sh -c in the container; exit 0 is healthy.",
+    ),
+    click.option(
+        "--health-http",
+        type=HTTP_PROBE,
+        metavar="PORT/PATH",
+        help="Health probe: HTTP GET on a container port; 2xx or 3xx is healthy.",
+    ),
+    click.option(
+        "--health-tcp",
+        type=click.IntRange(1, 65535),
+        metavar="PORT",
+        help="Health probe: healthy when the container port accepts a connection.",
+    ),
+    click.option(
+        "--health-interval",
+        type=DURATION,
+        metavar="DURATION",
+        help="Time between checks  [default: 30s]",
+    ),
+    click.option(
+        "--health-timeout",
+        type=DURATION,
+        metavar="DURATION",
+        help="Time a check may take  [default: 30s]",
+    ),
+    click.option(
+        "--health-retries",
+        type=click.IntRange(min=1),
+        metavar="N",
+        help="Consecutive failures that make a task unhealthy  [default: 3]",
+    ),
+    click.option(
+        "--health-start-period",
+        type=DURATION,
+        metavar="DURATION",
+        help="Time after start during which failures don't count  [default: 0s]",
+    ),
+)
+
 wait_options = option_group(
     "wait",
     WaitOptions,
@@ -106,6 +203,31 @@ wait_options = option_group(
 
 DEFAULT_DATA_DIR = Path("/var/lib/warren")
 RUNTIMES = ("sim", "containerd")
+DEFAULT_RUNTIME = "containerd"
+DEFAULT_CONTAINERD_SOCKET = "/run/containerd/containerd.sock"
+DEFAULT_CONTAINERD_NAMESPACE = "warren"
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """The container runtime a daemon drives, and the registries it pulls from."""
+
+    runtime: str = DEFAULT_RUNTIME
+    containerd_socket: str = DEFAULT_CONTAINERD_SOCKET
+    containerd_namespace: str = DEFAULT_CONTAINERD_NAMESPACE
+    insecure_registries: tuple[str, ...] = ()
+    registry_config: Path | None = None
+
+    def daemon_fields(self) -> dict[str, Any]:
+        """As the keyword arguments of ``ManagerOptions`` and ``WorkerOptions``."""
+        return {
+            "runtime": self.runtime,
+            "containerd_socket": self.containerd_socket,
+            "containerd_namespace": self.containerd_namespace,
+            "insecure_registries": list(self.insecure_registries),
+            "registry_config": self.registry_config,
+        }
+
 
 data_dir_option = click.option(
     "--data-dir",
@@ -114,12 +236,46 @@ data_dir_option = click.option(
     show_default=True,
     help="Where this node keeps its state.",
 )
-runtime_option = click.option(
-    "--runtime",
-    type=click.Choice(RUNTIMES),
-    default="sim",
+containerd_socket_option = click.option(
+    "--containerd-socket",
+    default=DEFAULT_CONTAINERD_SOCKET,
     show_default=True,
-    help="Container runtime.",
+    metavar="PATH",
+    help="containerd's gRPC socket.",
+)
+containerd_namespace_option = click.option(
+    "--containerd-namespace",
+    default=DEFAULT_CONTAINERD_NAMESPACE,
+    show_default=True,
+    metavar="NAME",
+    help="containerd namespace for Warren's images and containers.",
+)
+runtime_options = option_group(
+    "runtime",
+    RuntimeOptions,
+    click.option(
+        "--runtime",
+        type=click.Choice(RUNTIMES),
+        default=DEFAULT_RUNTIME,
+        show_default=True,
+        help="Container runtime (sim: simulated containers, for tests and demos).",
+    ),
+    containerd_socket_option,
+    containerd_namespace_option,
+    click.option(
+        "--insecure-registry",
+        "insecure_registries",
+        type=REGISTRY,
+        multiple=True,
+        metavar="HOST:PORT",
+        help="Registry reached over plain HTTP (repeatable).",
+    ),
+    click.option(
+        "--registry-config",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        metavar="FILE",
+        help='Registry credentials: JSON like Docker\'s config.json, {"auths": {...}}.',
+    ),
 )
 node_name_option = click.option(
     "--node-name", help="Name to register this node under  [default: this host's name]"

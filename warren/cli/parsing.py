@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import signal
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import click
 
 from warren.core.errors import InvalidArgument
+from warren.core.models import HealthCheck
 
 # Binary multiples, as Docker's --memory flags use them.
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
@@ -76,6 +78,58 @@ def parse_scale(text: str) -> tuple[str, int]:
     return name, int(count)
 
 
+def parse_signal(text: str) -> str:
+    """A signal's canonical name from ``SIGTERM``, ``TERM``, ``term`` or ``15``."""
+    value = text.strip().upper()
+    if value.isdigit():
+        try:
+            return signal.Signals(int(value)).name
+        except ValueError:
+            pass
+    else:
+        name = value if value.startswith("SIG") else f"SIG{value}"
+        if name in signal.Signals.__members__:
+            return signal.Signals[name].name
+    raise InvalidArgument(f"unknown signal '{text}': use e.g. SIGTERM, TERM or 15")
+
+
+def parse_http_probe(text: str) -> str:
+    """``PORT/PATH`` (or a bare ``PORT``) for an HTTP health check."""
+    try:
+        HealthCheck(http=text).http_target()
+    except InvalidArgument:
+        raise InvalidArgument(
+            f"invalid HTTP health check '{text}': expected PORT/PATH, e.g. 8080/healthz"
+        ) from None
+    return text
+
+
+def parse_registry_host(text: str) -> str:
+    """``HOST[:PORT]`` of a registry, without a scheme or path."""
+    value = text.strip()
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        host, port = value, ""
+    valid_port = not sep or (port.isdigit() and 0 < int(port) <= 65535)
+    if not host or "/" in value or not valid_port or any(c.isspace() for c in value):
+        raise InvalidArgument(f"invalid registry '{text}': expected HOST:PORT, e.g. 10.0.0.5:5000")
+    return value
+
+
+def parse_tail(text: str) -> int:
+    """``all`` (0) or a number of lines, 1 or more.
+
+    The API reads 0 as everything, so Docker's ``--tail 0`` (no history) is refused
+    rather than silently printing it all.
+    """
+    value = text.strip().lower()
+    if value == "all":
+        return 0
+    if not value.isdigit() or int(value) == 0:
+        raise InvalidArgument(f"invalid tail '{text}': use a number of lines (1 or more) or 'all'")
+    return int(value)
+
+
 class Parsed(click.ParamType[Any]):
     """A click type around one of the parsers above."""
 
@@ -98,4 +152,8 @@ LABEL = Parsed("key=value", partial(parse_pair, what="label", value_required=Fal
 ENV = Parsed("key=value", partial(parse_pair, what="environment variable", value_required=True))
 SCALE = Parsed("service=replicas", parse_scale)
 COMMAND = Parsed("command", parse_command)
+SIGNAL = Parsed("signal", parse_signal)
+HTTP_PROBE = Parsed("port/path", parse_http_probe)
+REGISTRY = Parsed("host:port", parse_registry_host)
+TAIL = Parsed("lines", parse_tail)
 CPUS = click.FloatRange(min=0)

@@ -1,4 +1,4 @@
-"""``warren service ...``: create, list, inspect, scale, update and remove services."""
+"""``warren service ...``: create, list, inspect, scale, update, remove services; logs."""
 
 from __future__ import annotations
 
@@ -8,12 +8,22 @@ from collections.abc import Sequence
 import click
 
 from warren.cli.context import CliContext, output_option, pass_cli
-from warren.cli.options import WaitOptions, resource_options, restart_options, wait_options
+from warren.cli.logs import logs_options, print_logs
+from warren.cli.options import (
+    WaitOptions,
+    container_options,
+    health_options,
+    resource_options,
+    restart_options,
+    wait_options,
+)
 from warren.cli.output import ago, document, short_id, table
 from warren.cli.parsing import COMMAND, ENV, LABEL, SCALE
 from warren.cli.progress import wait_for_convergence
 from warren.cli.specs import (
+    ContainerOptions,
     CreateOptions,
+    HealthOptions,
     ResourceOptions,
     RestartOptions,
     SpecChanges,
@@ -65,6 +75,8 @@ def _wait(cli: CliContext, services: Sequence[Service], wait: WaitOptions) -> No
     metavar="N",
     help="0 (default): unlimited.",
 )
+@container_options
+@health_options
 @wait_options
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @pass_cli
@@ -80,6 +92,8 @@ def create(
     resources: ResourceOptions,
     restart: RestartOptions,
     max_replicas_per_node: int | None,
+    container: ContainerOptions,
+    health: HealthOptions,
     wait: WaitOptions,
     command: tuple[str, ...],
 ) -> None:
@@ -100,6 +114,8 @@ def create(
             resources=resources,
             restart=restart,
             max_replicas_per_node=max_replicas_per_node,
+            container=container,
+            health=health,
         )
     )
     service = cli.client().create_service(spec)
@@ -149,6 +165,8 @@ def _slot_order(task: Task) -> tuple[str, int, str, float]:
 
 def _current_state(task: Task, now: float) -> str:
     state = str(task.status.state)
+    if task.status.health:
+        state = f"{state} ({task.status.health})"
     return f"{state} {ago(task.status.timestamp, now)}" if task.status.timestamp else state
 
 
@@ -239,6 +257,9 @@ def scale(cli: CliContext, scales: tuple[tuple[str, int], ...], wait: WaitOption
 @click.option(
     "--max-replicas-per-node", type=click.IntRange(min=0), metavar="N", help="0: unlimited."
 )
+@container_options
+@health_options
+@click.option("--no-healthcheck", is_flag=True, help="Remove the health check.")
 @wait_options
 @pass_cli
 def update(
@@ -256,9 +277,15 @@ def update(
     resources: ResourceOptions,
     restart: RestartOptions,
     max_replicas_per_node: int | None,
+    container: ContainerOptions,
+    health: HealthOptions,
+    no_healthcheck: bool,
     wait: WaitOptions,
 ) -> None:
-    """Change a service's spec; its tasks are replaced with the new one."""
+    """Change a service's spec; its tasks are replaced with the new one.
+
+    Given alone, --health-interval (and the other timings) keep the current probe.
+    """
     changes = SpecChanges(
         image=image,
         replicas=replicas,
@@ -272,6 +299,9 @@ def update(
         resources=resources,
         restart=restart,
         max_replicas_per_node=max_replicas_per_node,
+        container=container,
+        health=health,
+        no_healthcheck=no_healthcheck,
     )
     client = cli.client()
     current = client.get_service(service)
@@ -280,6 +310,16 @@ def update(
     updated = client.update_service(current.id, spec, version=current.version)
     click.echo(updated.spec.name)
     _wait(cli, [updated], wait)
+
+
+@service_group.command("logs")
+@click.argument("service")
+@logs_options
+@pass_cli
+def logs(cli: CliContext, service: str, follow: bool, tail: int, timestamps: bool) -> None:
+    """Print the output (stdout and stderr) of a service's running tasks."""
+    client = cli.client()
+    print_logs(client, client.logs(service=service, follow=follow, tail=tail), timestamps)
 
 
 @service_group.command("rm")

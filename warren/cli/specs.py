@@ -7,12 +7,14 @@ here, before anything is sent.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
-from typing import TypeVar
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, TypeVar
 
 from warren.core.constraints import parse_constraint
 from warren.core.errors import InvalidArgument
 from warren.core.models import (
+    HealthCheck,
+    NetworkMode,
     Resources,
     RestartCondition,
     RestartPolicy,
@@ -63,6 +65,94 @@ def _either(value: T | None, default: T) -> T:
 
 
 @dataclass(frozen=True)
+class ContainerOptions:
+    """How the container runs; ``None`` means the default on create, unchanged on update."""
+
+    entrypoint: tuple[str, ...] | None = None
+    workdir: str | None = None
+    user: str | None = None
+    read_only: bool | None = None
+    init: bool | None = None
+    network: str | None = None
+    stop_signal: str | None = None
+    stop_grace_period: float | None = None
+
+    def apply(self, spec: ServiceSpec) -> ServiceSpec:
+        return replace(
+            spec,
+            entrypoint=_either(self.entrypoint, spec.entrypoint),
+            workdir=_either(self.workdir, spec.workdir),
+            user=_either(self.user, spec.user),
+            read_only=_either(self.read_only, spec.read_only),
+            init=_either(self.init, spec.init),
+            network_mode=spec.network_mode if self.network is None else NetworkMode(self.network),
+            stop_signal=_either(self.stop_signal, spec.stop_signal),
+            stop_grace_period=_either(self.stop_grace_period, spec.stop_grace_period),
+        )
+
+
+# What Docker's CMD-SHELL runs a health command with.
+HEALTH_SHELL = ("/bin/sh", "-c")
+_PROBE_FLAGS = "--health-cmd, --health-http or --health-tcp"
+
+
+@dataclass(frozen=True)
+class HealthOptions:
+    """A health check's probe (at most one) and timing; ``None`` means not given."""
+
+    health_cmd: str | None = None
+    health_http: str | None = None
+    health_tcp: int | None = None
+    health_interval: float | None = None
+    health_timeout: float | None = None
+    health_retries: int | None = None
+    health_start_period: float | None = None
+
+    @property
+    def given(self) -> bool:
+        return any(getattr(self, f.name) is not None for f in fields(self))
+
+    def _probe(self) -> dict[str, Any]:
+        probes: dict[str, dict[str, Any]] = {}
+        if self.health_cmd is not None:
+            if not self.health_cmd.strip():
+                raise InvalidArgument("--health-cmd must not be empty")
+            probes["--health-cmd"] = {"cmd": (*HEALTH_SHELL, self.health_cmd)}
+        if self.health_http is not None:
+            probes["--health-http"] = {"http": self.health_http}
+        if self.health_tcp is not None:
+            probes["--health-tcp"] = {"tcp": self.health_tcp}
+        if len(probes) > 1:
+            raise InvalidArgument(f"use only one of {', '.join(probes)}: a check has one probe")
+        return next(iter(probes.values()), {})
+
+    def _timing(self) -> dict[str, Any]:
+        values = {
+            "interval": self.health_interval,
+            "timeout": self.health_timeout,
+            "retries": self.health_retries,
+            "start_period": self.health_start_period,
+        }
+        return {name: value for name, value in values.items() if value is not None}
+
+    def apply(self, current: HealthCheck | None) -> HealthCheck | None:
+        """The check these options make of ``current``; timing alone keeps its probe."""
+        probe, timing = self._probe(), self._timing()
+        if not probe and timing:
+            if current is None:
+                flag = "--health-" + next(iter(timing)).replace("_", "-")
+                raise InvalidArgument(f"{flag} needs a health check: add {_PROBE_FLAGS}")
+            return replace(current, **timing)
+        if not probe:
+            return current
+        if current is None:
+            return HealthCheck(**probe, **timing)
+        # A new probe replaces the old one; timing not given stays as it was.
+        no_probe: dict[str, Any] = {"cmd": (), "http": "", "tcp": 0}
+        return replace(current, **{**no_probe, **probe, **timing})
+
+
+@dataclass(frozen=True)
 class CreateOptions:
     name: str
     image: str
@@ -75,6 +165,8 @@ class CreateOptions:
     resources: ResourceOptions = field(default_factory=ResourceOptions)
     restart: RestartOptions = field(default_factory=RestartOptions)
     max_replicas_per_node: int | None = None
+    container: ContainerOptions = field(default_factory=ContainerOptions)
+    health: HealthOptions = field(default_factory=HealthOptions)
 
 
 def build_spec(options: CreateOptions) -> ServiceSpec:
@@ -82,7 +174,8 @@ def build_spec(options: CreateOptions) -> ServiceSpec:
     if mode == ServiceMode.GLOBAL and options.replicas is not None:
         raise InvalidArgument("--replicas cannot be used with --mode global")
     reservations, limits = options.resources.apply(Resources(), Resources())
-    return ServiceSpec(
+    health = options.health.apply(None)
+    spec = ServiceSpec(
         name=options.name,
         image=options.image,
         mode=mode,
@@ -96,7 +189,9 @@ def build_spec(options: CreateOptions) -> ServiceSpec:
         limits=limits,
         restart_policy=options.restart.apply(RestartPolicy()),
         max_replicas_per_node=options.max_replicas_per_node or 0,
+        health=health,
     )
+    return options.container.apply(spec)
 
 
 @dataclass(frozen=True)
@@ -115,14 +210,20 @@ class SpecChanges:
     resources: ResourceOptions = field(default_factory=ResourceOptions)
     restart: RestartOptions = field(default_factory=RestartOptions)
     max_replicas_per_node: int | None = None
+    container: ContainerOptions = field(default_factory=ContainerOptions)
+    health: HealthOptions = field(default_factory=HealthOptions)
+    no_healthcheck: bool = False
 
 
 def apply_changes(spec: ServiceSpec, changes: SpecChanges) -> ServiceSpec:
     """The edited spec; removals apply before additions, as with Docker."""
     if changes.replicas is not None and spec.mode == ServiceMode.GLOBAL:
         raise InvalidArgument(f"service '{spec.name}' is global: --replicas does not apply")
+    if changes.no_healthcheck and changes.health.given:
+        raise InvalidArgument("--no-healthcheck cannot be combined with --health-* options")
+    health = None if changes.no_healthcheck else changes.health.apply(spec.health)
     reservations, limits = changes.resources.apply(spec.reservations, spec.limits)
-    return replace(
+    edited = replace(
         spec,
         image=_either(changes.image, spec.image),
         replicas=_either(changes.replicas, spec.replicas),
@@ -136,7 +237,9 @@ def apply_changes(spec: ServiceSpec, changes: SpecChanges) -> ServiceSpec:
         limits=limits,
         restart_policy=changes.restart.apply(spec.restart_policy),
         max_replicas_per_node=_either(changes.max_replicas_per_node, spec.max_replicas_per_node),
+        health=health,
     )
+    return changes.container.apply(edited)
 
 
 def _edit_map(base: dict[str, str], remove: Iterable[str], add: dict[str, str]) -> dict[str, str]:

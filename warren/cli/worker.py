@@ -10,10 +10,11 @@ import click
 from warren.cli.config import split_managers
 from warren.cli.context import CliContext, pass_cli
 from warren.cli.options import (
+    RuntimeOptions,
     data_dir_option,
     node_labels_option,
     node_name_option,
-    runtime_option,
+    runtime_options,
 )
 
 
@@ -36,7 +37,7 @@ def worker_group() -> None:
     help="Manager API address(es)  [default: the global --manager]",
 )
 @data_dir_option
-@runtime_option
+@runtime_options
 @node_name_option
 @node_labels_option
 @pass_cli
@@ -45,7 +46,7 @@ def join(
     token: str | None,
     managers: tuple[str, ...],
     data_dir: Path,
-    runtime: str,
+    runtime: RuntimeOptions,
     node_name: str | None,
     labels: tuple[tuple[str, str], ...],
 ) -> None:
@@ -57,8 +58,8 @@ def join(
         data_dir=data_dir,
         token=token,
         managers=split_managers(managers) or cli.manager_override,
-        runtime=runtime,
         node_name=node_name or socket.gethostname(),
         labels=dict(labels),
+        **runtime.daemon_fields(),
     )
     click.get_current_context().exit(run_worker(options))
