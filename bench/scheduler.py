@@ -207,6 +207,15 @@ async def measure(settings: Settings, manager: Manager, deadline: float) -> Run:
 # -- report ------------------------------------------------------------------------------
 
 
+def session_drops(workers: list[Child]) -> int:
+    """Agent sessions that ended while the workers ran (each one reconnects)."""
+    drops = 0
+    for child in workers:
+        text = child.log_path.read_text(errors="replace") if child.log_path.exists() else ""
+        drops += sum(1 for line in text.splitlines() if '"msg": "session with' in line)
+    return drops
+
+
 def seconds(value: float | None) -> str:
     return "not reached" if value is None else f"{value:.1f} s"
 
@@ -258,6 +267,7 @@ def report(
             "worker processes CPU during the measured phase",
             f"{sum(cpu[w.name] for w in workers):.1f} s",
         ],
+        ["worker sessions dropped and reopened", str(session_drops(workers))],
         ["manager RSS at the end", f"{manager_rss:.1f} MiB"],
         [
             f"worker processes RSS ({len(workers)} processes)",
