@@ -10,9 +10,26 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterable
 
+from warren.core.errors import InvalidArgument
 from warren.manager.store import Kind, Store, StoreEvent
 
 _CLOSED = None
+
+# What API clients may watch. The cluster object holds the join-token secrets:
+# it never leaves the managers through an event stream.
+PUBLIC_KINDS = frozenset({Kind.NODE, Kind.SERVICE, Kind.TASK})
+
+
+def public_kinds(names: Iterable[str]) -> frozenset[Kind]:
+    """Parse event kind names from a client; none given means every public kind."""
+    kinds: set[Kind] = set()
+    for name in names:
+        kind = next((k for k in PUBLIC_KINDS if k.value == name.strip()), None)
+        if kind is None:
+            allowed = ", ".join(sorted(k.value for k in PUBLIC_KINDS))
+            raise InvalidArgument(f"unknown event kind '{name.strip()}': use {allowed}")
+        kinds.add(kind)
+    return frozenset(kinds) or PUBLIC_KINDS
 
 
 class Subscription:

@@ -21,7 +21,7 @@ from warren.core.models import Availability, ServiceSpec, Task
 from warren.core.states import TaskState
 from warren.manager.control import ControlService
 from warren.manager.dispatcher import Dispatcher
-from warren.manager.events import EventBus
+from warren.manager.events import EventBus, public_kinds
 from warren.manager.metrics import Metrics
 from warren.manager.store import Kind, StoreEvent
 from warren.proto import warren_pb2 as pb
@@ -171,10 +171,9 @@ class ControlServicer(pb_grpc.ControlServicer):  # type: ignore[misc]
     async def StreamEvents(self, request: Any, context: Any) -> AsyncIterator[Any]:
         try:
             _require(context, ADMIN_ROLES)
-            kinds = [Kind(k) for k in request.kinds] if request.kinds else None
-        except (WarrenError, ValueError) as exc:
-            err = exc if isinstance(exc, WarrenError) else PermissionDenied(str(exc))
-            await _abort(context, err)
+            kinds = public_kinds(request.kinds)
+        except WarrenError as exc:
+            await _abort(context, exc)
             return
         subscription = self.bus.subscribe(kinds, maxsize=10_000)
         try:

@@ -30,7 +30,7 @@ from warren.core.codec import from_dict, to_dict
 from warren.core.errors import InvalidArgument, PermissionDenied, Unauthenticated, WarrenError
 from warren.core.models import Availability, Node, Service, ServiceSpec, Task
 from warren.manager.control import ControlService
-from warren.manager.events import EventBus, Subscription
+from warren.manager.events import EventBus, Subscription, public_kinds
 from warren.manager.metrics import Metrics
 from warren.manager.store import EventAction, Kind, StoreEvent
 from warren.proto.errors import HTTP_STATUS
@@ -185,18 +185,9 @@ def _flag(request: web.Request, name: str) -> bool:
     raise InvalidArgument(f"query parameter '{name}' must be true or false, not '{value}'")
 
 
-def _kinds(request: web.Request) -> frozenset[Kind] | None:
+def _kinds(request: web.Request) -> frozenset[Kind]:
     text = request.query.get("kinds", "").strip()
-    if not text:
-        return None
-    kinds: set[Kind] = set()
-    for name in text.split(","):
-        try:
-            kinds.add(Kind(name.strip()))
-        except ValueError:
-            allowed = ", ".join(k.value for k in Kind)
-            raise InvalidArgument(f"unknown event kind '{name}': use {allowed}") from None
-    return frozenset(kinds)
+    return public_kinds(text.split(",") if text else [])
 
 
 def _ok(data: Any, status: int = 200) -> web.Response:
