@@ -6,6 +6,7 @@ skip would hide a broken CI); set WARREN_SKIP_CONTAINERD=1 to skip instead.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -67,3 +68,12 @@ def containerd(containerd_tools: None) -> Iterator[LocalContainerd]:
     """A private containerd in a temporary dir; everything it leaves is removed at the end."""
     with LocalContainerd() as ctd:
         yield ctd
+    _remove_empty_warren_cgroups()
+
+
+def _remove_empty_warren_cgroups() -> None:
+    """Containers live under /warren/<id> in every controller; runc removes the
+    leaves, the tests remove the parent they caused (if nothing else uses it)."""
+    for parent in Path("/sys/fs/cgroup").glob("*/warren"):
+        with contextlib.suppress(OSError):
+            parent.rmdir()

@@ -46,6 +46,9 @@ class Ctr:
                 out[fields[0]] = int(fields[1])
         return out
 
+    def containers(self, namespace: str) -> list[str]:
+        return self.run(namespace, "containers", "ls", "-q").split()
+
     def info(self, namespace: str, container_id: str) -> dict[str, Any]:
         return dict(json.loads(self.run(namespace, "containers", "info", container_id)))
 
@@ -86,10 +89,11 @@ def node(
         if report is not None and report.failed:
             print(cluster.logs())
         try:
-            # Leave containerd as we found it: removing the services stops the tasks.
+            # Leave containerd as we found it: removing the services removes the
+            # containers (and their network namespaces) before the agent stops.
             for service in cluster.json("service", "ls"):
                 cluster.cli("service", "rm", service["id"], check=False)
-            wait_for(lambda: not ctr.running_tasks(cluster.namespace), 30, "containers to stop")
+            wait_for(lambda: not ctr.containers(cluster.namespace), 30, "containers to go")
         finally:
             cluster.stop_all()
 

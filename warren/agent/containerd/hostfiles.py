@@ -1,0 +1,62 @@
+"""/etc/hosts, /etc/resolv.conf and /etc/hostname for a container.
+
+Written into the container's state directory and bind-mounted over the
+image's, as Docker does: the image cannot know its container's name or DNS.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from warren.agent.containerd.spec import HostFiles
+
+HOST_RESOLV_CONF = Path("/etc/resolv.conf")
+HOST_HOSTS = Path("/etc/hosts")
+# Docker's fallback when the host only lists resolvers on its own loopback,
+# which a container in its own network namespace cannot reach.
+FALLBACK_NAMESERVERS = ("8.8.8.8", "8.8.4.4")
+
+
+def container_hostname(container_id: str, host_network: bool) -> str:
+    return socket.gethostname() if host_network else container_id[:12]
+
+
+def write_host_files(directory: Path, hostname: str, host_network: bool) -> HostFiles:
+    directory.mkdir(parents=True, exist_ok=True)
+    files = HostFiles(directory / "hosts", directory / "resolv.conf", directory / "hostname")
+    files.hostname.write_text(hostname + "\n")
+    if host_network:
+        files.hosts.write_text(_read(HOST_HOSTS))
+        files.resolv_conf.write_text(_read(HOST_RESOLV_CONF))
+    else:
+        files.hosts.write_text(
+            "127.0.0.1\tlocalhost\n"
+            "::1\tlocalhost ip6-localhost ip6-loopback\n"
+            f"127.0.1.1\t{hostname}\n"
+        )
+        files.resolv_conf.write_text(_without_loopback(_read(HOST_RESOLV_CONF)))
+    return files
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def _without_loopback(resolv_conf: str) -> str:
+    kept = []
+    for line in resolv_conf.splitlines():
+        fields = line.split()
+        if fields[:1] == ["nameserver"] and len(fields) > 1 and _loopback(fields[1]):
+            continue
+        kept.append(line)
+    if not any(line.split()[:1] == ["nameserver"] for line in kept):
+        kept.extend(f"nameserver {server}" for server in FALLBACK_NAMESERVERS)
+    return "\n".join(kept) + "\n"
+
+
+def _loopback(address: str) -> bool:
+    return address.startswith("127.") or address == "::1"

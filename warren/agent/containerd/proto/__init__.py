@@ -1,0 +1,1 @@
+"""Generated stubs for the parts of containerd's gRPC API Warren uses (see generate.sh)."""
