@@ -86,6 +86,8 @@ class Cluster:
     runtime_args: list[str] = field(default_factory=lambda: ["--runtime", "sim"])
     processes: dict[str, Process] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
+    # Ports of every manager by process name ("manager" is the first one).
+    manager_ports: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.config_dir = self.root / "config"
@@ -96,27 +98,44 @@ class Cluster:
     def manager_address(self) -> str:
         return f"127.0.0.1:{self.ports['api']}"
 
+    @property
+    def manager_addresses(self) -> str:
+        """Every manager, for the CLI to fail over (the first manager first)."""
+        return ",".join(f"127.0.0.1:{ports['api']}" for ports in self.manager_ports.values())
+
     # -- processes ---------------------------------------------------------------
 
-    def init_manager(self, *extra: str) -> Process:
-        for name in ("api", "rest", "metrics", "raft"):
-            self.ports.setdefault(name, free_port())
-        args = [
-            *WARREN, "cluster", "init",
-            "--data-dir", str(self.root / "manager"),
+    def _manager_args(self, name: str, node_name: str) -> list[str]:
+        ports = self.manager_ports.setdefault(
+            name, {p: free_port() for p in ("api", "rest", "metrics", "raft")}
+        )
+        return [
+            "--data-dir", str(self.root / name),
             "--advertise-addr", "127.0.0.1",
             "--listen-addr", "127.0.0.1",
-            "--api-port", str(self.ports["api"]),
-            "--rest-port", str(self.ports["rest"]),
-            "--metrics-port", str(self.ports["metrics"]),
-            "--raft-port", str(self.ports["raft"]),
-            *self._runtime_args("manager-1"),
+            "--api-port", str(ports["api"]),
+            "--rest-port", str(ports["rest"]),
+            "--metrics-port", str(ports["metrics"]),
+            "--raft-port", str(ports["raft"]),
+            *self._runtime_args(node_name),
             "--node-down-timeout", str(self.node_down_timeout),
-            "--node-name", "manager-1",
-            *extra,
+            "--node-name", node_name,
         ]  # fmt: skip
+
+    def init_manager(self, *extra: str) -> Process:
+        args = [*WARREN, "cluster", "init", *self._manager_args("manager", "manager-1"), *extra]
+        self.ports = self.manager_ports["manager"]
         process = self._spawn("manager", args)
         wait_for(lambda: self._api_ready(process), 30, "the manager's API")
+        return process
+
+    def join_manager(self, name: str, *extra: str) -> Process:
+        """Another manager; its process name and node name are both ``name``."""
+        token = self.join_token("manager")
+        args = [*WARREN, "manager", "join", "--token", token, "--manager", self.manager_address,
+                *self._manager_args(name, name), *extra]  # fmt: skip
+        process = self._spawn(name, args)
+        wait_for(lambda: self.node_status(name) == "ready", 60, f"manager {name} to be ready")
         return process
 
     def restart_manager(self) -> Process:
@@ -169,7 +188,7 @@ class Cluster:
         self, *args: str, check: bool = True, timeout: float = 60
     ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            [*WARREN, "--manager", self.manager_address, *args],
+            [*WARREN, "--manager", self.manager_addresses, *args],
             capture_output=True,
             text=True,
             env=self.env,

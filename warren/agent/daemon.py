@@ -20,7 +20,13 @@ import grpc
 from warren.agent.agent import Agent
 from warren.agent.runtime import Runtime
 from warren.agent.sim import SimRuntime
-from warren.core.errors import FailedPrecondition, InvalidArgument, Unavailable, WarrenError
+from warren.core.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    PermissionDenied,
+    Unavailable,
+    WarrenError,
+)
 from warren.proto import warren_pb2 as pb
 from warren.proto import warren_pb2_grpc as pb_grpc
 from warren.proto.errors import error_from_rpc
@@ -105,47 +111,71 @@ def make_runtime(options: RuntimeOptions) -> Runtime:
     raise InvalidArgument(f"unknown runtime '{options.runtime}': use containerd or sim")
 
 
-async def join_cluster(options: WorkerOptions, identity: IdentityFiles) -> NodeState:
-    """Verify the manager's CA against the token, then trade a CSR for a certificate."""
-    if not options.token:
+@dataclass(frozen=True)
+class JoinRequest:
+    token: str | None
+    managers: list[str]
+    role: str
+    node_name: str
+    labels: dict[str, str] = field(default_factory=dict)
+    api_address: str = ""
+    raft_address: str = ""
+
+
+async def request_join(join: JoinRequest) -> tuple[Any, bytes, str]:
+    """Verify the manager's CA against the token, then trade a CSR for a
+    certificate. Returns the manager's reply, the new private key (PEM) and
+    the manager address that answered."""
+    if not join.token:
         raise InvalidArgument("this data dir holds no node yet: --token is required to join")
-    if not options.managers:
+    if not join.managers:
         raise InvalidArgument("--manager is required to join")
-    token = parse(options.token)
+    token = parse(join.token)
     last_error: WarrenError = Unavailable("no manager address given")
-    for manager in options.managers:
+    for manager in join.managers:
         host, port = split_address(manager)
         try:
             chain = await asyncio.to_thread(fetch_ca_chain, host, port)
             ca_pem = pin_ca(chain, token.ca_fingerprint)
-            return await _join_with(manager, ca_pem, token.secret, options, identity)
+            reply, key = await _join_with(manager, ca_pem, token.secret, join)
+            return reply, key, manager
         except Unavailable as exc:
             last_error = exc
     raise last_error
 
 
 async def _join_with(
-    manager: str, ca_pem: bytes, secret: str, options: WorkerOptions, identity: IdentityFiles
-) -> NodeState:
-    joiner_key, joiner_cert = joiner_credentials(secret, "worker")
+    manager: str, ca_pem: bytes, secret: str, join: JoinRequest
+) -> tuple[Any, bytes]:
+    joiner_key, joiner_cert = joiner_credentials(secret, join.role)
     credentials = grpc.ssl_channel_credentials(ca_pem, joiner_key, joiner_cert)
     key = generate_key()
     request = pb.JoinRequest(
         secret=secret,
-        role="worker",
+        role=join.role,
         csr=make_csr(key),
-        hostname=options.node_name,
-        labels=options.labels,
+        hostname=join.node_name,
+        labels=join.labels,
+        api_address=join.api_address,
+        raft_address=join.raft_address,
     )
     async with grpc.aio.secure_channel(manager, credentials) as channel:
         try:
             reply = await pb_grpc.DispatcherStub(channel).Join(request, timeout=15)
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from None
-    identity.save(reply.ca_certificate, reply.certificate, key_pem(key))
+    if reply.ca_certificate != ca_pem:
+        raise PermissionDenied("the manager answered with another CA than the pinned one")
+    log.info("joined the cluster", extra={"node_id": reply.node_id, "manager": manager})
+    return reply, key_pem(key)
+
+
+async def join_cluster(options: WorkerOptions, identity: IdentityFiles) -> NodeState:
+    join = JoinRequest(options.token, options.managers, "worker", options.node_name, options.labels)
+    reply, key, manager = await request_join(join)
+    identity.save(reply.ca_certificate, reply.certificate, key)
     state = NodeState(reply.node_id, "worker", list(reply.managers) or [manager])
     state.save(options.data_dir)
-    log.info("joined the cluster", extra={"node_id": reply.node_id, "manager": manager})
     return state
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -40,78 +40,79 @@ def cluster_group() -> None:
     """Create a cluster and manage its membership."""
 
 
+def manager_daemon_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options of a manager process: `cluster init` and `manager join`."""
+    decorators = [
+        data_dir_option,
+        click.option(
+            "--advertise-addr",
+            default="127.0.0.1",
+            show_default=True,
+            help="Address nodes and the CLI use to reach this manager.",
+        ),
+        click.option(
+            "--listen-addr", default="0.0.0.0", show_default=True, help="Address to bind."
+        ),
+        click.option(
+            "--api-port", type=PORT, default=2377, show_default=True, help="gRPC API port."
+        ),
+        click.option(
+            "--rest-port", type=PORT, default=2378, show_default=True, help="REST API port."
+        ),
+        click.option("--metrics-port", type=PORT, default=9090, show_default=True),
+        click.option("--raft-port", type=PORT, default=2379, show_default=True),
+        runtime_options,
+        click.option(
+            "--availability",
+            type=click.Choice([a.value for a in Availability]),
+            default=Availability.ACTIVE.value,
+            show_default=True,
+            help="Whether this manager also runs tasks.",
+        ),
+        click.option(
+            "--node-down-timeout",
+            type=DURATION,
+            default="15s",
+            show_default=True,
+            metavar="DURATION",
+            help="Silence after which a node is marked down.",
+        ),
+        node_name_option,
+        node_labels_option,
+    ]
+    for decorate in reversed(decorators):
+        command = decorate(command)
+    return command
+
+
+def run_manager_process(cli: CliContext, **fields: Any) -> None:
+    """Build the manager's options from the command line and run it until stopped."""
+    # Imported here: admin commands should not pay for loading the manager.
+    from warren.manager.daemon import ManagerOptions, run_manager
+
+    runtime: RuntimeOptions = fields.pop("runtime")
+    options = ManagerOptions(
+        availability=Availability(fields.pop("availability")),
+        config_dir=cli.config_dir,
+        node_name=fields.pop("node_name") or socket.gethostname(),
+        labels=dict(fields.pop("labels")),
+        **fields,
+        **runtime.daemon_fields(),
+    )
+    click.get_current_context().exit(run_manager(options))
+
+
 @cluster_group.command("init")
-@data_dir_option
-@click.option(
-    "--advertise-addr",
-    default="127.0.0.1",
-    show_default=True,
-    help="Address nodes and the CLI use to reach this manager.",
-)
-@click.option("--listen-addr", default="0.0.0.0", show_default=True, help="Address to bind.")
-@click.option("--api-port", type=PORT, default=2377, show_default=True, help="gRPC API port.")
-@click.option("--rest-port", type=PORT, default=2378, show_default=True, help="REST API port.")
-@click.option("--metrics-port", type=PORT, default=9090, show_default=True)
-@click.option("--raft-port", type=PORT, default=2379, show_default=True)
-@runtime_options
-@click.option(
-    "--availability",
-    type=click.Choice([a.value for a in Availability]),
-    default=Availability.ACTIVE.value,
-    show_default=True,
-    help="Whether this manager also runs tasks.",
-)
-@click.option(
-    "--node-down-timeout",
-    type=DURATION,
-    default="15s",
-    show_default=True,
-    metavar="DURATION",
-    help="Silence after which a node is marked down.",
-)
-@node_name_option
-@node_labels_option
+@manager_daemon_options
 @pass_cli
-def init(
-    cli: CliContext,
-    data_dir: Path,
-    advertise_addr: str,
-    listen_addr: str,
-    api_port: int,
-    rest_port: int,
-    metrics_port: int,
-    raft_port: int,
-    runtime: RuntimeOptions,
-    availability: str,
-    node_down_timeout: float,
-    node_name: str | None,
-    labels: tuple[tuple[str, str], ...],
-) -> None:
+def init(cli: CliContext, /, **fields: Any) -> None:
     """Start a new cluster with this host as its manager, and run it until stopped.
 
     Run again with the same data dir to restart the manager. The manager writes
     admin credentials and config.json to the config dir, so later commands on
     this host need no flags.
     """
-    # Imported here: admin commands should not pay for loading the manager.
-    from warren.manager.daemon import ManagerOptions, run_manager
-
-    options = ManagerOptions(
-        data_dir=data_dir,
-        advertise_addr=advertise_addr,
-        listen_addr=listen_addr,
-        api_port=api_port,
-        rest_port=rest_port,
-        metrics_port=metrics_port,
-        raft_port=raft_port,
-        availability=Availability(availability),
-        node_down_timeout=node_down_timeout,
-        config_dir=cli.config_dir,
-        node_name=node_name or socket.gethostname(),
-        labels=dict(labels),
-        **runtime.daemon_fields(),
-    )
-    click.get_current_context().exit(run_manager(options))
+    run_manager_process(cli, **fields)
 
 
 @cluster_group.command("join-token")

@@ -12,6 +12,7 @@ from warren.cli.cluster import cluster_group
 from warren.cli.config import DEFAULT_CONFIG_DIR, expand, split_managers
 from warren.cli.context import CliContext
 from warren.cli.images import image_group
+from warren.cli.manager import manager_group
 from warren.cli.nodes import node_group
 from warren.cli.output import FORMATS
 from warren.cli.services import service_group
@@ -83,6 +84,7 @@ def cli(ctx: click.Context, manager: str | None, config_dir: str, output: str | 
 
 cli.add_command(cluster_group)
 cli.add_command(worker_group)
+cli.add_command(manager_group)
 cli.add_command(node_group)
 cli.add_command(service_group)
 cli.add_command(task_group)

@@ -29,10 +29,19 @@ def list_nodes(cli: CliContext, quiet: bool) -> None:
         click.echo("\n".join(n.id for n in nodes) if quiet else document(nodes, fmt))
         return
     rows = [
-        [n.id, n.hostname, str(n.role), str(n.status), str(n.availability), n.address]
+        [
+            n.id,
+            n.hostname,
+            str(n.role),
+            str(n.status),
+            str(n.availability),
+            n.manager_status,
+            n.address,
+        ]
         for n in nodes
     ]
-    click.echo(table(["ID", "HOSTNAME", "ROLE", "STATUS", "AVAILABILITY", "ADDRESS"], rows))
+    headers = ["ID", "HOSTNAME", "ROLE", "STATUS", "AVAILABILITY", "MANAGER STATUS", "ADDRESS"]
+    click.echo(table(headers, rows))
 
 
 @node_group.command("inspect")

@@ -56,6 +56,14 @@ class Unavailable(WarrenError):
     code = "unavailable"
 
 
+class NotLeader(Unavailable):
+    """This manager cannot serve the request; ``leader`` is where to go (API address)."""
+
+    def __init__(self, message: str, leader: str = "") -> None:
+        super().__init__(message)
+        self.leader = leader
+
+
 class RuntimeFailure(WarrenError):
     """A container runtime operation failed."""
 

@@ -108,11 +108,14 @@ class Node:
     status: NodeStatus = NodeStatus.UNKNOWN
     status_message: str = ""
     resources: Resources = field(default_factory=Resources)
-    # gRPC address a manager serves its API on; empty for workers.
+    # Where a manager serves its API and takes part in Raft; empty for workers.
     api_address: str = ""
+    raft_address: str = ""
     created_at: float = 0.0
     updated_at: float = 0.0
     version: int = 0
+    # Filled in when read, never stored: leader, reachable or unreachable.
+    manager_status: str = ""
 
     def __post_init__(self) -> None:
         _check_labels(self.labels, "node label")

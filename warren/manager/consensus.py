@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from warren.core.errors import FailedPrecondition
 from warren.manager.store import Store
 
 LeadershipListener = Callable[[bool], None]
@@ -33,6 +34,12 @@ class Consensus(Protocol):
     async def propose(self, command: dict[str, Any], timeout: float = 10.0) -> Any:
         """Replicate and apply ``command``; raise ``Unavailable`` if it cannot commit."""
         ...
+
+    async def add_member(self, address: str, timeout: float = 10.0) -> None:
+        """Add a member at ``address`` (a Raft host:port); one change at a time."""
+        ...
+
+    async def remove_member(self, address: str, timeout: float = 10.0) -> None: ...
 
     @property
     def is_leader(self) -> bool: ...
@@ -71,6 +78,12 @@ class LocalConsensus:
         await asyncio.sleep(0)
         self._index += 1
         return self.store.apply(command)
+
+    async def add_member(self, address: str, timeout: float = 10.0) -> None:
+        raise FailedPrecondition("the in-process consensus has exactly one member")
+
+    async def remove_member(self, address: str, timeout: float = 10.0) -> None:
+        raise FailedPrecondition("the in-process consensus has exactly one member")
 
     @property
     def is_leader(self) -> bool:

@@ -6,6 +6,8 @@ whose preconditions the state machine checks again when it applies them.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from dataclasses import replace
 from typing import Any, TypeVar, cast
@@ -17,6 +19,7 @@ from warren.core.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    WarrenError,
 )
 from warren.core.models import (
     Availability,
@@ -38,6 +41,8 @@ from warren.manager.store import MUST_NOT_EXIST, Kind, delete, put, raise_for_re
 from warren.security.ca import CertificateAuthority
 from warren.security.tokens import JoinToken, new_secret, secrets_equal
 
+log = logging.getLogger(__name__)
+
 T = TypeVar("T")
 
 # Compare-and-swap retries for read-modify-write updates the user did not pin.
@@ -56,6 +61,9 @@ class ControlService:
         self.ca = ca
         # None: images are not pinned (the simulated runtime has no registry).
         self.images = images
+        # Raft membership changes go one at a time.
+        self._membership = asyncio.Lock()
+        self._background: set[asyncio.Task[None]] = set()
 
     async def _pin_image(self, spec: ServiceSpec) -> ServiceSpec:
         if self.images is None:
@@ -140,10 +148,25 @@ class ControlService:
             by_name[node.hostname] = node if node.hostname not in by_name else _AMBIGUOUS
         return _resolve(ref, {n.id: n for n in nodes}, by_name, "node")
 
+    def describe_node(self, ref: str) -> Node:
+        """A node as clients see it: with its live manager status."""
+        return self._with_manager_status(self.get_node(ref))
+
     def list_nodes(self) -> list[Node]:
-        return sorted(
-            self.store.list(Kind.NODE), key=lambda n: (n.role != NodeRole.MANAGER, n.hostname)
-        )
+        nodes = [self._with_manager_status(n) for n in self.store.list(Kind.NODE)]
+        return sorted(nodes, key=lambda n: (n.role != NodeRole.MANAGER, n.hostname))
+
+    def _with_manager_status(self, node: Node) -> Node:
+        if node.role != NodeRole.MANAGER:
+            return node
+        member = next((m for m in self.consensus.members() if m.address == node.raft_address), None)
+        if member is None:
+            status = "unreachable" if node.raft_address else ""
+        else:
+            status = (
+                "leader" if member.is_leader else "reachable" if member.reachable else "unreachable"
+            )
+        return replace(node, manager_status=status)
 
     async def update_node(
         self,
@@ -178,10 +201,9 @@ class ControlService:
     async def remove_node(self, ref: str, force: bool = False) -> None:
         node = self.get_node(ref)
         if node.role == NodeRole.MANAGER:
-            raise FailedPrecondition(
-                f"node '{node.hostname}' is a manager; a manager cannot be removed here"
-            )
-        if node.status == NodeStatus.READY and not force:
+            # Out of Raft first, so the group never counts a member that is gone.
+            await self._remove_manager(node, force)
+        elif node.status == NodeStatus.READY and not force:
             raise FailedPrecondition(
                 f"node '{node.hostname}' is not down and can't be removed; "
                 "drain it and stop it first, or use --force"
@@ -260,25 +282,82 @@ class ControlService:
         return self.join_token(role)
 
     async def join(
-        self, secret: str, role: str, csr: bytes, hostname: str, labels: dict[str, str]
+        self,
+        secret: str,
+        role: str,
+        csr: bytes,
+        hostname: str,
+        labels: dict[str, str],
+        api_address: str = "",
+        raft_address: str = "",
     ) -> tuple[Node, bytes]:
         cluster = self.cluster()
         if not secrets_equal(secret, _token_secret(cluster, role)):
             raise PermissionDenied("invalid or rotated join token")
-        if role != NodeRole.WORKER:
-            raise FailedPrecondition("this manager accepts workers only")
         now = time.time()
         node = Node(
             id=new_id(),
-            role=NodeRole.WORKER,
-            hostname=hostname or "worker",
+            role=NodeRole(role),
+            hostname=hostname or str(role),
             labels=labels,
+            api_address=api_address if role == NodeRole.MANAGER else "",
+            raft_address=raft_address if role == NodeRole.MANAGER else "",
             created_at=now,
             updated_at=now,
         )
-        certificate = self.ca.issue(csr, node.id, str(node.role))
+        sans = [hostname]
+        if node.role == NodeRole.MANAGER:
+            self._check_new_manager(node)
+            sans.append(api_address.rpartition(":")[0])
+        certificate = self.ca.issue(csr, node.id, str(node.role), [s for s in sans if s])
         await self._write([put(node, MUST_NOT_EXIST)])
+        if node.role == NodeRole.MANAGER:
+            # The new member must be running before a 2-member group can commit
+            # the change, and it starts only once it has this reply: so the
+            # change is made in the background, one at a time.
+            task = asyncio.create_task(self._add_member(node))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
         return node, certificate
+
+    def _check_new_manager(self, node: Node) -> None:
+        if not node.api_address or not node.raft_address:
+            raise InvalidArgument("a joining manager must give its API and Raft addresses")
+        for other in self.store.list(Kind.NODE):
+            if other.role == NodeRole.MANAGER and other.raft_address == node.raft_address:
+                raise AlreadyExists(
+                    f"manager '{other.hostname}' already uses Raft address {node.raft_address}"
+                )
+
+    async def _add_member(self, node: Node) -> None:
+        async with self._membership:
+            try:
+                await self.consensus.add_member(node.raft_address, timeout=60.0)
+                log.info("manager added to raft", extra={"node_id": node.id})
+            except WarrenError as exc:
+                log.error("manager %s not added to raft: %s", node.id, exc)
+
+    def raft_peers(self) -> list[str]:
+        return [m.address for m in self.consensus.members()]
+
+    async def _remove_manager(self, node: Node, force: bool) -> None:
+        members = {m.address: m for m in self.consensus.members()}
+        if node.raft_address not in members:
+            return  # never made it into Raft, or already out
+        if members[node.raft_address].is_leader:
+            raise FailedPrecondition(
+                f"node '{node.hostname}' is the leader; remove it through another manager "
+                "after stopping it, or let leadership move first"
+            )
+        remaining = [m for m in members.values() if m.address != node.raft_address]
+        reachable = sum(1 for m in remaining if m.reachable)
+        if reachable < len(remaining) // 2 + 1 and not force:
+            raise FailedPrecondition(
+                f"removing '{node.hostname}' would leave {reachable} of {len(remaining)} "
+                "managers reachable: the cluster would lose quorum (use --force to do it anyway)"
+            )
+        async with self._membership:
+            await self.consensus.remove_member(node.raft_address)
 
 
 _AMBIGUOUS: Any = object()

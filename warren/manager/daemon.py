@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import socket
@@ -17,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from warren.agent.daemon import registry_config
+from warren.agent.daemon import JoinRequest, registry_config, request_join
 from warren.core.errors import FailedPrecondition, Unavailable
 from warren.core.models import Availability, Cluster, Node, NodeRole, NodeStatus, new_id
-from warren.manager.consensus import Consensus
+from warren.manager.consensus import Consensus, LocalConsensus
 from warren.manager.control import ControlService
 from warren.manager.controllers import Orchestrator, Scheduler
 from warren.manager.dispatcher import Dispatcher
@@ -57,6 +58,9 @@ class ManagerOptions:
     containerd_namespace: str = "warren"
     insecure_registries: list[str] = field(default_factory=list)
     registry_config: Path | None = None
+    # `warren manager join`: join an existing cluster instead of creating one.
+    join_token: str | None = None
+    join_managers: list[str] = field(default_factory=list)
 
     @property
     def api_address(self) -> str:
@@ -65,6 +69,12 @@ class ManagerOptions:
     @property
     def raft_address(self) -> str:
         return f"{self.advertise_addr}:{self.raft_port}"
+
+
+def raft_password(ca: CertificateAuthority) -> str:
+    """Raft traffic is encrypted and authenticated with a key only managers
+    can derive: they alone hold the CA key."""
+    return hashlib.sha256(b"warren-raft\0" + ca.key_pem).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -93,12 +103,7 @@ class Manager:
         self.data_dir = options.data_dir
         self.identity = IdentityFiles(self.data_dir / "certs")
         self.store = Store()
-        self.consensus: Consensus = RaftConsensus(
-            self.store,
-            options.raft_address,
-            self.data_dir / "raft",
-            bind_address=f"{options.listen_addr}:{options.raft_port}",
-        )
+        self.consensus: Consensus = LocalConsensus(self.store)  # replaced in start()
         self._leader_work: asyncio.Task[None] | None = None
         self._closers: list[Callable[[], Awaitable[Any]]] = []
 
@@ -159,6 +164,7 @@ class Manager:
             availability=self.options.availability,
             status=NodeStatus.UNKNOWN,
             api_address=self.options.api_address,
+            raft_address=self.options.raft_address,
             created_at=now,
             updated_at=now,
         )
@@ -170,12 +176,29 @@ class Manager:
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         state = ManagerState.load(self.data_dir)
-        ca, node_id = self._load_or_create_ca(state)
+        joining = state is None and self.options.join_token is not None
+        if joining:
+            ca, node_id, peers = await self._join_cluster()
+        else:
+            ca, node_id = self._load_or_create_ca(state)
+            peers = self._load_peers()
         self.node_id = node_id
+        self.consensus = RaftConsensus(
+            self.store,
+            self.options.raft_address,
+            self.data_dir / "raft",
+            peers=peers,
+            bind_address=f"{self.options.listen_addr}:{self.options.raft_port}",
+            password=raft_password(ca),
+        )
         await self.consensus.start()
         self._closers.append(self.consensus.stop)
-        await self._wait_ready()
-        if state is None:
+        self._closers.append(self._save_peers)  # closers run last-in, first-out
+        await self._wait_ready(timeout=90.0 if joining else 30.0)
+        if joining:
+            ManagerState(node_id, ca.cluster_id).save(self.data_dir)
+            log.info("manager joined", extra={"node_id": node_id, "peers": peers})
+        elif state is None:
             await self._initialise_cluster(ca, node_id)
             self._write_admin_identity(ca)
             ManagerState(node_id, ca.cluster_id).save(self.data_dir)
@@ -183,6 +206,49 @@ class Manager:
         else:
             log.info("manager resumed", extra={"node_id": node_id, "revision": self.store.revision})
         await self._serve(ca)
+
+    async def _join_cluster(self) -> tuple[CertificateAuthority, str, list[str]]:
+        options = self.options
+        join = JoinRequest(
+            token=options.join_token,
+            managers=options.join_managers,
+            role="manager",
+            node_name=options.node_name,
+            labels=options.labels,
+            api_address=options.api_address,
+            raft_address=options.raft_address,
+        )
+        reply, key, _ = await request_join(join)
+        write_private(self.data_dir / "certs" / "ca-key.pem", reply.ca_key)
+        self.identity.save(reply.ca_certificate, reply.certificate, key)
+        peers = [p for p in reply.raft_peers if p != options.raft_address]
+        self._write_peers(peers)
+        return (
+            CertificateAuthority.from_pem(reply.ca_certificate, reply.ca_key),
+            reply.node_id,
+            peers,
+        )
+
+    # Raft peers survive restarts in a file; PySyncObj wants them at start.
+    def _load_peers(self) -> list[str]:
+        try:
+            return list(json.loads((self.data_dir / "raft-peers.json").read_text()))
+        except FileNotFoundError:
+            return []
+
+    def _write_peers(self, peers: list[str]) -> None:
+        write_private(self.data_dir / "raft-peers.json", json.dumps(sorted(peers)).encode())
+
+    async def _save_peers(self) -> None:
+        members = [m.address for m in self.consensus.members()]
+        if members:
+            self._write_peers([m for m in members if m != self.options.raft_address])
+
+    async def _keep_peers(self, period: float = 5.0) -> None:
+        """Membership changes while running; a killed manager restarts from this."""
+        while True:
+            await asyncio.sleep(period)
+            await self._save_peers()
 
     async def _serve(self, ca: CertificateAuthority) -> None:
         options = self.options
@@ -218,6 +284,8 @@ class Manager:
             self.metrics, options.listen_addr, options.metrics_port
         )
         self._closers.append(metrics_runner.cleanup)
+        peers_keeper = asyncio.create_task(self._keep_peers())
+        self._closers.append(lambda: _cancel(peers_keeper))
         self.consensus.on_leadership_change(self._on_leadership)
         if self.consensus.is_leader:
             self._on_leadership(True)
@@ -256,6 +324,12 @@ class Manager:
                 await close()
 
 
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 async def serve_manager(options: ManagerOptions, stop: asyncio.Event) -> None:
     from warren.agent.agent import Agent
     from warren.agent.daemon import make_runtime, run_until
@@ -263,9 +337,12 @@ async def serve_manager(options: ManagerOptions, stop: asyncio.Event) -> None:
     manager = Manager(options)
     try:
         await manager.start()
+        own = f"127.0.0.1:{options.api_port}"
+        others = [m for m in manager.control.manager_addresses() if m != options.api_address]
         agent = Agent(
             node_id=manager.node_id,
-            managers=[f"127.0.0.1:{options.api_port}"],
+            # Sessions are the leader's: the agent tries each manager in turn.
+            managers=[own, *others],
             identity=manager.identity,
             runtime=make_runtime(options),
             data_dir=options.data_dir / "agent",

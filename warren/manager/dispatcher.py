@@ -15,7 +15,13 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from warren.core.errors import Conflict, PermissionDenied, RuntimeFailure, Unavailable
+from warren.core.errors import (
+    Conflict,
+    NotLeader,
+    PermissionDenied,
+    RuntimeFailure,
+    Unavailable,
+)
 from warren.core.models import Node, NodeStatus, Resources, Task, TaskStatus, new_id
 from warren.core.states import TaskState
 from warren.manager.consensus import Consensus
@@ -144,8 +150,10 @@ class Dispatcher:
 
     async def session(self, node_id: str, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         if not self.consensus.is_leader:
-            leader = self.consensus.leader or "unknown"
-            raise Unavailable(f"this manager is not the leader (leader: {leader})")
+            leader = self._leader_api_address()
+            raise NotLeader(
+                f"this manager is not the leader (leader: {leader or 'unknown'})", leader
+            )
         first = await anext(aiter(requests), None)
         if first is None or first.WhichOneof("message") != "register":
             raise PermissionDenied("a session must start with register")
@@ -187,6 +195,13 @@ class Dispatcher:
                 await reader
             if self._sessions.get(node_id) is session:
                 del self._sessions[node_id]
+
+    def _leader_api_address(self) -> str:
+        leader = self.consensus.leader
+        for node in self.store.list(Kind.NODE):
+            if leader and node.raft_address == leader:
+                return str(node.api_address)
+        return ""
 
     async def _register(self, node_id: str, register: Any) -> None:
         resources = from_message(Resources, register.resources)

@@ -16,9 +16,16 @@ from typing import Any, TypeVar
 
 import grpc
 
-from warren.core.errors import InvalidArgument, PermissionDenied, Unauthenticated, WarrenError
-from warren.core.models import Availability, ServiceSpec, Task
+from warren.core.errors import (
+    InvalidArgument,
+    NotLeader,
+    PermissionDenied,
+    Unauthenticated,
+    WarrenError,
+)
+from warren.core.models import Availability, NodeRole, ServiceSpec, Task
 from warren.core.states import TaskState
+from warren.manager.backup import encode_state, take_backup
 from warren.manager.control import ControlService
 from warren.manager.dispatcher import Dispatcher
 from warren.manager.events import EventBus, public_kinds
@@ -27,7 +34,7 @@ from warren.manager.store import Kind, StoreEvent
 from warren.proto import warren_pb2 as pb
 from warren.proto import warren_pb2_grpc as pb_grpc
 from warren.proto.convert import from_message, to_message
-from warren.proto.errors import ERROR_CODE_KEY, GRPC_STATUS
+from warren.proto.errors import ERROR_CODE_KEY, GRPC_STATUS, LEADER_KEY
 from warren.security.join import join_root_cert
 from warren.security.tls import PeerIdentity, identity_from_pem
 
@@ -56,10 +63,11 @@ def _require(context: grpc.aio.ServicerContext, roles: frozenset[str]) -> PeerId
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: WarrenError) -> None:
+    metadata: tuple[tuple[str, str], ...] = ((ERROR_CODE_KEY, exc.code),)
+    if isinstance(exc, NotLeader) and exc.leader:
+        metadata += ((LEADER_KEY, exc.leader),)
     await context.abort(
-        GRPC_STATUS.get(exc.code, grpc.StatusCode.INTERNAL),
-        exc.message,
-        trailing_metadata=((ERROR_CODE_KEY, exc.code),),
+        GRPC_STATUS.get(exc.code, grpc.StatusCode.INTERNAL), exc.message, trailing_metadata=metadata
     )
 
 
@@ -132,7 +140,7 @@ class ControlServicer(pb_grpc.ControlServicer):  # type: ignore[misc]
 
     @admin_rpc
     async def GetNode(self, request: Any, context: Any) -> Any:
-        return to_message(self.control.get_node(request.node), pb.Node)
+        return to_message(self.control.describe_node(request.node), pb.Node)
 
     @admin_rpc
     async def UpdateNode(self, request: Any, context: Any) -> Any:
@@ -167,6 +175,16 @@ class ControlServicer(pb_grpc.ControlServicer):  # type: ignore[misc]
         else:
             token = self.control.join_token(request.role)
         return pb.JoinTokenResponse(token=token)
+
+    @admin_rpc
+    async def Backup(self, request: Any, context: Any) -> Any:
+        backup = await take_backup(self.control.consensus, self.control.ca)
+        return pb.BackupData(
+            state_json=await asyncio.to_thread(encode_state, backup.state),
+            ca_cert=backup.ca_cert,
+            ca_key=backup.ca_key,
+            revision=backup.state.revision,
+        )
 
     async def StreamEvents(self, request: Any, context: Any) -> AsyncIterator[Any]:
         try:
@@ -269,18 +287,29 @@ class DispatcherServicer(pb_grpc.DispatcherServicer):  # type: ignore[misc]
             if identity.joining_role != request.role:
                 raise PermissionDenied(f"this token cannot join a {request.role}")
             node, certificate = await self.control.join(
-                request.secret, request.role, request.csr, request.hostname, dict(request.labels)
+                request.secret,
+                request.role,
+                request.csr,
+                request.hostname,
+                dict(request.labels),
+                request.api_address,
+                request.raft_address,
             )
         except WarrenError as exc:
             await _abort(context, exc)
             raise AssertionError("unreachable") from exc
         log.info("node joined", extra={"node_id": node.id, "hostname": node.hostname})
-        return pb.JoinResponse(
+        reply = pb.JoinResponse(
             node_id=node.id,
             certificate=certificate,
             ca_certificate=self.control.ca.cert_pem,
             managers=self.control.manager_addresses(),
         )
+        if node.role == NodeRole.MANAGER:
+            # Over mTLS, to a holder of the manager token: it will sign too.
+            reply.ca_key = self.control.ca.key_pem
+            reply.raft_peers.extend(self.control.raft_peers())
+        return reply
 
     async def Session(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
         try:

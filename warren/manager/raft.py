@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,29 @@ class RaftConsensus:
             await asyncio.to_thread(syncobj.destroy_synchronous)
 
     async def propose(self, command: dict[str, Any], timeout: float = 10.0) -> Any:
+        payload = json.dumps(command, separators=(",", ":"))
+        return await self._call(
+            lambda callback: self._consumer.apply(payload, callback=callback), timeout
+        )
+
+    async def add_member(self, address: str, timeout: float = 10.0) -> None:
+        """Add a Raft member (one change at a time; the caller serialises)."""
+        await self._call(lambda cb: self._running().addNodeToCluster(address, callback=cb), timeout)
+
+    async def remove_member(self, address: str, timeout: float = 10.0) -> None:
+        await self._call(
+            lambda cb: self._running().removeNodeFromCluster(address, callback=cb), timeout
+        )
+
+    def _running(self) -> SyncObj:
+        if self._syncobj is None:
+            raise Unavailable("consensus is not running")
+        return self._syncobj
+
+    async def _call(
+        self, submit: Callable[[Callable[[Any, int], None]], None], timeout: float
+    ) -> Any:
+        """Submit through PySyncObj and await its callback on the event loop."""
         if self._syncobj is None or self._loop is None:
             raise Unavailable("consensus is not running")
         loop = self._loop
@@ -121,7 +145,7 @@ class RaftConsensus:
         def on_result(result: Any, error: int) -> None:
             loop.call_soon_threadsafe(settle, result, error)
 
-        self._consumer.apply(json.dumps(command, separators=(",", ":")), callback=on_result)
+        submit(on_result)
         try:
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:
@@ -149,7 +173,7 @@ class RaftConsensus:
             return []
         leader = self.leader
         out = [Member(self.self_address, leader == self.self_address, True)]
-        for node in self._syncobj.otherNodes:
+        for node in sorted(self._syncobj.otherNodes, key=lambda n: str(n.id)):
             reachable = bool(self._syncobj.isNodeConnected(node))
             out.append(Member(str(node.id), leader == node.id, reachable))
         return out

@@ -243,7 +243,7 @@ async def list_nodes(request: web.Request) -> web.Response:
 
 
 async def get_node(request: web.Request) -> web.Response:
-    return _ok(_control(request).get_node(request.match_info["id"]))
+    return _ok(_control(request).describe_node(request.match_info["id"]))
 
 
 async def update_node(request: web.Request) -> web.Response:

@@ -8,6 +8,8 @@ from warren.core.errors import Unavailable, WarrenError, error_from_code
 
 # Trailing metadata key that carries Warren's own error code.
 ERROR_CODE_KEY = "warren-error-code"
+# ... and the leader's API address, when a follower cannot serve a request.
+LEADER_KEY = "warren-leader"
 
 GRPC_STATUS: dict[str, grpc.StatusCode] = {
     "invalid_argument": grpc.StatusCode.INVALID_ARGUMENT,
@@ -51,6 +53,14 @@ def error_from_rpc(exc: grpc.RpcError) -> WarrenError:
     if status in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return Unavailable(_first_line(details))
     return error_from_code(_code_of(status), _first_line(details))
+
+
+def leader_hint(exc: grpc.RpcError) -> str | None:
+    """The leader's API address a follower named in its refusal, if any."""
+    for key, value in exc.trailing_metadata() or ():
+        if key == LEADER_KEY and value:
+            return str(value)
+    return None
 
 
 def _code_of(status: grpc.StatusCode) -> str:

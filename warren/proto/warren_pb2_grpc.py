@@ -114,6 +114,11 @@ class ControlStub:
                 request_serializer=warren_dot_proto_dot_warren__pb2.LogsRequest.SerializeToString,
                 response_deserializer=warren_dot_proto_dot_warren__pb2.LogLine.FromString,
                 _registered_method=True)
+        self.Backup = channel.unary_unary(
+                '/warren.v1.Control/Backup',
+                request_serializer=warren_dot_proto_dot_warren__pb2.Empty.SerializeToString,
+                response_deserializer=warren_dot_proto_dot_warren__pb2.BackupData.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -216,6 +221,13 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Backup(self, request, context):
+        """A consistent copy of the state plus the CA key: admin and manager certificates only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -298,6 +310,11 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.Logs,
                     request_deserializer=warren_dot_proto_dot_warren__pb2.LogsRequest.FromString,
                     response_serializer=warren_dot_proto_dot_warren__pb2.LogLine.SerializeToString,
+            ),
+            'Backup': grpc.unary_unary_rpc_method_handler(
+                    servicer.Backup,
+                    request_deserializer=warren_dot_proto_dot_warren__pb2.Empty.FromString,
+                    response_serializer=warren_dot_proto_dot_warren__pb2.BackupData.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -732,6 +749,33 @@ class Control:
             '/warren.v1.Control/Logs',
             warren_dot_proto_dot_warren__pb2.LogsRequest.SerializeToString,
             warren_dot_proto_dot_warren__pb2.LogLine.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Backup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/warren.v1.Control/Backup',
+            warren_dot_proto_dot_warren__pb2.Empty.SerializeToString,
+            warren_dot_proto_dot_warren__pb2.BackupData.FromString,
             options,
             channel_credentials,
             insecure,
