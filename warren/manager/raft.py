@@ -14,7 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pysyncobj.syncobj as pysyncobj_core
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
+from pysyncobj.journal import FileJournal, MemoryJournal
 
 from warren.core.errors import Unavailable
 from warren.manager.consensus import LeadershipListener, Member
@@ -33,6 +35,37 @@ _FAILURES = {
     FAIL_REASON.REQUEST_DENIED: "the command was denied",
     FAIL_REASON.UNKNOWN_OUTCOME: "the command's outcome is unknown",
 }
+
+
+class _DurableJournal(FileJournal):  # type: ignore[misc]
+    """PySyncObj's file journal, flushed to disk on every change.
+
+    PySyncObj writes its journal through mmap and never msyncs it, so an entry
+    it acknowledges (as leader, or to the leader as a follower) survives a
+    killed process but not a power cut. Flushing in ``add`` makes the entry
+    durable before PySyncObj can acknowledge it.
+    """
+
+    def add(self, command: bytes, idx: int, term: int) -> None:
+        super().add(command, idx, term)
+        self.flush()
+
+    def clear(self) -> None:
+        super().clear()
+        self.flush()
+
+    def deleteEntriesFrom(self, entryFrom: int) -> None:
+        super().deleteEntriesFrom(entryFrom)
+        self.flush()
+
+
+def _create_journal(journal_file: str | None = None) -> Any:
+    return _DurableJournal(journal_file) if journal_file else MemoryJournal()
+
+
+# PySyncObj builds its journal through this module-level name; there is no
+# option to pass one in.
+pysyncobj_core.createJournal = _create_journal
 
 
 class _StoreConsumer(SyncObjConsumer):  # type: ignore[misc]
