@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import pysyncobj.syncobj as pysyncobj_core
+import pytest
 
 from warren.manager import raft
 
