@@ -138,10 +138,10 @@ class Cluster:
         wait_for(lambda: self.node_status(name) == "ready", 60, f"manager {name} to be ready")
         return process
 
-    def restart_manager(self) -> Process:
-        process = self.processes["manager"]
+    def restart_manager(self, name: str = "manager") -> Process:
+        process = self.processes[name]
         process.start()
-        wait_for(lambda: self._api_ready(process), 30, "the restarted manager's API")
+        wait_for(lambda: self._api_ready(process, name), 60, f"the restarted {name}'s API")
         return process
 
     def join_worker(self, name: str, *extra: str, token: str | None = None) -> Process:
@@ -168,12 +168,12 @@ class Cluster:
         process.start()
         return process
 
-    def _api_ready(self, process: Process) -> bool:
+    def _api_ready(self, process: Process, name: str = "manager") -> bool:
         if not process.alive:
             raise AssertionError(f"{process.name} exited:\n{process.tail()}")
         if not (self.config_dir / "config.json").exists():
             return False
-        return self.cli("cluster", "info", check=False).returncode == 0
+        return self.cli_at(name, "cluster", "info", check=False).returncode == 0
 
     def stop_all(self) -> None:
         for process in self.processes.values():
@@ -184,11 +184,18 @@ class Cluster:
 
     # -- the CLI -----------------------------------------------------------------
 
+    def cli_at(
+        self, manager: str, *args: str, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """The CLI against one manager only (``manager`` is its process name)."""
+        address = f"127.0.0.1:{self.manager_ports[manager]['api']}"
+        return self.cli(*args, check=check, managers=address)
+
     def cli(
-        self, *args: str, check: bool = True, timeout: float = 60
+        self, *args: str, check: bool = True, timeout: float = 60, managers: str = ""
     ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            [*WARREN, "--manager", self.manager_addresses, *args],
+            [*WARREN, "--manager", managers or self.manager_addresses, *args],
             capture_output=True,
             text=True,
             env=self.env,
@@ -200,6 +207,9 @@ class Cluster:
 
     def json(self, *args: str) -> Any:
         return json.loads(self.cli(*args, "-o", "json").stdout)
+
+    def json_at(self, manager: str, *args: str) -> Any:
+        return json.loads(self.cli_at(manager, *args, "-o", "json").stdout)
 
     def join_token(self, role: str) -> str:
         return self.cli("cluster", "join-token", role, "-q").stdout.strip()

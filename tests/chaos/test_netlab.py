@@ -1,0 +1,230 @@
+"""The network lab itself: reachability, partitions, link cuts, and leak-free teardown."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import netlab
+import pytest
+from netlab import Host, Lab
+
+pytestmark = [pytest.mark.chaos, pytest.mark.usefixtures("_netlab_swept")]
+
+PORT = 7411
+
+# Answers every connection with "pong <its own address>".
+SERVER = """
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen()
+while True:
+    c, _ = s.accept()
+    c.sendall(f"pong {sys.argv[1]}".encode())
+    c.close()
+"""
+
+# Connects until it gets an answer or the window (seconds) is over; window 0 = one try.
+CLIENT = """
+import socket, sys, time
+host, port, window = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+deadline = time.monotonic() + window
+while True:
+    try:
+        with socket.create_connection((host, port), timeout=1) as s:
+            print(s.recv(64).decode())
+            sys.exit(0)
+    except OSError as exc:
+        if time.monotonic() >= deadline:
+            print(exc, file=sys.stderr)
+            sys.exit(1)
+        time.sleep(0.1)
+"""
+
+# Leaves a grandchild in a new session: it escapes killpg, only the netns sweep finds it.
+ESCAPEE = """
+import os, time
+if os.fork() == 0:
+    os.setsid()
+    time.sleep(600)
+"""
+
+
+def serve(host: Host, tmp_path: Path, bind: str | None = None) -> subprocess.Popen[bytes]:
+    bind = bind or host.address
+    log = tmp_path / f"server-{host.name}-{bind}.log"
+    return host.spawn([sys.executable, "-c", SERVER, bind, str(PORT)], log)
+
+
+def reaches(src: Host, dst: Host | str, window: float = 0.0) -> bool:
+    """Whether src gets a TCP answer from dst (an address or a serving host)."""
+    address = dst if isinstance(dst, str) else dst.address
+    result = src.run([sys.executable, "-c", CLIENT, address, str(PORT), str(window)])
+    ok = result.returncode == 0
+    if ok:
+        assert result.stdout.strip() == f"pong {address}"
+    return ok
+
+
+def wait_reaches(src: Host, dst: Host | str) -> bool:
+    # Generous window: covers server start-up and the link coming back.
+    return reaches(src, dst, window=10.0)
+
+
+def nft_tables(host: Host) -> list[str]:
+    return host.run(["nft", "list", "tables"], check=True).stdout.split("\n")
+
+
+def test_hosts_reach_each_other_and_loopback(lab: Lab, tmp_path: Path) -> None:
+    a, b = lab.add_host("a"), lab.add_host("b")
+    assert a.address != b.address
+    assert lab.host("a") is a and a.netns == f"{lab.prefix}-a"
+    serve(a, tmp_path)
+    serve(b, tmp_path)
+    serve(a, tmp_path, bind="127.0.0.1")
+    assert wait_reaches(a, b)
+    assert wait_reaches(b, a)
+    assert wait_reaches(a, "127.0.0.1")
+    # Loopback is per namespace: b has no server on its own 127.0.0.1.
+    assert not reaches(b, "127.0.0.1")
+
+
+def test_isolate_blocks_both_ways_and_heal_restores(lab: Lab, tmp_path: Path) -> None:
+    a, b, c = (lab.add_host(n) for n in "abc")
+    for host in (a, b, c):
+        serve(host, tmp_path)
+    assert wait_reaches(a, b) and wait_reaches(b, a) and wait_reaches(a, c)
+
+    a.isolate(b)
+    a.isolate(b)  # idempotent: still one table, same effect
+    assert sum(lab.prefix in line for line in nft_tables(a)) == 1
+    assert not reaches(a, b)
+    assert not reaches(b, a)
+    # Only the a<->b pair is cut.
+    assert reaches(a, c) and reaches(c, a) and reaches(b, c) and reaches(c, b)
+
+    a.isolate(c)  # cumulative
+    assert not reaches(a, c) and not reaches(c, a) and not reaches(b, a)
+    assert reaches(b, c)
+
+    a.heal()
+    a.heal()  # idempotent
+    assert not any(lab.prefix in line for line in nft_tables(a))
+    assert reaches(a, b) and reaches(b, a) and reaches(a, c) and reaches(c, a)
+
+
+def test_link_down_cuts_host_from_everyone(lab: Lab, tmp_path: Path) -> None:
+    a, b, c = (lab.add_host(n) for n in "abc")
+    for host in (a, b, c):
+        serve(host, tmp_path)
+    assert wait_reaches(a, b) and wait_reaches(b, a) and wait_reaches(c, a)
+
+    a.link_down()
+    assert not reaches(a, b) and not reaches(b, a) and not reaches(c, a)
+    assert reaches(b, c) and reaches(c, b)
+    # Its own loopback still works.
+    serve(a, tmp_path, bind="127.0.0.1")
+    assert wait_reaches(a, "127.0.0.1")
+
+    a.link_up()
+    assert wait_reaches(a, b) and wait_reaches(b, a) and wait_reaches(c, a)
+
+
+def _escapee_running(lab: Lab, host: Host) -> bool:
+    # The server plus the escaped grandchild (its parent exits right away).
+    ns_id = lab.namespace_ids[1 + lab.hosts.index(host)]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if len(netlab.pids_in_netns(ns_id)) >= 2:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_close_leaves_nothing(tmp_path: Path) -> None:
+    lab = Lab()
+    try:
+        a, b = lab.add_host("a"), lab.add_host("b")
+        server = serve(a, tmp_path)
+        a.spawn([sys.executable, "-c", ESCAPEE], tmp_path / "escapee.log")
+        assert _escapee_running(lab, a)
+        a.isolate(b)
+        assert any(lab.prefix in line for line in nft_tables(a))
+        assert len(lab.namespace_ids) == 3
+    finally:
+        lab.close()
+    assert server.poll() is not None
+    assert lab.leftovers() == []
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert lab.prefix not in listed
+    lab.close()  # idempotent
+
+
+def test_failing_body_still_cleans_up(tmp_path: Path) -> None:
+    seen: dict[str, Lab] = {}
+
+    def body() -> None:
+        with Lab() as lab:
+            seen["lab"] = lab
+            a, b = lab.add_host("a"), lab.add_host("b")
+            serve(a, tmp_path)
+            a.spawn([sys.executable, "-c", ESCAPEE], tmp_path / "escapee.log")
+            assert _escapee_running(lab, a)
+            b.isolate(a)
+            a.link_down()
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        body()
+    lab = seen["lab"]
+    assert len(lab.namespace_ids) == 3
+    assert lab.leftovers() == []
+
+
+def test_kill_stops_process_group(lab: Lab, tmp_path: Path) -> None:
+    a = lab.add_host("a")
+    proc = serve(a, tmp_path)
+    assert wait_reaches(a, a)
+    a.kill(proc)
+    assert proc.returncode == -9
+    assert not reaches(a, a)
+
+
+def test_sweep_removes_only_dead_owners_leftovers(tmp_path: Path) -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    assert not os.path.exists(f"/proc/{dead.pid}")
+    stale = f"{netlab.PREFIX_ROOT}-{dead.pid}-abcdef-x"
+    subprocess.run(["ip", "netns", "add", stale], check=True)
+    sleeper = None
+    try:
+        sleeper = subprocess.Popen(
+            ["ip", "netns", "exec", stale, "sleep", "600"], start_new_session=True
+        )
+        with Lab() as live:
+            live.add_host("a")
+            removed = netlab.sweep_stale()
+            # Not `stale in removed`: a parallel session's sweep may have beaten us.
+            assert not os.path.exists(f"/run/netns/{stale}")
+            assert not any(name.startswith(live.prefix) for name in removed)
+            assert live.leftovers() != []  # the live lab is untouched
+        assert sleeper.wait(timeout=10) != 0
+    finally:
+        if sleeper is not None and sleeper.poll() is None:
+            sleeper.kill()
+            sleeper.wait()
+        netlab.sweep_stale()
+
+
+def test_rejects_bad_names() -> None:
+    with pytest.raises(ValueError):
+        Lab(prefix="1bad")
+    with pytest.raises(ValueError):
+        Lab(subnet="8.8.8.0/24")
+    with Lab() as lab, pytest.raises(ValueError):
+        lab.add_host("br")

@@ -1,0 +1,144 @@
+"""Three managers: membership, failover, forwarding, quorum, and Raft's key."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from harness import Cluster, free_port, wait_for
+
+from warren.manager.raft import RaftConsensus
+from warren.manager.store import Kind, Store
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def managers(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """manager (the first, leader at start), m2, m3 and one sim worker."""
+    cluster = Cluster(tmp_path, node_down_timeout=10.0)
+    try:
+        cluster.init_manager("--availability", "drain")
+        cluster.join_manager("m2", "--availability", "drain")
+        cluster.join_manager("m3", "--availability", "drain")
+        cluster.join_worker("w1")
+        yield cluster
+    finally:
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            print(cluster.logs())
+        cluster.stop_all()
+
+
+def manager_statuses(c: Cluster) -> dict[str, str]:
+    return {n["hostname"]: n["manager_status"] for n in c.nodes() if n["role"] == "manager"}
+
+
+def leader(c: Cluster) -> str:
+    statuses = manager_statuses(c)
+    (name,) = [host for host, status in statuses.items() if status == "leader"]
+    return "manager" if name == "manager-1" else name
+
+
+def test_every_manager_serves_the_api_and_writes_reach_the_leader(managers: Cluster) -> None:
+    c = managers
+    assert sorted(manager_statuses(c).values()) == ["leader", "reachable", "reachable"]
+    # A write through a follower is forwarded to the leader...
+    c.cli_at("m3", "service", "create", "web", "--image", "busybox", "--replicas", "2")
+    # ...and every manager reads it from its own store.
+    for name in ("manager", "m2", "m3"):
+        services = c.json_at(name, "service", "ls")
+        assert [s["spec"]["name"] for s in services] == ["web"]
+    assert len(c.running("web")) == 2
+
+
+def test_leader_failover_keeps_accepting_writes(managers: Cluster) -> None:
+    c = managers
+    c.cli("service", "create", "web", "--image", "busybox", "--replicas", "2")
+    old = leader(c)
+    c.processes[old].kill()
+    started = time.monotonic()
+    wait_for(
+        lambda: c.cli("service", "scale", "web=4", "--detach", check=False).returncode == 0,
+        20,
+        "a write after the leader died",
+        interval=0.05,
+    )
+    print(f"write accepted {time.monotonic() - started:.2f}s after the kill")
+    wait_for(lambda: len(c.running("web")) == 4, 20, "4 replicas")
+    statuses = manager_statuses(c)
+    assert list(statuses.values()).count("leader") == 1
+    # The worker followed the leader: it never went down.
+    assert c.node_status("w1") == "ready"
+    # The old leader comes back as a follower with the state it missed.
+    c.restart_manager(old)
+    wait_for(
+        lambda: c.json_at(old, "service", "inspect", "web")[0]["spec"]["replicas"] == 4,
+        20,
+        "the old leader to catch up",
+    )
+    wait_for(
+        lambda: sorted(manager_statuses(c).values()) == ["leader", "reachable", "reachable"],
+        20,
+        "three managers again",
+    )
+    assert len(c.running("web")) == 4
+
+
+def test_all_managers_killed_at_once_lose_no_acknowledged_write(managers: Cluster) -> None:
+    c = managers
+    for i in range(5):
+        c.cli("service", "create", f"s{i}", "--image", "busybox", "--detach")
+    c.cli("service", "scale", "s0=3", "--detach")
+    for name in ("manager", "m2", "m3"):
+        c.processes[name].kill()
+    for name in ("manager", "m2", "m3"):
+        c.processes[name].start()
+    wait_for(lambda: c.cli("cluster", "info", check=False).returncode == 0, 60, "a leader")
+    services = {s["spec"]["name"]: s for s in c.json("service", "ls")}
+    assert sorted(services) == [f"s{i}" for i in range(5)]
+    assert services["s0"]["spec"]["replicas"] == 3
+
+
+def test_removing_a_manager_refuses_to_lose_quorum(managers: Cluster) -> None:
+    c = managers
+    follower = next(n for n in ("m2", "m3") if n != leader(c))
+    other = "m3" if follower == "m2" else "m2"
+    c.processes[other].kill()
+    wait_for(lambda: manager_statuses(c)[other] == "unreachable", 20, f"{other} unreachable")
+    refused = c.cli("node", "rm", follower, check=False)
+    assert refused.returncode == 1
+    assert "lose quorum" in refused.stderr
+    # The dead one can go: the two left are both reachable.
+    c.cli("node", "rm", other)
+    assert other not in manager_statuses(c)
+    c.cli("service", "create", "after", "--image", "busybox", "--detach")
+    assert [s["spec"]["name"] for s in c.json("service", "ls")] == ["after"]
+
+
+def test_a_process_without_the_raft_key_cannot_join(managers: Cluster, tmp_path: Path) -> None:
+    c = managers
+    peers = [f"127.0.0.1:{ports['raft']}" for ports in c.manager_ports.values()]
+    intruder = RaftConsensus(
+        Store(), f"127.0.0.1:{free_port()}", tmp_path / "intruder", peers=peers, password="guess"
+    )
+
+    async def try_it() -> tuple[int, bool]:
+        await intruder.start()
+        try:
+            await asyncio.sleep(3)
+            return len(intruder.store.list(Kind.SERVICE)) + len(
+                intruder.store.list(Kind.NODE)
+            ), intruder.is_leader
+        finally:
+            await intruder.stop()
+
+    c.cli("service", "create", "web", "--image", "busybox", "--detach")
+    seen, became_leader = asyncio.run(try_it())
+    assert (seen, became_leader) == (0, False)
+    # The group never noticed: same leader, writes still commit.
+    c.cli("service", "scale", "web=2", "--detach")
+    assert sorted(manager_statuses(c).values()) == ["leader", "reachable", "reachable"]
