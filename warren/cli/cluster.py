@@ -32,6 +32,8 @@ _INFO_LABELS = {
     "nodes": "Nodes",
     "services": "Services",
     "tasks": "Tasks",
+    "revision": "Applied revision",
+    "state_hash": "State hash",
 }
 
 

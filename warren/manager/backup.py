@@ -339,6 +339,7 @@ def _manager_node(options: ManagerOptions, node_id: str, now: float) -> Node:
         availability=options.availability,
         status=NodeStatus.UNKNOWN,
         api_address=options.api_address,
+        raft_address=options.raft_address,
         created_at=now,
         updated_at=now,
     )
@@ -350,7 +351,8 @@ async def prepare_restore(options: ManagerOptions, backup: Backup) -> str:
     Returns the new manager's node ID. On failure the data dir is left as empty
     as it was found.
     """
-    from warren.manager.daemon import Manager, ManagerState
+    from warren.manager.daemon import Manager, ManagerState, raft_password
+    from warren.manager.raft import RaftConsensus
 
     ca = backup.authority()
     data_dir = options.data_dir
@@ -366,6 +368,14 @@ async def prepare_restore(options: ManagerOptions, backup: Backup) -> str:
         )
         write_private(data_dir / "certs" / "ca-key.pem", ca.key_pem)
         manager.identity.save(ca.cert_pem, cert, key_pem(key))
+        # The Raft member the manager's start-up resumes (alone: no peers).
+        manager.consensus = RaftConsensus(
+            manager.store,
+            options.raft_address,
+            data_dir / "raft",
+            bind_address=f"{options.listen_addr}:{options.raft_port}",
+            password=raft_password(ca),
+        )
         await manager.consensus.start()
         try:
             await manager._wait_ready()

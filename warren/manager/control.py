@@ -254,6 +254,7 @@ class ControlService:
 
     def cluster_info(self) -> dict[str, Any]:
         cluster = self.cluster()
+        revision, state_hash = self.store.state_hash()
         return {
             "cluster_id": cluster.id,
             "ca_fingerprint": cluster.ca_fingerprint,
@@ -264,6 +265,8 @@ class ControlService:
             "nodes": len(self.store.list(Kind.NODE)),
             "services": len(self.store.list(Kind.SERVICE)),
             "tasks": len(self.store.list(Kind.TASK)),
+            "revision": revision,
+            "state_hash": state_hash,
         }
 
     def join_token(self, role: str) -> str:

@@ -10,6 +10,8 @@ because the state may have moved between proposing and applying.
 from __future__ import annotations
 
 import builtins
+import hashlib
+import json
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -145,6 +147,18 @@ class Store:
     def cluster(self) -> Cluster | None:
         with self._lock:
             return next(iter(self._tables[Kind.CLUSTER].values()), None)
+
+    def state_hash(self) -> tuple[int, str]:
+        """(revision, sha256 of every object): replicas that applied the same
+        log agree on both, which is what consistency checks compare."""
+        digest = hashlib.sha256()
+        with self._lock:
+            revision = self._revision
+            for kind in Kind:
+                for object_id in sorted(self._tables[kind]):
+                    entry = {"kind": kind.value, "object": to_dict(self._tables[kind][object_id])}
+                    digest.update(json.dumps(entry, sort_keys=True).encode())
+        return revision, digest.hexdigest()
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
