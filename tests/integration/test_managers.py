@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,10 +49,18 @@ def test_every_manager_serves_the_api_and_writes_reach_the_leader(managers: Clus
     assert sorted(manager_statuses(c).values()) == ["leader", "reachable", "reachable"]
     # A write through a follower is forwarded to the leader...
     c.cli_at("m3", "service", "create", "web", "--image", "busybox", "--replicas", "2")
-    # ...and every manager reads it from its own store.
+    # ...and a linearizable read on any manager sees it at once...
     for name in ("manager", "m2", "m3"):
-        services = c.json_at(name, "service", "ls")
-        assert [s["spec"]["name"] for s in services] == ["web"]
+        reply = c.cli_at(name, "--consistent", "service", "ls", "-o", "json")
+        assert [s["spec"]["name"] for s in json.loads(reply.stdout)] == ["web"]
+    # ...as every manager's own store does soon after.
+    for name in ("manager", "m2", "m3"):
+        wait_for(
+            lambda name=name: [s["spec"]["name"] for s in c.json_at(name, "service", "ls")]
+            == ["web"],
+            10,
+            f"{name} to apply the write",
+        )
     assert len(c.running("web")) == 2
 
 

@@ -17,16 +17,24 @@ import grpc
 
 from warren.core.errors import InvalidArgument, Unavailable, WarrenError
 from warren.core.models import Availability, Node, Service, ServiceSpec, Task
+from warren.manager.backup import Backup, decode_state
 from warren.proto import warren_pb2 as pb
 from warren.proto import warren_pb2_grpc as pb_grpc
 from warren.proto.convert import from_message, to_message
-from warren.proto.errors import ERROR_CODE_KEY, error_from_rpc
+from warren.proto.errors import (
+    CONSISTENCY_KEY,
+    ERROR_CODE_KEY,
+    LINEARIZABLE,
+    error_from_rpc,
+)
 from warren.security.tls import IdentityFiles
 
 # What gRPC puts before the cause of a failed connection.
 _TRANSPORT_PREFIX = re.compile(
     r"^failed to connect to all addresses; last error: [A-Z_]+: (?:(?:ipv4|ipv6|unix):\S+: )?"
 )
+# Backups can outgrow gRPC's 4 MiB default for replies.
+_MAX_REPLY_BYTES = 512 * 1024**2
 _EVENT_OBJECTS: dict[str, type[Node] | type[Service] | type[Task]] = {
     "node": Node,
     "service": Service,
@@ -47,9 +55,17 @@ class LogLine:
 
 
 class WarrenClient:
-    def __init__(self, managers: list[str], identity: IdentityFiles, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        managers: list[str],
+        identity: IdentityFiles,
+        timeout: float = 10.0,
+        linearizable: bool = False,
+    ) -> None:
         if not managers:
             raise InvalidArgument("no manager address given")
+        # Reads see every write committed before they started, on any manager.
+        self._metadata = ((CONSISTENCY_KEY, LINEARIZABLE),) if linearizable else ()
         ca, cert, key = identity.load()
         self._credentials = grpc.ssl_channel_credentials(
             root_certificates=ca, private_key=key, certificate_chain=cert
@@ -79,7 +95,11 @@ class WarrenClient:
 
     def _stub(self, address: str) -> Any:
         if address not in self._channels:
-            self._channels[address] = grpc.secure_channel(address, self._credentials)
+            self._channels[address] = grpc.secure_channel(
+                address,
+                self._credentials,
+                options=[("grpc.max_receive_message_length", _MAX_REPLY_BYTES)],
+            )
         return pb_grpc.ControlStub(self._channels[address])
 
     def _candidates(self) -> list[int]:
@@ -92,7 +112,9 @@ class WarrenClient:
         for index in self._candidates():
             address = self._managers[index]
             try:
-                reply = getattr(self._stub(address), method)(request, timeout=self._timeout)
+                reply = getattr(self._stub(address), method)(
+                    request, timeout=self._timeout, metadata=self._metadata
+                )
             except grpc.RpcError as exc:
                 if not _is_unavailable(exc):
                     raise error_from_rpc(exc) from None
@@ -172,6 +194,11 @@ class WarrenClient:
     def join_token(self, role: str, rotate: bool = False) -> str:
         reply = self._call("GetJoinToken", pb.JoinTokenRequest(role=role, rotate=rotate))
         return str(reply.token)
+
+    def backup(self) -> Backup:
+        """A consistent copy of the cluster state plus the CA certificate and key."""
+        reply = self._call("Backup", pb.Empty())
+        return Backup(decode_state(reply.state_json), bytes(reply.ca_cert), bytes(reply.ca_key))
 
     def events(self, kinds: Iterable[str] = ()) -> Iterator[dict[str, Any]]:
         """Store events as ``{revision, action, kind, timestamp, object}``; ``object`` is a model.

@@ -12,9 +12,8 @@ import click
 from warren.cli.client import WarrenClient
 from warren.cli.config import admin_identity, load_managers
 from warren.cli.output import FORMATS
-from warren.security.tls import IdentityFiles
 
-ClientFactory = Callable[[list[str], IdentityFiles], WarrenClient]
+ClientFactory = Callable[..., WarrenClient]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -25,6 +24,7 @@ class CliContext:
     manager_override: list[str]
     client_factory: ClientFactory
     output: str | None = None
+    linearizable: bool = False
     _client: WarrenClient | None = field(default=None, repr=False)
 
     def managers(self) -> list[str]:
@@ -34,7 +34,10 @@ class CliContext:
         # Built on first use, so commands that never call a manager need no credentials.
         if self._client is None:
             identity = admin_identity(self.config_dir)
-            self._client = self.client_factory(self.managers(), identity)
+            if self.linearizable:
+                self._client = self.client_factory(self.managers(), identity, linearizable=True)
+            else:
+                self._client = self.client_factory(self.managers(), identity)
         return self._client
 
     def output_format(self, default: str = "table") -> str:

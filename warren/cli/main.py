@@ -7,6 +7,7 @@ from typing import Any
 import click
 import grpc
 
+from warren.cli.backup import backup, restore
 from warren.cli.client import WarrenClient
 from warren.cli.cluster import cluster_group
 from warren.cli.config import DEFAULT_CONFIG_DIR, expand, split_managers
@@ -23,9 +24,11 @@ from warren.proto.errors import error_from_rpc
 from warren.security.tls import IdentityFiles
 
 
-def make_client(managers: list[str], identity: IdentityFiles) -> WarrenClient:
+def make_client(
+    managers: list[str], identity: IdentityFiles, linearizable: bool = False
+) -> WarrenClient:
     """The client every command uses; tests replace this to inject a fake."""
-    return WarrenClient(managers, identity)
+    return WarrenClient(managers, identity, linearizable=linearizable)
 
 
 def _one_line(text: str) -> str:
@@ -67,9 +70,16 @@ class WarrenGroup(click.Group):
     help="Admin credentials and config.json (env WARREN_CONFIG_DIR).",
 )
 @click.option("-o", "--output", type=click.Choice(FORMATS), help="Output format of read commands.")
+@click.option(
+    "--consistent",
+    is_flag=True,
+    help="Linearizable reads: see every write committed before the command, on any manager.",
+)
 @click.version_option(package_name="warren", prog_name="warren")
 @click.pass_context
-def cli(ctx: click.Context, manager: str | None, config_dir: str, output: str | None) -> None:
+def cli(
+    ctx: click.Context, manager: str | None, config_dir: str, output: str | None, consistent: bool
+) -> None:
     """Warren: run containers across a cluster, with Docker Swarm habits."""
     context = CliContext(
         config_dir=expand(config_dir),
@@ -77,11 +87,14 @@ def cli(ctx: click.Context, manager: str | None, config_dir: str, output: str | 
         # Looked up per run, so a test can swap make_client for a fake.
         client_factory=make_client,
         output=output,
+        linearizable=consistent,
     )
     ctx.obj = context
     ctx.call_on_close(context.close)
 
 
+cluster_group.add_command(backup)
+cluster_group.add_command(restore)
 cli.add_command(cluster_group)
 cli.add_command(worker_group)
 cli.add_command(manager_group)

@@ -37,7 +37,15 @@ from warren.core.models import (
 from warren.core.states import TaskState
 from warren.manager.consensus import Consensus
 from warren.manager.images import ImageResolver
-from warren.manager.store import MUST_NOT_EXIST, Kind, delete, put, raise_for_result, txn
+from warren.manager.store import (
+    MUST_NOT_EXIST,
+    Kind,
+    barrier,
+    delete,
+    put,
+    raise_for_result,
+    txn,
+)
 from warren.security.ca import CertificateAuthority
 from warren.security.tokens import JoinToken, new_secret, secrets_equal
 
@@ -69,6 +77,11 @@ class ControlService:
         if self.images is None:
             return spec
         return replace(spec, image=await self.images.pin(spec.image))
+
+    async def read_barrier(self) -> None:
+        """Make the next local read linearizable: a no-op through the leader's
+        log; once it is applied here, so is every write committed before."""
+        await self.consensus.propose(barrier())
 
     async def _write(self, ops: list[dict[str, Any]]) -> Any:
         return raise_for_result(await self.consensus.propose(txn(ops, at=time.time())))

@@ -34,7 +34,13 @@ from warren.manager.store import Kind, StoreEvent
 from warren.proto import warren_pb2 as pb
 from warren.proto import warren_pb2_grpc as pb_grpc
 from warren.proto.convert import from_message, to_message
-from warren.proto.errors import ERROR_CODE_KEY, GRPC_STATUS, LEADER_KEY
+from warren.proto.errors import (
+    CONSISTENCY_KEY,
+    ERROR_CODE_KEY,
+    GRPC_STATUS,
+    LEADER_KEY,
+    LINEARIZABLE,
+)
 from warren.security.join import join_root_cert
 from warren.security.tls import PeerIdentity, identity_from_pem
 
@@ -71,6 +77,13 @@ async def _abort(context: grpc.aio.ServicerContext, exc: WarrenError) -> None:
     )
 
 
+def _wants_linearizable(context: grpc.aio.ServicerContext) -> bool:
+    return any(
+        key == CONSISTENCY_KEY and value == LINEARIZABLE
+        for key, value in context.invocation_metadata() or ()
+    )
+
+
 def admin_rpc(method: F) -> F:
     """Check the caller is an admin or manager, time the call, map Warren errors."""
 
@@ -79,6 +92,8 @@ def admin_rpc(method: F) -> F:
         started = time.perf_counter()
         try:
             _require(context, ADMIN_ROLES)
+            if _wants_linearizable(context):
+                await self.control.read_barrier()
             return await method(self, request, context)
         except WarrenError as exc:
             await _abort(context, exc)

@@ -10,6 +10,10 @@ from warren.core.errors import Unavailable, WarrenError, error_from_code
 ERROR_CODE_KEY = "warren-error-code"
 # ... and the leader's API address, when a follower cannot serve a request.
 LEADER_KEY = "warren-leader"
+# Request metadata: "linearizable" makes a read see every write committed
+# before it started, wherever it is served.
+CONSISTENCY_KEY = "warren-consistency"
+LINEARIZABLE = "linearizable"
 
 GRPC_STATUS: dict[str, grpc.StatusCode] = {
     "invalid_argument": grpc.StatusCode.INVALID_ARGUMENT,
