@@ -8,11 +8,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from harness import Cluster, free_port, wait_for
 
 from warren.manager.raft import RaftConsensus
 from warren.manager.store import Kind, Store
+from warren.proto import warren_pb2 as pb
+from warren.proto import warren_pb2_grpc as pb_grpc
+from warren.security.tls import IdentityFiles
 
 pytestmark = pytest.mark.integration
 
@@ -56,8 +60,9 @@ def test_every_manager_serves_the_api_and_writes_reach_the_leader(managers: Clus
     # ...as every manager's own store does soon after.
     for name in ("manager", "m2", "m3"):
         wait_for(
-            lambda name=name: [s["spec"]["name"] for s in c.json_at(name, "service", "ls")]
-            == ["web"],
+            lambda name=name: (
+                [s["spec"]["name"] for s in c.json_at(name, "service", "ls")] == ["web"]
+            ),
             10,
             f"{name} to apply the write",
         )
@@ -124,6 +129,16 @@ def test_removing_a_manager_refuses_to_lose_quorum(managers: Cluster) -> None:
     # The dead one can go: the two left are both reachable.
     c.cli("node", "rm", other)
     assert other not in manager_statuses(c)
+    # Its certificate is still signed by the CA, but no longer speaks for a manager.
+    ca, cert, key = IdentityFiles(c.root / other / "certs").load()
+    address = f"127.0.0.1:{c.manager_ports[leader(c)]['api']}"
+    credentials = grpc.ssl_channel_credentials(ca, key, cert)
+    with (
+        grpc.secure_channel(address, credentials) as channel,
+        pytest.raises(grpc.RpcError) as refused_rpc,
+    ):
+        pb_grpc.ControlStub(channel).ListServices(pb.Empty(), timeout=10)
+    assert refused_rpc.value.code() == grpc.StatusCode.PERMISSION_DENIED
     c.cli("service", "create", "after", "--image", "busybox", "--detach")
     assert [s["spec"]["name"] for s in c.json("service", "ls")] == ["after"]
 

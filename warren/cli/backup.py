@@ -34,7 +34,7 @@ passphrase_file_option = click.option(
 def read_passphrase(passphrase_file: Path | None, new: bool) -> str:
     """From the file, else the environment, else a prompt (twice for a ``new`` one)."""
     if passphrase_file is not None:
-        passphrase = passphrase_file.read_text().rstrip("\r\n")
+        passphrase = passphrase_file.read_text(encoding="utf-8").rstrip("\r\n")
     elif PASSPHRASE_ENV in os.environ:
         passphrase = os.environ[PASSPHRASE_ENV]
     else:

@@ -394,7 +394,8 @@ async def prepare_restore(options: ManagerOptions, backup: Backup) -> str:
 
 
 def _empty(data_dir: Path, remove: bool) -> None:
-    with contextlib.suppress(FileNotFoundError):
+    """Undo a failed restore (best effort: the original error is what matters)."""
+    with contextlib.suppress(OSError):
         if remove:
             shutil.rmtree(data_dir)
             return

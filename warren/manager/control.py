@@ -78,6 +78,14 @@ class ControlService:
             return spec
         return replace(spec, image=await self.images.pin(spec.image))
 
+    def check_manager_caller(self, node_id: str) -> None:
+        """A manager certificate speaks for a manager that is still a member: a
+        removed manager (or one dropped by a restore) keeps a valid
+        certificate, but not its rights."""
+        node = self.store.find(Kind.NODE, node_id)
+        if node is None or node.role != NodeRole.MANAGER:
+            raise PermissionDenied(f"manager {node_id} is not part of this cluster")
+
     async def read_barrier(self) -> None:
         """Make the next local read linearizable: a no-op through the leader's
         log; once it is applied here, so is every write committed before."""

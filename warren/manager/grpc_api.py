@@ -77,6 +77,12 @@ async def _abort(context: grpc.aio.ServicerContext, exc: WarrenError) -> None:
     )
 
 
+def _require_admin(control: ControlService, context: grpc.aio.ServicerContext) -> None:
+    identity = _require(context, ADMIN_ROLES)
+    if identity.role == "manager":
+        control.check_manager_caller(identity.node_id)
+
+
 def _wants_linearizable(context: grpc.aio.ServicerContext) -> bool:
     return any(
         key == CONSISTENCY_KEY and value == LINEARIZABLE
@@ -91,7 +97,7 @@ def admin_rpc(method: F) -> F:
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         started = time.perf_counter()
         try:
-            _require(context, ADMIN_ROLES)
+            _require_admin(self.control, context)
             if _wants_linearizable(context):
                 await self.control.read_barrier()
             return await method(self, request, context)
@@ -203,7 +209,7 @@ class ControlServicer(pb_grpc.ControlServicer):  # type: ignore[misc]
 
     async def StreamEvents(self, request: Any, context: Any) -> AsyncIterator[Any]:
         try:
-            _require(context, ADMIN_ROLES)
+            _require_admin(self.control, context)
             kinds = public_kinds(request.kinds)
         except WarrenError as exc:
             await _abort(context, exc)
@@ -217,7 +223,7 @@ class ControlServicer(pb_grpc.ControlServicer):  # type: ignore[misc]
 
     async def Logs(self, request: Any, context: Any) -> AsyncIterator[Any]:
         try:
-            _require(context, ADMIN_ROLES)
+            _require_admin(self.control, context)
             tasks = self._log_sources(request)
         except WarrenError as exc:
             await _abort(context, exc)

@@ -141,6 +141,8 @@ async def _authorize(request: web.Request, handler: Handler) -> web.StreamRespon
     if identity.role not in API_ROLES:
         who = identity.role or "a joining node"
         raise PermissionDenied(f"{who} certificates may not use the REST API")
+    if identity.role == "manager":
+        _control(request).check_manager_caller(identity.node_id)
     return await handler(request)
 
 
