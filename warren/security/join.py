@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from warren.core.errors import InvalidArgument
-from warren.security.ca import CLOCK_SKEW, cert_pem, generate_key, key_pem
+from warren.security.ca import CLOCK_SKEW, cert_pem, generate_key, key_pem, self_signed_root
 
 JOIN_ROLES = ("manager", "worker")
 JOINER_COMMON_NAME = "warren-joiner"
@@ -63,33 +63,7 @@ def join_root_cert(secret: str, role: str) -> bytes:
     _check_role(role)
     key = _root_key(secret, role)
     name = _root_name(secret, role)
-    now = _now()
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - CLOCK_SKEW)
-        .not_valid_after(now + ROOT_VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-        .sign(key, hashes.SHA256())
-    )
+    cert = self_signed_root(key, name, ROOT_VALIDITY, crl_sign=False)
     return cert_pem(cert)
 
 
