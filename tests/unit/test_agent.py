@@ -19,7 +19,7 @@ from warren.agent.executor import TaskExecutor
 from warren.agent.runtime import ContainerConfig, ContainerState
 from warren.agent.sim import SimRuntime
 from warren.core.errors import InvalidArgument
-from warren.core.models import Resources, Task, TaskStatus
+from warren.core.models import Resources, RestartCondition, RestartPolicy, Task, TaskStatus
 from warren.core.states import TaskState
 from warren.security.tls import IdentityFiles
 
@@ -316,14 +316,21 @@ async def test_a_task_the_manager_thinks_runs_here_but_does_not_is_failed(
     assert await runtime.list() == []
 
 
-async def test_recover_reports_a_lost_container_as_failed(agent: Agent) -> None:
-    agent.cache.save({"a": _task("a", state=S.RUNNING)})
+async def test_recover_reports_a_lost_container_as_failed_without_restarts(
+    agent: Agent, runtime: SimRuntime
+) -> None:
+    # Restarting lost tasks in place is tests/unit/test_autonomy.py's subject.
+    task = _task("a", state=S.RUNNING)
+    never = RestartPolicy(condition=RestartCondition.NONE)
+    task = replace(task, spec=replace(task.spec, restart_policy=never))
+    agent.cache.save({"a": task})
     await agent.recover()
+    await _eventually(lambda: _state(agent, "a") == S.FAILED)
     status = agent._unsent["a"]
     assert status.state == S.FAILED
     assert status.err == "container lost while the worker was down"
-    assert _state(agent, "a") == S.FAILED
     assert agent.executors["a"].done
+    assert await runtime.list() == []
 
 
 async def test_recover_reattaches_to_a_running_container(agent: Agent, runtime: SimRuntime) -> None:
@@ -334,6 +341,7 @@ async def test_recover_reattaches_to_a_running_container(agent: Agent, runtime: 
     await agent.recover()
     assert agent._unsent == {}
     assert agent.executors["a"].state == S.RUNNING
+    agent.connected.set()  # a manager hears of the exit and replaces the task
     runtime.kill("a")
     await _eventually(lambda: _state(agent, "a") == S.FAILED)
     assert agent.tasks["a"].status.exit_code == 137

@@ -3,7 +3,14 @@
 The manager pushes the node's complete task set on a stream; the agent
 starts what is new, stops what is to be shut down or no longer listed, and
 reports every state change. Reports made while no manager is reachable are
-kept and sent when a session is back.
+kept (the last per task) and sent when a session is back.
+
+Cut off from every manager, the agent keeps its tasks running on its own: a
+task that exits is restarted in place as its restart policy allows, also
+after the agent itself restarted (see ``TaskExecutor``). The managers never
+see it fail, so they create no replacement; if they replaced it anyway (the
+node was marked down), the next assignment set leaves it out and it is
+stopped here: one task per slot either way.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from warren.core.states import TaskState
 from warren.proto import warren_pb2 as pb
 from warren.proto import warren_pb2_grpc as pb_grpc
 from warren.proto.convert import from_message, to_message
-from warren.proto.errors import error_from_rpc
+from warren.proto.errors import error_from_rpc, leader_hint
 from warren.security.tls import IdentityFiles
 
 log = logging.getLogger(__name__)
@@ -95,32 +102,39 @@ class Agent:
     # -- startup: what was running before -------------------------------------
 
     async def recover(self) -> None:
-        """Re-attach to containers still running; report the lost ones as failed."""
+        """Follow the cached tasks' containers again; restart lost ones in place.
+
+        Containers that exited while the agent was down are followed too: their
+        exit is handled like any other. No session is open yet, so a task's
+        restart policy decides, as when disconnected.
+        """
         self.tasks = self.cache.load()
         containers = {c.container_id: c for c in await self.runtime.list()}
         for task in self.tasks.values():
             if task.status.state.is_terminal or task.status.state.rank < TaskState.STARTING.rank:
                 continue
             container = containers.get(task.id)
-            executor = TaskExecutor(task, self.runtime, self._on_status)
-            self.executors[task.id] = executor
-            if container is not None and container.state == ContainerState.RUNNING:
+            executor = self._new_executor(task)
+            if container is not None and container.state != ContainerState.CREATED:
                 executor.attach()
             else:
-                executor.state = TaskState.FAILED
-                self._on_status(
-                    task.id,
-                    TaskStatus(
-                        TaskState.FAILED,
-                        "container lost",
-                        err="container lost while the worker was down",
-                    ),
-                )
+                # Never started (or gone): nothing to follow.
+                executor.recover_lost()
         # Containers that no task of ours explains are leftovers: remove them.
         for container_id in containers.keys() - self.executors.keys():
             with contextlib.suppress(WarrenError):
                 await self.runtime.stop(container_id, 0)
                 await self.runtime.remove(container_id)
+
+    def _new_executor(self, task: Task) -> TaskExecutor:
+        executor = TaskExecutor(task, self.runtime, self._on_status, self._disconnected)
+        self.executors[task.id] = executor
+        return executor
+
+    def _disconnected(self) -> bool:
+        # Without a session no manager can replace a task that exits: the
+        # executor restarts it itself.
+        return not self.connected.is_set()
 
     # -- main loop ---------------------------------------------------------------
 
@@ -140,17 +154,26 @@ class Agent:
         index = 0
         while True:
             manager = self.managers[index % len(self.managers)]
+            leader = None
             try:
                 await self._session(manager)
-                backoff = 0.2
             except grpc.RpcError as exc:
-                err = error_from_rpc(exc)
-                log.warning("session with %s ended: %s", manager, err)
+                leader = leader_hint(exc)
+                log.warning("session with %s ended: %s", manager, error_from_rpc(exc))
             except WarrenError as exc:
                 log.warning("session with %s ended: %s", manager, exc)
             finally:
+                if self.connected.is_set():
+                    backoff = 0.2  # it worked for a while: start over quickly
                 self.connected.clear()
                 self._call = None
+            if leader is not None:
+                # A follower named the leader: go there at once.
+                if leader not in self.managers:
+                    self.managers.append(leader)
+                index = self.managers.index(leader)
+                await asyncio.sleep(0.05)
+                continue
             index += 1
             await asyncio.sleep(backoff + random.uniform(0, backoff / 2))
             backoff = min(backoff * 2, 5.0)
@@ -288,9 +311,7 @@ class Agent:
         if executor is not None or task.status.state.rank < TaskState.ASSIGNED.rank:
             return
         if task.status.state == TaskState.ASSIGNED:
-            executor = TaskExecutor(task, self.runtime, self._on_status)
-            self.executors[task.id] = executor
-            executor.start()
+            self._new_executor(task).start()
         else:
             # The manager thinks it runs here, but nothing of it is left.
             self._on_status(

@@ -11,6 +11,7 @@ import json
 import logging
 import signal
 import socket
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -51,6 +52,14 @@ class WorkerOptions:
     containerd_namespace: str = "warren"
     insecure_registries: list[str] = field(default_factory=list)
     registry_config: Path | None = None
+    # The manager this node runs once promoted (node promote); as for cluster init.
+    advertise_addr: str = "127.0.0.1"
+    listen_addr: str = "0.0.0.0"
+    api_port: int = 2377
+    rest_port: int = 2378
+    metrics_port: int = 9090
+    raft_port: int = 2379
+    node_down_timeout: float = 15.0
 
 
 @dataclass(frozen=True)
@@ -170,6 +179,35 @@ async def _join_with(
     return reply, key_pem(key)
 
 
+async def request_promotion(
+    identity: IdentityFiles, managers: list[str], api_address: str, raft_address: str
+) -> tuple[Any, bytes]:
+    """Trade this node's certificate for a manager one; the cluster must want
+    it as a manager (node promote). Returns the reply, as for a joining
+    manager, and the new private key (PEM)."""
+    ca_pem, cert_pem, node_key = identity.load()
+    credentials = grpc.ssl_channel_credentials(ca_pem, node_key, cert_pem)
+    key = generate_key()
+    request = pb.PromoteRequest(
+        csr=make_csr(key), api_address=api_address, raft_address=raft_address
+    )
+    last_error: WarrenError = Unavailable("no manager address given")
+    for manager in managers:
+        async with grpc.aio.secure_channel(manager, credentials) as channel:
+            try:
+                reply = await pb_grpc.DispatcherStub(channel).Promote(request, timeout=15)
+            except grpc.RpcError as exc:
+                last_error = error_from_rpc(exc)
+                if isinstance(last_error, Unavailable):
+                    continue
+                raise last_error from None
+        if reply.ca_certificate != ca_pem:
+            raise PermissionDenied("the manager answered with another CA than the node's")
+        log.info("promoted to a manager", extra={"node_id": reply.node_id, "manager": manager})
+        return reply, key_pem(key)
+    raise last_error
+
+
 async def join_cluster(options: WorkerOptions, identity: IdentityFiles) -> NodeState:
     join = JoinRequest(options.token, options.managers, "worker", options.node_name, options.labels)
     reply, key, manager = await request_join(join)
@@ -197,7 +235,15 @@ async def serve_worker(options: WorkerOptions, stop: asyncio.Event) -> None:
         data_dir=options.data_dir / "agent",
         hostname=options.node_name,
     )
-    await run_until(agent.run(), stop)
+    # Imported here: warren.manager.daemon imports this module.
+    from warren.manager.promotion import RoleKeeper, manager_options
+
+    # Runs a manager next to the agent while the cluster wants one (node promote).
+    keeper = RoleKeeper(manager_options(options), state.node_id, agent)
+    try:
+        await run_until(run_all(agent.run(), keeper.run()), stop)
+    finally:
+        await keeper.close()
 
 
 async def run_until(main: Any, stop: asyncio.Event) -> None:
@@ -210,6 +256,21 @@ async def run_until(main: Any, stop: asyncio.Event) -> None:
     await asyncio.gather(task, stopper, return_exceptions=True)
     if task in done and task.exception() is not None:
         raise task.exception()
+
+
+async def run_all(*mains: Coroutine[Any, Any, None]) -> None:
+    """Run side by side until all end; the first failure cancels the others."""
+    tasks = [asyncio.create_task(main) for main in mains]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in done:
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            raise error
 
 
 def install_stop_signals(stop: asyncio.Event) -> None:

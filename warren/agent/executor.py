@@ -5,6 +5,12 @@ forwards the reports to the manager (and its cache). A task with a health
 check stays ``starting`` until its first healthy probe; once unhealthy beyond
 its retries it is killed and reported ``failed``, and the restart policy
 replaces it.
+
+Worker autonomy: while the agent has no manager to report to, an exited task
+is restarted *in place* (same task ID, a new container) as its restart policy
+allows, and stays ``running`` to the manager. A manager that saw the exit
+would replace the task with a new one; reporting it running instead leaves
+exactly one task in its slot when the link heals.
 """
 
 from __future__ import annotations
@@ -14,16 +20,60 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from warren.agent.health import HealthMonitor
 from warren.agent.runtime import ContainerConfig, ExitStatus, Runtime
 from warren.core.errors import ImageNotFound, NotFound, WarrenError
-from warren.core.models import Health, NetworkMode, Task, TaskStatus
+from warren.core.models import (
+    Health,
+    NetworkMode,
+    RestartCondition,
+    RestartPolicy,
+    Task,
+    TaskStatus,
+)
 from warren.core.states import TaskState
 
 log = logging.getLogger(__name__)
 
 Reporter = Callable[[str, TaskStatus], None]
+# Asked when a container exits: may the executor restart it itself (no manager)?
+RestartGate = Callable[[], bool]
+
+
+def _never() -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How a task ends when its container is gone: the terminal status to report."""
+
+    state: TaskState
+    message: str
+    err: str = ""
+    exit_code: int | None = None
+
+
+def may_restart_locally(
+    policy: RestartPolicy, ending: Ending, restarts: list[float], now: float
+) -> bool:
+    """Whether ``policy`` allows another in-place restart after ``ending``.
+
+    ``restarts`` holds the (monotonic) times of earlier local restarts; like the
+    manager, ``max_attempts`` of them are allowed within ``window`` (0: ever).
+    """
+    if ending.state not in (TaskState.FAILED, TaskState.COMPLETE):
+        return False
+    if policy.condition == RestartCondition.NONE:
+        return False
+    if policy.condition == RestartCondition.ON_FAILURE and ending.state != TaskState.FAILED:
+        return False
+    if policy.max_attempts == 0:
+        return True
+    recent = [t for t in restarts if policy.window == 0 or now - t < policy.window]
+    return len(recent) < policy.max_attempts
 
 
 def container_config(task: Task) -> ContainerConfig:
@@ -53,13 +103,26 @@ def container_config(task: Task) -> ContainerConfig:
 
 
 class TaskExecutor:
-    def __init__(self, task: Task, runtime: Runtime, report: Reporter) -> None:
+    def __init__(
+        self,
+        task: Task,
+        runtime: Runtime,
+        report: Reporter,
+        can_restart_locally: RestartGate = _never,
+    ) -> None:
         self.task = task
         self.runtime = runtime
         self._report = report
+        self._can_restart_locally = can_restart_locally
         self.state = task.status.state
         self.health = Health.NONE
+        self.local_restarts = 0
+        # Times of recent local restarts, for max_attempts within the window.
+        self._restart_times: list[float] = []
+        self._running_message = "running"
         self._stopping = False
+        # Set by stop(): cuts a restart delay short.
+        self._stop_requested = asyncio.Event()
         self._unhealthy = ""
         self._runner: asyncio.Task[None] | None = None
         self._monitor: asyncio.Task[None] | None = None
@@ -73,9 +136,18 @@ class TaskExecutor:
         self._runner = asyncio.create_task(self._run(), name=f"task-{self.task.id}")
 
     def attach(self) -> None:
-        """Follow a container that is already running (after an agent restart)."""
+        """Follow a container found after an agent restart (running, or exited since)."""
         self.state = TaskState.RUNNING
         self._runner = asyncio.create_task(self._reattach(), name=f"task-{self.task.id}")
+
+    def recover_lost(self) -> None:
+        """The container vanished while the agent was down: restart the task in
+        place if its restart policy allows, else report it failed."""
+        self.state = TaskState.RUNNING
+        lost = Ending(
+            TaskState.FAILED, "container lost", err="container lost while the worker was down"
+        )
+        self._runner = asyncio.create_task(self._recover(lost), name=f"task-{self.task.id}")
 
     def _set(
         self, state: TaskState, message: str, err: str = "", exit_code: int | None = None
@@ -100,8 +172,7 @@ class TaskExecutor:
                 self._set(TaskState.SHUTDOWN, "stopped before start")
                 return
             self._set(TaskState.STARTING, "starting container")
-            await self.runtime.create(container_config(self.task))
-            await self.runtime.start(self.task.id)
+            await self._create_and_start()
         except ImageNotFound as exc:
             self._set(TaskState.REJECTED, "image not found", err=str(exc))
             return
@@ -109,22 +180,38 @@ class TaskExecutor:
             self._set(TaskState.REJECTED, "could not start", err=str(exc))
             await self._remove()
             return
-        self._watch_health()
-        await self._follow()
+        await self._supervise()
+
+    async def _create_and_start(self) -> None:
+        await self.runtime.create(container_config(self.task))
+        await self.runtime.start(self.task.id)
 
     async def _reattach(self) -> None:
         try:
             await self.runtime.reattach(self.task.id)
         except WarrenError as exc:
             log.warning("could not re-attach to %s: %s", self.task.id, exc)
-        self._watch_health()
-        await self._follow()
+        await self._supervise()
+
+    async def _recover(self, lost: Ending) -> None:
+        # No manager has been heard since the agent started: the same rule as
+        # for an exit while disconnected applies.
+        ending = self._ending(None) if self._stopping else lost
+        if await self._restart_or_end(ending):
+            await self._supervise()
+
+    async def _supervise(self) -> None:
+        """Follow the container until the task ends, restarting it in place while allowed."""
+        while True:
+            self._watch_health()
+            if not await self._restart_or_end(await self._wait_for_exit()):
+                return
 
     def _watch_health(self) -> None:
         check = self.task.spec.health
         if check is None:
-            if self.state != TaskState.RUNNING:
-                self._set(TaskState.RUNNING, "running")
+            if self.state != TaskState.RUNNING or self.local_restarts:
+                self._set(TaskState.RUNNING, self._running_message)
             return
         self.health = Health.STARTING
         if self.state != TaskState.RUNNING:
@@ -137,50 +224,101 @@ class TaskExecutor:
             return
         self.health = health
         if health == Health.HEALTHY:
-            self._set(TaskState.RUNNING, "running")
+            self._set(TaskState.RUNNING, self._running_message)
         elif health == Health.UNHEALTHY:
             # Failed for good: kill it, and report it failed once it has exited.
             self._unhealthy = message or "health check failed"
-            self._killer = asyncio.create_task(self._kill_unhealthy())
+            self._killer = asyncio.create_task(self._stop_container())
 
-    async def _kill_unhealthy(self) -> None:
+    async def _stop_container(self) -> None:
         with contextlib.suppress(NotFound):
             await self.runtime.stop(self.task.id, self.task.spec.stop_grace_period)
 
-    async def _follow(self) -> None:
+    async def _wait_for_exit(self) -> Ending:
         try:
             exit_status = await self.runtime.wait(self.task.id)
         except NotFound:
             exit_status = None
         if self._monitor is not None:
             self._monitor.cancel()
-        self._finish(exit_status)
-        await self._remove()
+        return self._ending(exit_status)
 
-    def _finish(self, exit_status: ExitStatus | None) -> None:
+    def _ending(self, exit_status: ExitStatus | None) -> Ending:
         code = None if exit_status is None else exit_status.exit_code
         if self._stopping:
-            self._set(TaskState.SHUTDOWN, "shut down", exit_code=code)
-        elif self._unhealthy:
+            return Ending(TaskState.SHUTDOWN, "shut down", exit_code=code)
+        if self._unhealthy:
             err = f"unhealthy: {self._unhealthy}"
-            self._set(TaskState.FAILED, "health check failed", err=err, exit_code=code)
-        elif exit_status is None:
-            self._set(TaskState.FAILED, "container lost", err="the container disappeared")
-        elif exit_status.oom_killed:
-            self._set(
+            return Ending(TaskState.FAILED, "health check failed", err=err, exit_code=code)
+        if exit_status is None:
+            return Ending(TaskState.FAILED, "container lost", err="the container disappeared")
+        if exit_status.oom_killed:
+            return Ending(
                 TaskState.FAILED, "out of memory", err="killed: out of memory", exit_code=code
             )
-        elif code == 0:
-            self._set(TaskState.COMPLETE, "finished", exit_code=0)
-        else:
-            self._set(
-                TaskState.FAILED, "exited", err=f"task exited with code {code}", exit_code=code
-            )
+        if code == 0:
+            return Ending(TaskState.COMPLETE, "finished", exit_code=0)
+        return Ending(
+            TaskState.FAILED, "exited", err=f"task exited with code {code}", exit_code=code
+        )
+
+    async def _restart_or_end(self, ending: Ending) -> bool:
+        """Restart the task in place (True: it runs again) or report how it ended.
+
+        Decided once, now: if the link comes back during the restart delay the
+        restart still happens, and the manager still sees a running task.
+        """
+        restart = self._may_restart(ending)
+        if not restart:
+            self._set(ending.state, ending.message, err=ending.err, exit_code=ending.exit_code)
+        await self._remove()
+        return restart and await self._restart(ending)
+
+    def _may_restart(self, ending: Ending) -> bool:
+        if self._stopping or not self._can_restart_locally():
+            return False
+        policy = self.task.spec.restart_policy
+        now = time.monotonic()
+        if policy.window:
+            self._restart_times = [t for t in self._restart_times if now - t < policy.window]
+        return may_restart_locally(policy, ending, self._restart_times, now)
+
+    async def _restart(self, ending: Ending) -> bool:
+        """Delay, then a new container for the same task; False if it ended instead."""
+        self.local_restarts += 1
+        if self.task.spec.restart_policy.max_attempts:
+            self._restart_times.append(time.monotonic())
+        delay = self.task.spec.restart_policy.delay
+        # Still RUNNING: a terminal report would make the manager replace the task.
+        why = ending.err or ending.message
+        self._set(TaskState.RUNNING, f"{why}; restarting locally in {delay:g}s")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop_requested.wait(), delay)
+        if self._stopping:
+            self._set(TaskState.SHUTDOWN, "shut down")
+            return False
+        try:
+            await self.runtime.pull(self.task.spec.image)
+            await self._create_and_start()
+        except WarrenError as exc:
+            await self._remove()
+            if self._stopping:  # stop() raced the new container and spoilt its start
+                self._set(TaskState.SHUTDOWN, "shut down")
+            else:
+                self._set(TaskState.REJECTED, "could not restart", err=str(exc))
+            return False
+        self.health, self._unhealthy = Health.NONE, ""
+        self._running_message = f"restarted locally while disconnected ({self.local_restarts})"
+        if self._stopping:
+            # stop() came while the container was being created: it found nothing.
+            await self._stop_container()
+        return True
 
     async def stop(self) -> None:
         if self.done or self._stopping:
             return
         self._stopping = True
+        self._stop_requested.set()
         if self.state in (TaskState.ASSIGNED, TaskState.NEW, TaskState.PENDING):
             if self._runner is not None:
                 self._runner.cancel()
