@@ -26,6 +26,7 @@ from warren.proto.errors import (
     ERROR_CODE_KEY,
     LINEARIZABLE,
     error_from_rpc,
+    leader_hint,
 )
 from warren.security.tls import IdentityFiles
 
@@ -109,7 +110,8 @@ class WarrenClient:
 
     def _call(self, method: str, request: Any) -> Any:
         failures: list[str] = []
-        for index in self._candidates():
+        candidates = self._candidates()
+        for index in candidates:
             address = self._managers[index]
             try:
                 reply = getattr(self._stub(address), method)(
@@ -119,6 +121,12 @@ class WarrenClient:
                 if not _is_unavailable(exc):
                     raise error_from_rpc(exc) from None
                 failures.append(f"{address}: {_reason(exc)}")
+                # A follower that only the leader can stand in for names it:
+                # try it too, even if it is not in the list.
+                hint = leader_hint(exc)
+                if hint and hint not in self._managers:
+                    self._managers.append(hint)
+                    candidates.append(len(self._managers) - 1)
                 continue
             self._preferred = index
             return reply
@@ -176,6 +184,12 @@ class WarrenClient:
 
     def remove_node(self, ref: str, force: bool = False) -> None:
         self._call("RemoveNode", pb.RemoveNodeRequest(node=ref, force=force))
+
+    def promote_node(self, ref: str) -> Node:
+        return _node(self._call("PromoteNode", pb.NodeRef(node=ref)))
+
+    def demote_node(self, ref: str, force: bool = False) -> Node:
+        return _node(self._call("DemoteNode", pb.DemoteNodeRequest(node=ref, force=force)))
 
     # -- tasks -----------------------------------------------------------------
 

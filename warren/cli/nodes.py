@@ -1,15 +1,20 @@
-"""``warren node ...``: list, inspect, update and remove nodes."""
+"""``warren node ...``: list, inspect, update, promote, demote and remove nodes."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import click
 
+from warren.cli.client import WarrenClient
 from warren.cli.context import CliContext, output_option, pass_cli
 from warren.cli.output import document, table
-from warren.cli.parsing import LABEL
-from warren.core.models import Availability
+from warren.cli.parsing import DURATION, LABEL, format_seconds
+from warren.core.models import Availability, Node, NodeRole
 
 AVAILABILITIES = [a.value for a in Availability]
+POLL_INTERVAL = 0.3
 
 
 @click.group("node")
@@ -93,3 +98,83 @@ def remove(cli: CliContext, nodes: tuple[str, ...], force: bool) -> None:
     for ref in nodes:
         client.remove_node(ref, force=force)
         click.echo(ref)
+
+
+def _role_wait_options(command: Callable[..., None]) -> Callable[..., None]:
+    detach = click.option(
+        "-d", "--detach", is_flag=True, help="Return at once instead of waiting for the change."
+    )
+    timeout = click.option(
+        "--timeout",
+        type=DURATION,
+        default="60s",
+        metavar="DURATION",
+        show_default=True,
+        help="How long to wait for the node to take up its new role.",
+    )
+    return detach(timeout(command))
+
+
+def _wait_until(
+    client: WarrenClient, node_id: str, done: Callable[[Node], bool], timeout: float, what: str
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not done(client.get_node(node_id)):
+        if time.monotonic() >= deadline:
+            raise click.ClickException(
+                f"{what} after {format_seconds(timeout)}; see 'warren node ls'"
+            )
+        time.sleep(POLL_INTERVAL)
+
+
+def _reachable_manager(node: Node) -> bool:
+    return node.role == NodeRole.MANAGER and node.manager_status in ("leader", "reachable")
+
+
+@node_group.command("promote")
+@click.argument("nodes", nargs=-1, required=True, metavar="NODE...")
+@_role_wait_options
+@pass_cli
+def promote(cli: CliContext, nodes: tuple[str, ...], detach: bool, timeout: float) -> None:
+    """Make workers managers: each joins Raft and serves the API.
+
+    The node starts its manager itself, on the ports its 'worker join'
+    command was given (--api-port, --raft-port, ...).
+    """
+    client = cli.client()
+    for ref in nodes:
+        if client.get_node(ref).role == NodeRole.MANAGER:
+            click.echo(f"Node {ref} is already a manager.")
+            continue
+        node = client.promote_node(ref)
+        click.echo(f"Node {ref} promoted to a manager in the cluster.")
+        if not detach:
+            what = f"{ref} is not a reachable manager yet"
+            _wait_until(client, node.id, _reachable_manager, timeout, what)
+
+
+@node_group.command("demote")
+@click.argument("nodes", nargs=-1, required=True, metavar="NODE...")
+@click.option(
+    "-f", "--force", is_flag=True, help="Demote even if the managers left lose their quorum."
+)
+@_role_wait_options
+@pass_cli
+def demote(
+    cli: CliContext, nodes: tuple[str, ...], force: bool, detach: bool, timeout: float
+) -> None:
+    """Make managers workers: each leaves Raft and stops serving the API."""
+    client = cli.client()
+    for ref in nodes:
+        before = client.get_node(ref)
+        if before.role == NodeRole.WORKER and before.desired_role is None:
+            click.echo(f"Node {ref} is already a worker.")
+            continue
+        node = client.demote_node(ref, force=force)
+        if before.role == NodeRole.WORKER:
+            click.echo(f"Promotion of node {ref} cancelled.")
+            continue
+        click.echo(f"Manager {ref} demoted in the cluster.")
+        if not detach:
+            what = f"{ref} still shows as a manager"
+            _wait_until(client, node.id, lambda n: n.role == NodeRole.WORKER, timeout, what)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
+from warren.cli.cluster import manager_daemon_options
 from warren.cli.config import split_managers
 from warren.cli.context import CliContext, pass_cli
 from warren.cli.options import (
@@ -16,6 +19,32 @@ from warren.cli.options import (
     node_name_option,
     runtime_options,
 )
+
+# The options of the manager a worker runs once promoted (node promote).
+_PROMOTION_OPTIONS = frozenset(
+    {
+        "advertise_addr",
+        "listen_addr",
+        "api_port",
+        "rest_port",
+        "metrics_port",
+        "raft_port",
+        "node_down_timeout",
+    }
+)
+
+
+def promotion_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the manager process's own options, taken from `cluster init` so that
+    names, defaults and help stay the same."""
+    probe = manager_daemon_options(lambda **_: None)
+    # click keeps a function's options in reverse order until the command is built.
+    params: list[click.Parameter] = getattr(probe, "__click_params__", [])
+    chosen = [p for p in params if p.name in _PROMOTION_OPTIONS]
+    if not hasattr(command, "__click_params__"):
+        command.__click_params__ = []  # type: ignore[attr-defined]
+    command.__click_params__.extend(chosen)  # type: ignore[attr-defined]
+    return command
 
 
 @click.group("worker")
@@ -40,17 +69,24 @@ def worker_group() -> None:
 @runtime_options
 @node_name_option
 @node_labels_option
+@promotion_options
 @pass_cli
 def join(
     cli: CliContext,
+    /,
     token: str | None,
     managers: tuple[str, ...],
     data_dir: Path,
     runtime: RuntimeOptions,
     node_name: str | None,
     labels: tuple[tuple[str, str], ...],
+    **promotion: Any,
 ) -> None:
-    """Join a cluster (or resume this node) and run its tasks until stopped."""
+    """Join a cluster (or resume this node) and run its tasks until stopped.
+
+    The manager options (--api-port, --raft-port, ...) are for when the node
+    is promoted: it then also runs a manager, and does again when restarted.
+    """
     # Imported here: admin commands should not pay for loading the agent.
     from warren.agent.daemon import WorkerOptions, run_worker
 
@@ -61,5 +97,6 @@ def join(
         node_name=node_name or socket.gethostname(),
         labels=dict(labels),
         **runtime.daemon_fields(),
+        **promotion,
     )
     click.get_current_context().exit(run_worker(options))

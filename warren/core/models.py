@@ -116,6 +116,8 @@ class Node:
     version: int = 0
     # Filled in when read, never stored: leader, reachable or unreachable.
     manager_status: str = ""
+    # MANAGER while a promotion waits for the node to take it up (node promote).
+    desired_role: NodeRole | None = None
 
     def __post_init__(self) -> None:
         _check_labels(self.labels, "node label")

@@ -18,6 +18,7 @@ from warren.core.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    NotLeader,
     PermissionDenied,
     WarrenError,
 )
@@ -242,6 +243,99 @@ class ControlService:
                 ops.append(put(orphaned, task.version))
         await self._write(ops)
 
+    async def promote_node(self, ref: str) -> Node:
+        """Record that a worker is to become a manager. The node itself takes it
+        up (``accept_promotion``): only it can serve the API and run Raft."""
+        for _ in range(_CAS_ATTEMPTS):
+            node = self.get_node(ref)
+            if node.role == NodeRole.MANAGER or node.desired_role == NodeRole.MANAGER:
+                return node
+            if node.status != NodeStatus.READY:
+                raise FailedPrecondition(
+                    f"node '{node.hostname}' is {node.status}: only a ready worker can be promoted"
+                )
+            wanted = replace(node, desired_role=NodeRole.MANAGER, updated_at=time.time())
+            try:
+                await self._write([put(wanted, node.version)])
+            except Conflict:
+                continue
+            return cast(Node, self.store.get(Kind.NODE, node.id))
+        raise Conflict("node kept changing; try again")
+
+    async def accept_promotion(
+        self, node_id: str, csr: bytes, api_address: str, raft_address: str
+    ) -> tuple[Node, bytes]:
+        """A node the cluster wants as a manager asks for its manager certificate.
+
+        Also answers a node that is a manager already: one that crashed after
+        this reply but before it started its manager asks again.
+        """
+        node = self.store.find(Kind.NODE, node_id)
+        if node is None:
+            raise PermissionDenied(f"node {node_id} is not part of this cluster")
+        if node.role != NodeRole.MANAGER and node.desired_role != NodeRole.MANAGER:
+            raise PermissionDenied(f"node '{node.hostname}' is not being promoted")
+        if node.role == NodeRole.MANAGER and node.raft_address not in ("", raft_address):
+            raise FailedPrecondition(
+                f"node '{node.hostname}' is a manager with Raft address {node.raft_address}, "
+                f"not {raft_address}"
+            )
+        promoted = replace(
+            node,
+            role=NodeRole.MANAGER,
+            desired_role=None,
+            api_address=api_address,
+            raft_address=raft_address,
+            updated_at=time.time(),
+        )
+        self._check_new_manager(promoted)
+        sans = [node.hostname, api_address.rpartition(":")[0]]
+        certificate = self.ca.issue(csr, node.id, str(NodeRole.MANAGER), [s for s in sans if s])
+        if promoted != replace(node, updated_at=promoted.updated_at):
+            await self._write([put(promoted, node.version)])
+        if raft_address not in self.raft_peers():
+            # In the background, as for a joining manager: the node starts Raft
+            # only once it has this reply.
+            task = asyncio.create_task(self._add_member(promoted))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        return cast(Node, self.store.get(Kind.NODE, node.id)), certificate
+
+    async def demote_node(self, ref: str, force: bool = False) -> Node:
+        """Take a manager out of Raft and make it a worker; the node stops its
+        manager when the leader tells it (``Dispatcher.watch_role``)."""
+        node = self.get_node(ref)
+        if node.role == NodeRole.MANAGER:
+            # On the leader, which cannot be the node demoted: a follower taking
+            # itself out of Raft could not commit the role change after it.
+            self._require_leader("demoting a manager")
+            managers = [n for n in self.store.list(Kind.NODE) if n.role == NodeRole.MANAGER]
+            if len(managers) == 1:
+                raise FailedPrecondition(
+                    f"node '{node.hostname}' is the last manager; promote another node first"
+                )
+            # Out of Raft first: once the node reads that it is a worker, it
+            # may drop its Raft state.
+            await self._remove_manager(node, force, "demoting")
+        for _ in range(_CAS_ATTEMPTS):
+            node = self.get_node(node.id)
+            demoted = replace(
+                node,
+                role=NodeRole.WORKER,
+                desired_role=None,  # also cancels a promotion not taken up yet
+                api_address="",
+                raft_address="",
+                updated_at=time.time(),
+            )
+            if demoted == replace(node, updated_at=demoted.updated_at):
+                return node
+            try:
+                await self._write([put(demoted, node.version)])
+            except Conflict:
+                continue
+            return cast(Node, self.store.get(Kind.NODE, node.id))
+        raise Conflict("node kept changing; try again")
+
     # -- tasks -------------------------------------------------------------------
 
     def list_tasks(self, service: str = "", node: str = "") -> list[Task]:
@@ -348,36 +442,51 @@ class ControlService:
         if not node.api_address or not node.raft_address:
             raise InvalidArgument("a joining manager must give its API and Raft addresses")
         for other in self.store.list(Kind.NODE):
-            if other.role == NodeRole.MANAGER and other.raft_address == node.raft_address:
+            if other.id == node.id or other.role != NodeRole.MANAGER:
+                continue
+            if other.raft_address == node.raft_address:
                 raise AlreadyExists(
                     f"manager '{other.hostname}' already uses Raft address {node.raft_address}"
                 )
 
     async def _add_member(self, node: Node) -> None:
         async with self._membership:
+            current = self.store.find(Kind.NODE, node.id)
+            if current is None or current.role != NodeRole.MANAGER:
+                return  # removed or demoted while it waited for its turn
             try:
                 await self.consensus.add_member(node.raft_address, timeout=60.0)
                 log.info("manager added to raft", extra={"node_id": node.id})
             except WarrenError as exc:
                 log.error("manager %s not added to raft: %s", node.id, exc)
 
+    def _require_leader(self, what: str) -> None:
+        if self.consensus.is_leader:
+            return
+        leader = self.consensus.leader
+        managers = [n for n in self.store.list(Kind.NODE) if n.role == NodeRole.MANAGER]
+        address = next((n.api_address for n in managers if leader and n.raft_address == leader), "")
+        raise NotLeader(f"{what} goes through the leader (leader: {address or 'unknown'})", address)
+
     def raft_peers(self) -> list[str]:
         return [m.address for m in self.consensus.members()]
 
-    async def _remove_manager(self, node: Node, force: bool) -> None:
+    async def _remove_manager(self, node: Node, force: bool, action: str = "removing") -> None:
         members = {m.address: m for m in self.consensus.members()}
         if node.raft_address not in members:
             return  # never made it into Raft, or already out
         if members[node.raft_address].is_leader:
-            raise FailedPrecondition(
-                f"node '{node.hostname}' is the leader; remove it through another manager "
-                "after stopping it, or let leadership move first"
+            advice = (
+                "remove it through another manager after stopping it, or let leadership move first"
+                if action == "removing"
+                else "let leadership move first (restarting its process moves it)"
             )
+            raise FailedPrecondition(f"node '{node.hostname}' is the leader; {advice}")
         remaining = [m for m in members.values() if m.address != node.raft_address]
         reachable = sum(1 for m in remaining if m.reachable)
         if reachable < len(remaining) // 2 + 1 and not force:
             raise FailedPrecondition(
-                f"removing '{node.hostname}' would leave {reachable} of {len(remaining)} "
+                f"{action} '{node.hostname}' would leave {reachable} of {len(remaining)} "
                 "managers reachable: the cluster would lose quorum (use --force to do it anyway)"
             )
         async with self._membership:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from warren.agent.daemon import JoinRequest, registry_config, request_join
+from warren.agent.daemon import JoinRequest, registry_config, request_join, request_promotion
 from warren.core.errors import FailedPrecondition, Unavailable
 from warren.core.models import Availability, Cluster, Node, NodeRole, NodeStatus, new_id
 from warren.manager.consensus import Consensus, LocalConsensus
@@ -61,6 +61,9 @@ class ManagerOptions:
     # `warren manager join`: join an existing cluster instead of creating one.
     join_token: str | None = None
     join_managers: list[str] = field(default_factory=list)
+    # A node promoted by an admin: trade its certificate (in data_dir) for a
+    # manager one at join_managers instead of joining with a token.
+    promote: bool = False
 
     @property
     def api_address(self) -> str:
@@ -106,6 +109,7 @@ class Manager:
         self.consensus: Consensus = LocalConsensus(self.store)  # replaced in start()
         self._leader_work: asyncio.Task[None] | None = None
         self._closers: list[Callable[[], Awaitable[Any]]] = []
+        self._stopped = False
 
     # -- bootstrap -----------------------------------------------------------------
 
@@ -176,7 +180,7 @@ class Manager:
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         state = ManagerState.load(self.data_dir)
-        joining = state is None and self.options.join_token is not None
+        joining = state is None and (self.options.join_token is not None or self.options.promote)
         if joining:
             ca, node_id, peers = await self._join_cluster()
         else:
@@ -209,16 +213,21 @@ class Manager:
 
     async def _join_cluster(self) -> tuple[CertificateAuthority, str, list[str]]:
         options = self.options
-        join = JoinRequest(
-            token=options.join_token,
-            managers=options.join_managers,
-            role="manager",
-            node_name=options.node_name,
-            labels=options.labels,
-            api_address=options.api_address,
-            raft_address=options.raft_address,
-        )
-        reply, key, _ = await request_join(join)
+        if options.promote:
+            reply, key = await request_promotion(
+                self.identity, options.join_managers, options.api_address, options.raft_address
+            )
+        else:
+            join = JoinRequest(
+                token=options.join_token,
+                managers=options.join_managers,
+                role="manager",
+                node_name=options.node_name,
+                labels=options.labels,
+                api_address=options.api_address,
+                raft_address=options.raft_address,
+            )
+            reply, key, _ = await request_join(join)
         write_private(self.data_dir / "certs" / "ca-key.pem", reply.ca_key)
         self.identity.save(reply.ca_certificate, reply.certificate, key)
         peers = [p for p in reply.raft_peers if p != options.raft_address]
@@ -299,7 +308,8 @@ class Manager:
         )
 
     def _on_leadership(self, leader: bool) -> None:
-        if leader and self._leader_work is None:
+        # A late callback must not start controllers in a stopped (demoted) manager.
+        if leader and self._leader_work is None and not self._stopped:
             self._leader_work = asyncio.create_task(self._lead())
         elif not leader and self._leader_work is not None:
             self._leader_work.cancel()
@@ -315,11 +325,15 @@ class Manager:
             group.create_task(Scheduler(self.consensus, self.bus).run())
 
     async def stop(self) -> None:
+        self._stopped = True
         if self._leader_work is not None:
             self._leader_work.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._leader_work
-        for close in reversed(self._closers):
+            self._leader_work = None
+        # Emptied first: a demoted node's manager is stopped before its process ends.
+        closers, self._closers = self._closers, []
+        for close in reversed(closers):
             with contextlib.suppress(Exception):
                 await close()
 
@@ -332,9 +346,16 @@ async def _cancel(task: asyncio.Task[None]) -> None:
 
 async def serve_manager(options: ManagerOptions, stop: asyncio.Event) -> None:
     from warren.agent.agent import Agent
-    from warren.agent.daemon import make_runtime, run_until
+    from warren.agent.daemon import NodeState, make_runtime, run_all, run_until, serve_worker
+    from warren.manager.promotion import RoleKeeper, worker_options
 
+    if ManagerState.load(options.data_dir) is None and NodeState.load(options.data_dir):
+        # Demoted (node demote) by an earlier run: this data dir holds a worker.
+        log.info("this node was demoted: running it as a worker")
+        await serve_worker(worker_options(options), stop)
+        return
     manager = Manager(options)
+    keeper: RoleKeeper | None = None
     try:
         await manager.start()
         own = f"127.0.0.1:{options.api_port}"
@@ -349,8 +370,12 @@ async def serve_manager(options: ManagerOptions, stop: asyncio.Event) -> None:
             hostname=options.node_name,
             address=options.advertise_addr,
         )
-        await run_until(agent.run(), stop)
+        # Stops the manager if the node is demoted; the agent keeps running.
+        keeper = RoleKeeper(options, manager.node_id, agent, manager)
+        await run_until(run_all(agent.run(), keeper.run()), stop)
     finally:
+        if keeper is not None:
+            await keeper.close()
         await manager.stop()
 
 

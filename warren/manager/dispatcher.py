@@ -26,7 +26,7 @@ from warren.core.models import Node, NodeStatus, Resources, Task, TaskStatus, ne
 from warren.core.states import TaskState
 from warren.manager.consensus import Consensus
 from warren.manager.events import EventBus
-from warren.manager.store import Kind, put, raise_for_result, task_status, txn
+from warren.manager.store import Kind, barrier, put, raise_for_result, task_status, txn
 from warren.proto import warren_pb2 as pb
 from warren.proto.convert import from_message, to_message
 
@@ -76,6 +76,7 @@ class Dispatcher:
         self._pending: dict[str, dict[str, TaskStatus]] = {}
         self._leader_since = time.monotonic()
         self._log_streams: dict[str, asyncio.Queue[Any]] = {}
+        self._barrier: asyncio.Future[Any] | None = None
 
     # -- leader-only background work -------------------------------------------
 
@@ -148,12 +149,15 @@ class Dispatcher:
 
     # -- sessions ----------------------------------------------------------------
 
-    async def session(self, node_id: str, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    def _require_leader(self) -> None:
         if not self.consensus.is_leader:
             leader = self._leader_api_address()
             raise NotLeader(
                 f"this manager is not the leader (leader: {leader or 'unknown'})", leader
             )
+
+    async def session(self, node_id: str, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        self._require_leader()
         first = await anext(aiter(requests), None)
         if first is None or first.WhichOneof("message") != "register":
             raise PermissionDenied("a session must start with register")
@@ -195,6 +199,48 @@ class Dispatcher:
                 await reader
             if self._sessions.get(node_id) is session:
                 del self._sessions[node_id]
+
+    async def watch_role(self, node_id: str) -> AsyncIterator[Any]:
+        """The role the cluster wants for a node: at once, then on every change.
+
+        Leader only, and every update follows a barrier: a demoted node drops
+        its Raft state on this word, so it must not come from a deposed
+        leader's stale store. The stream ends when leadership is lost.
+        """
+        self._require_leader()
+        subscription = self.bus.subscribe([Kind.NODE])
+        sent: tuple[str, str, list[str]] | None = None
+        try:
+            while True:
+                update = self._role_update(node_id)
+                if update != sent:
+                    await self._shared_barrier()
+                    update = self._role_update(node_id)
+                    sent = update
+                    yield pb.RoleUpdate(role=update[0], desired_role=update[1], managers=update[2])
+                # Any node event may change the manager list; wake up now and
+                # then to notice a lost leadership.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(subscription.queue.get(), self.heartbeat_period)
+                subscription.drain()
+                self._require_leader()
+        finally:
+            subscription.close()
+
+    async def _shared_barrier(self) -> None:
+        # Every node opens a role stream when a new leader is elected: they
+        # share barriers rather than each writing one.
+        if self._barrier is None or self._barrier.done():
+            self._barrier = asyncio.ensure_future(self.consensus.propose(barrier()))
+            # Retrieved here too: its waiters may all be gone when it fails.
+            self._barrier.add_done_callback(lambda f: f.cancelled() or f.exception())
+        await asyncio.shield(self._barrier)
+
+    def _role_update(self, node_id: str) -> tuple[str, str, list[str]]:
+        node = self.store.find(Kind.NODE, node_id)
+        if node is None:
+            raise PermissionDenied(f"node {node_id} is not part of this cluster (removed?)")
+        return str(node.role), str(node.desired_role or ""), self._managers()
 
     def _leader_api_address(self) -> str:
         leader = self.consensus.leader

@@ -23,7 +23,7 @@ from warren.core.errors import (
     Unauthenticated,
     WarrenError,
 )
-from warren.core.models import Availability, NodeRole, ServiceSpec, Task
+from warren.core.models import Availability, Node, NodeRole, ServiceSpec, Task
 from warren.core.states import TaskState
 from warren.manager.backup import encode_state, take_backup
 from warren.manager.control import ControlService
@@ -177,6 +177,14 @@ class ControlServicer(pb_grpc.ControlServicer):  # type: ignore[misc]
         return pb.Empty()
 
     @admin_rpc
+    async def PromoteNode(self, request: Any, context: Any) -> Any:
+        return to_message(await self.control.promote_node(request.node), pb.Node)
+
+    @admin_rpc
+    async def DemoteNode(self, request: Any, context: Any) -> Any:
+        return to_message(await self.control.demote_node(request.node, request.force), pb.Node)
+
+    @admin_rpc
     async def ListTasks(self, request: Any, context: Any) -> Any:
         tasks = self.control.list_tasks(request.service, request.node)
         return pb.ListTasksResponse(tasks=[to_message(t, pb.Task) for t in tasks])
@@ -320,6 +328,9 @@ class DispatcherServicer(pb_grpc.DispatcherServicer):  # type: ignore[misc]
             await _abort(context, exc)
             raise AssertionError("unreachable") from exc
         log.info("node joined", extra={"node_id": node.id, "hostname": node.hostname})
+        return self._join_reply(node, certificate)
+
+    def _join_reply(self, node: Node, certificate: bytes) -> Any:
         reply = pb.JoinResponse(
             node_id=node.id,
             certificate=certificate,
@@ -327,10 +338,33 @@ class DispatcherServicer(pb_grpc.DispatcherServicer):  # type: ignore[misc]
             managers=self.control.manager_addresses(),
         )
         if node.role == NodeRole.MANAGER:
-            # Over mTLS, to a holder of the manager token: it will sign too.
+            # Over mTLS, to a holder of the manager token or to a node an admin
+            # promoted: it will sign too.
             reply.ca_key = self.control.ca.key_pem
             reply.raft_peers.extend(self.control.raft_peers())
         return reply
+
+    async def Promote(self, request: Any, context: Any) -> Any:
+        try:
+            identity = _require(context, NODE_ROLES)
+            # The certificate names the node: a node can only promote itself,
+            # and only once an admin asked for it.
+            node, certificate = await self.control.accept_promotion(
+                identity.node_id, request.csr, request.api_address, request.raft_address
+            )
+        except WarrenError as exc:
+            await _abort(context, exc)
+            raise AssertionError("unreachable") from exc
+        log.info("node promoted", extra={"node_id": node.id, "hostname": node.hostname})
+        return self._join_reply(node, certificate)
+
+    async def WatchRole(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        try:
+            identity = _require(context, NODE_ROLES)
+            async for update in self.dispatcher.watch_role(identity.node_id):
+                yield update
+        except WarrenError as exc:
+            await _abort(context, exc)
 
     async def Session(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
         try:

@@ -84,6 +84,16 @@ class ControlStub:
                 request_serializer=warren_dot_proto_dot_warren__pb2.RemoveNodeRequest.SerializeToString,
                 response_deserializer=warren_dot_proto_dot_warren__pb2.Empty.FromString,
                 _registered_method=True)
+        self.PromoteNode = channel.unary_unary(
+                '/warren.v1.Control/PromoteNode',
+                request_serializer=warren_dot_proto_dot_warren__pb2.NodeRef.SerializeToString,
+                response_deserializer=warren_dot_proto_dot_warren__pb2.Node.FromString,
+                _registered_method=True)
+        self.DemoteNode = channel.unary_unary(
+                '/warren.v1.Control/DemoteNode',
+                request_serializer=warren_dot_proto_dot_warren__pb2.DemoteNodeRequest.SerializeToString,
+                response_deserializer=warren_dot_proto_dot_warren__pb2.Node.FromString,
+                _registered_method=True)
         self.ListTasks = channel.unary_unary(
                 '/warren.v1.Control/ListTasks',
                 request_serializer=warren_dot_proto_dot_warren__pb2.ListTasksRequest.SerializeToString,
@@ -184,6 +194,20 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PromoteNode(self, request, context):
+        """Make a ready worker a manager: it joins Raft and serves the API.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DemoteNode(self, request, context):
+        """Take a manager out of Raft; it keeps running as a worker.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListTasks(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -280,6 +304,16 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.RemoveNode,
                     request_deserializer=warren_dot_proto_dot_warren__pb2.RemoveNodeRequest.FromString,
                     response_serializer=warren_dot_proto_dot_warren__pb2.Empty.SerializeToString,
+            ),
+            'PromoteNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.PromoteNode,
+                    request_deserializer=warren_dot_proto_dot_warren__pb2.NodeRef.FromString,
+                    response_serializer=warren_dot_proto_dot_warren__pb2.Node.SerializeToString,
+            ),
+            'DemoteNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.DemoteNode,
+                    request_deserializer=warren_dot_proto_dot_warren__pb2.DemoteNodeRequest.FromString,
+                    response_serializer=warren_dot_proto_dot_warren__pb2.Node.SerializeToString,
             ),
             'ListTasks': grpc.unary_unary_rpc_method_handler(
                     servicer.ListTasks,
@@ -598,6 +632,60 @@ class Control:
             _registered_method=True)
 
     @staticmethod
+    def PromoteNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/warren.v1.Control/PromoteNode',
+            warren_dot_proto_dot_warren__pb2.NodeRef.SerializeToString,
+            warren_dot_proto_dot_warren__pb2.Node.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DemoteNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/warren.v1.Control/DemoteNode',
+            warren_dot_proto_dot_warren__pb2.DemoteNodeRequest.SerializeToString,
+            warren_dot_proto_dot_warren__pb2.Node.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ListTasks(request,
             target,
             options=(),
@@ -806,6 +894,16 @@ class DispatcherStub:
                 request_serializer=warren_dot_proto_dot_warren__pb2.WorkerMessage.SerializeToString,
                 response_deserializer=warren_dot_proto_dot_warren__pb2.ManagerMessage.FromString,
                 _registered_method=True)
+        self.WatchRole = channel.unary_stream(
+                '/warren.v1.Dispatcher/WatchRole',
+                request_serializer=warren_dot_proto_dot_warren__pb2.Empty.SerializeToString,
+                response_deserializer=warren_dot_proto_dot_warren__pb2.RoleUpdate.FromString,
+                _registered_method=True)
+        self.Promote = channel.unary_unary(
+                '/warren.v1.Dispatcher/Promote',
+                request_serializer=warren_dot_proto_dot_warren__pb2.PromoteRequest.SerializeToString,
+                response_deserializer=warren_dot_proto_dot_warren__pb2.JoinResponse.FromString,
+                _registered_method=True)
 
 
 class DispatcherServicer:
@@ -826,6 +924,22 @@ class DispatcherServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchRole(self, request, context):
+        """The role the cluster wants for the calling node (leader only): sent
+        at once, then on every change.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Promote(self, request, context):
+        """A node the cluster wants as a manager trades its certificate for a
+        manager one (same node ID); the reply is as for a joining manager.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DispatcherServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -838,6 +952,16 @@ def add_DispatcherServicer_to_server(servicer, server):
                     servicer.Session,
                     request_deserializer=warren_dot_proto_dot_warren__pb2.WorkerMessage.FromString,
                     response_serializer=warren_dot_proto_dot_warren__pb2.ManagerMessage.SerializeToString,
+            ),
+            'WatchRole': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchRole,
+                    request_deserializer=warren_dot_proto_dot_warren__pb2.Empty.FromString,
+                    response_serializer=warren_dot_proto_dot_warren__pb2.RoleUpdate.SerializeToString,
+            ),
+            'Promote': grpc.unary_unary_rpc_method_handler(
+                    servicer.Promote,
+                    request_deserializer=warren_dot_proto_dot_warren__pb2.PromoteRequest.FromString,
+                    response_serializer=warren_dot_proto_dot_warren__pb2.JoinResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -894,6 +1018,60 @@ class Dispatcher:
             '/warren.v1.Dispatcher/Session',
             warren_dot_proto_dot_warren__pb2.WorkerMessage.SerializeToString,
             warren_dot_proto_dot_warren__pb2.ManagerMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchRole(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/warren.v1.Dispatcher/WatchRole',
+            warren_dot_proto_dot_warren__pb2.Empty.SerializeToString,
+            warren_dot_proto_dot_warren__pb2.RoleUpdate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Promote(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/warren.v1.Dispatcher/Promote',
+            warren_dot_proto_dot_warren__pb2.PromoteRequest.SerializeToString,
+            warren_dot_proto_dot_warren__pb2.JoinResponse.FromString,
             options,
             channel_credentials,
             insecure,
