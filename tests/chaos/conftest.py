@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import netlab
 import pytest
+from cluster import STATS
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -30,3 +31,11 @@ def lab(_netlab_swept: None) -> Iterator[netlab.Lab]:
     """A fresh lab (unique prefix); everything in it is removed after the test."""
     with netlab.Lab() as the_lab:
         yield the_lab
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    # Here rather than in a test: printed at the very end, also after failures.
+    if STATS.clusters:
+        terminalreporter.section("chaos counts")
+        for line in STATS.lines():
+            terminalreporter.write_line(line)

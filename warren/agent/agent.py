@@ -43,6 +43,14 @@ from warren.security.tls import IdentityFiles
 
 log = logging.getLogger(__name__)
 
+# Pings on the session: a cut that drops packets silently (no reset) ends the
+# session within seconds, so the agent knows it is on its own.
+_KEEPALIVE = [
+    ("grpc.keepalive_time_ms", 2000),
+    ("grpc.keepalive_timeout_ms", 2000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
 _REPORT_DEBOUNCE = 0.02
 _CACHE_DEBOUNCE = 0.2
 _LOG_BATCH_LINES = 200
@@ -179,7 +187,9 @@ class Agent:
             backoff = min(backoff * 2, 5.0)
 
     async def _session(self, manager: str) -> None:
-        async with grpc.aio.secure_channel(manager, channel_credentials(self.identity)) as channel:
+        async with grpc.aio.secure_channel(
+            manager, channel_credentials(self.identity), options=_KEEPALIVE
+        ) as channel:
             stub = pb_grpc.DispatcherStub(channel)
             call = stub.Session()
             await call.write(

@@ -129,6 +129,7 @@ class JoinRequest:
     labels: dict[str, str] = field(default_factory=dict)
     api_address: str = ""
     raft_address: str = ""
+    availability: str = ""
 
 
 async def request_join(join: JoinRequest) -> tuple[Any, bytes, str]:
@@ -167,6 +168,7 @@ async def _join_with(
         labels=join.labels,
         api_address=join.api_address,
         raft_address=join.raft_address,
+        availability=join.availability,
     )
     async with grpc.aio.secure_channel(manager, credentials) as channel:
         try:

@@ -408,6 +408,7 @@ class ControlService:
         labels: dict[str, str],
         api_address: str = "",
         raft_address: str = "",
+        availability: Availability = Availability.ACTIVE,
     ) -> tuple[Node, bytes]:
         cluster = self.cluster()
         if not secrets_equal(secret, _token_secret(cluster, role)):
@@ -420,6 +421,7 @@ class ControlService:
             labels=labels,
             api_address=api_address if role == NodeRole.MANAGER else "",
             raft_address=raft_address if role == NodeRole.MANAGER else "",
+            availability=availability,
             created_at=now,
             updated_at=now,
         )

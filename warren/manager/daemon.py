@@ -226,6 +226,7 @@ class Manager:
                 labels=options.labels,
                 api_address=options.api_address,
                 raft_address=options.raft_address,
+                availability=str(options.availability),
             )
             reply, key, _ = await request_join(join)
         write_private(self.data_dir / "certs" / "ca-key.pem", reply.ca_key)
@@ -314,6 +315,8 @@ class Manager:
         elif not leader and self._leader_work is not None:
             self._leader_work.cancel()
             self._leader_work = None
+            # Workers must move to the new leader, or it marks them all down.
+            self.dispatcher.close_sessions()
 
     async def _lead(self) -> None:
         # A new leader first applies everything committed before it acts.
@@ -358,8 +361,9 @@ async def serve_manager(options: ManagerOptions, stop: asyncio.Event) -> None:
     keeper: RoleKeeper | None = None
     try:
         await manager.start()
-        own = f"127.0.0.1:{options.api_port}"
-        others = [m for m in manager.control.manager_addresses() if m != options.api_address]
+        # The advertised address: the API may listen on it alone, not on loopback.
+        own = options.api_address
+        others = [m for m in manager.control.manager_addresses() if m != own]
         agent = Agent(
             node_id=manager.node_id,
             # Sessions are the leader's: the agent tries each manager in turn.

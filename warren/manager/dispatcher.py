@@ -117,17 +117,40 @@ class Dispatcher:
                     merged = batches[node_id] | self._pending.get(node_id, {})
                     self._pending[node_id] = merged
 
+    def close_sessions(self) -> None:
+        """Leadership is lost: every session ends (with the leader's address)."""
+        for session in list(self._sessions.values()):
+            session.wake.set()
+
     async def _watch_heartbeats(self) -> None:
         while True:
             await asyncio.sleep(self.heartbeat_period / 2)
             now = time.monotonic()
             for node in self.store.list(Kind.NODE):
+                if node.status == NodeStatus.DOWN and self._alive(node.id, now):
+                    # Its session outlived a cut: it heartbeats again.
+                    await self._mark_ready(node)
+                    continue
                 if node.status != NodeStatus.READY:
                     continue
                 # After a leader change, every node gets a full timeout to reconnect.
                 seen = max(self._last_seen.get(node.id, 0.0), self._leader_since)
                 if now - seen > self.node_down_timeout:
                     await self._mark_down(node, f"no heartbeat for {now - seen:.1f}s")
+
+    def _alive(self, node_id: str, now: float) -> bool:
+        seen = self._last_seen.get(node_id, 0.0)
+        return node_id in self._sessions and now - seen < self.heartbeat_period * 2
+
+    async def _mark_ready(self, node: Node) -> None:
+        ready = replace(node, status=NodeStatus.READY, status_message="", updated_at=time.time())
+        try:
+            raise_for_result(
+                await self.consensus.propose(txn([put(ready, node.version)], at=time.time()))
+            )
+            log.info("node ready again", extra={"node_id": node.id})
+        except (Conflict, Unavailable) as exc:
+            log.info("marking %s ready deferred: %s", node.id, exc)
 
     async def _mark_down(self, node: Node, reason: str) -> None:
         now = time.time()
@@ -182,6 +205,7 @@ class Dispatcher:
                 await _wait_either(session.wake, reader)
                 if reader.done() or self._sessions.get(node_id) is not session:
                     break
+                self._require_leader()
                 if session.assignments_dirty:
                     await asyncio.sleep(_ASSIGNMENT_DEBOUNCE)
                 session.wake.clear()

@@ -83,6 +83,13 @@ def _require_admin(control: ControlService, context: grpc.aio.ServicerContext) -
         control.check_manager_caller(identity.node_id)
 
 
+def _availability(text: str) -> Availability:
+    try:
+        return Availability(text or Availability.ACTIVE)
+    except ValueError:
+        raise InvalidArgument(f"invalid availability '{text}'") from None
+
+
 def _wants_linearizable(context: grpc.aio.ServicerContext) -> bool:
     return any(
         key == CONSISTENCY_KEY and value == LINEARIZABLE
@@ -323,6 +330,7 @@ class DispatcherServicer(pb_grpc.DispatcherServicer):  # type: ignore[misc]
                 dict(request.labels),
                 request.api_address,
                 request.raft_address,
+                _availability(request.availability),
             )
         except WarrenError as exc:
             await _abort(context, exc)
@@ -415,7 +423,8 @@ async def start_grpc(
     server = grpc.aio.server(
         options=[
             ("grpc.keepalive_time_ms", 10_000),
-            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+            # Agents ping every 2 s to notice silent cuts; allow it.
+            ("grpc.http2.min_ping_interval_without_data_ms", 1_000),
             ("grpc.keepalive_permit_without_calls", 1),
         ]
     )

@@ -118,6 +118,9 @@ class RaftConsensus:
             dynamicMembershipChange=True,
             raftMinTimeout=self._election_timeout[0],
             raftMaxTimeout=self._election_timeout[1],
+            # A leader cut off from the majority steps down soon (PySyncObj's
+            # default keeps it leading for 30 s), so its workers move on.
+            leaderFallbackTimeout=max(1.0, 4 * self._election_timeout[1]),
             # Short append period: a write waits for the next batch to commit.
             appendEntriesPeriod=0.01,
             autoTickPeriod=0.005,
