@@ -120,7 +120,10 @@ class RaftConsensus:
             raftMaxTimeout=self._election_timeout[1],
             # A leader cut off from the majority steps down soon (PySyncObj's
             # default keeps it leading for 30 s), so its workers move on.
-            leaderFallbackTimeout=max(1.0, 4 * self._election_timeout[1]),
+            leaderFallbackTimeout=max(2.0, 4 * self._election_timeout[1]),
+            # Without a leader, refuse at once: a command queued here would
+            # commit after the caller was told it failed.
+            commandsWaitLeader=False,
             # Short append period: a write waits for the next batch to commit.
             appendEntriesPeriod=0.01,
             autoTickPeriod=0.005,
