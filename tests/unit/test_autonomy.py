@@ -395,3 +395,30 @@ async def test_a_restarted_agent_keeps_restarting_and_reports_running(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+# --- a cut noticed late -------------------------------------------------------------
+
+
+async def test_an_end_reported_just_before_the_link_died_is_restarted_locally(
+    agent: Agent, runtime: SimRuntime
+) -> None:
+    task = _task()
+    agent.connected.set()  # the exit happens while the agent still believes it is connected
+    await _running(agent, task)
+    runtime.kill("t1")
+    await _eventually(lambda: _queued_is(agent, S.FAILED))
+    agent.connected.clear()  # the keepalive noticed the cut a moment later
+    agent._revive_unacknowledged_ends()
+    await _eventually(lambda: _restarted(agent, runtime, 1))
+
+
+async def test_an_old_end_is_not_revived(agent: Agent, runtime: SimRuntime) -> None:
+    task = _task()
+    agent.connected.set()
+    await _running(agent, task)
+    runtime.kill("t1")
+    await _eventually(lambda: _queued_is(agent, S.FAILED))
+    agent.connected.clear()
+    assert not agent.executors["t1"].revive_if_recent(within=0.0)
+    assert _queued_is(agent, S.FAILED)

@@ -51,6 +51,8 @@ _KEEPALIVE = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
 ]
+# Longer than a silent cut takes to notice with the keepalive above.
+_UNACKNOWLEDGED_END = 10.0
 _REPORT_DEBOUNCE = 0.02
 _CACHE_DEBOUNCE = 0.2
 _LOG_BATCH_LINES = 200
@@ -139,6 +141,13 @@ class Agent:
         self.executors[task.id] = executor
         return executor
 
+    def _revive_unacknowledged_ends(self) -> None:
+        # A cut is noticed a few seconds late (keepalive): tasks that ended in
+        # that time were reported into the void, so they restart here.
+        for executor in self.executors.values():
+            if executor.revive_if_recent(within=_UNACKNOWLEDGED_END):
+                log.info("restarting %s locally: the link died as it ended", executor.task.id)
+
     def _disconnected(self) -> bool:
         # Without a session no manager can replace a task that exits: the
         # executor restarts it itself.
@@ -171,10 +180,12 @@ class Agent:
             except WarrenError as exc:
                 log.warning("session with %s ended: %s", manager, exc)
             finally:
-                if self.connected.is_set():
-                    backoff = 0.2  # it worked for a while: start over quickly
+                was_connected = self.connected.is_set()
                 self.connected.clear()
                 self._call = None
+                if was_connected:
+                    backoff = 0.2  # it worked for a while: start over quickly
+                    self._revive_unacknowledged_ends()
             if leader is not None:
                 # A follower named the leader: go there at once.
                 if leader not in self.managers:

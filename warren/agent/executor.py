@@ -127,6 +127,8 @@ class TaskExecutor:
         self._runner: asyncio.Task[None] | None = None
         self._monitor: asyncio.Task[None] | None = None
         self._killer: asyncio.Task[None] | None = None
+        # How and when the task last ended, for a late local restart.
+        self._ended: tuple[Ending, float] | None = None
 
     @property
     def done(self) -> bool:
@@ -271,8 +273,26 @@ class TaskExecutor:
         restart = self._may_restart(ending)
         if not restart:
             self._set(ending.state, ending.message, err=ending.err, exit_code=ending.exit_code)
+            self._ended = (ending, time.monotonic())
         await self._remove()
         return restart and await self._restart(ending)
+
+    def revive_if_recent(self, within: float) -> bool:
+        """The link died just after this task ended: its end may never have
+        reached a manager, so nobody would replace it. Restart it in place if
+        it ended less than ``within`` seconds ago and its policy allows."""
+        if self._ended is None or self._stopping or not self.done:
+            return False
+        ending, at = self._ended
+        if time.monotonic() - at > within or not self._may_restart(ending):
+            return False
+        self._ended = None
+        self._runner = asyncio.create_task(self._revive(ending), name=f"task-{self.task.id}")
+        return True
+
+    async def _revive(self, ending: Ending) -> None:
+        if await self._restart(ending):
+            await self._supervise()
 
     def _may_restart(self, ending: Ending) -> bool:
         if self._stopping or not self._can_restart_locally():
