@@ -11,7 +11,7 @@ import json
 import logging
 import signal
 import socket
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -281,15 +281,20 @@ def install_stop_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
-def run_worker(options: WorkerOptions) -> int:
+def run_daemon(component: str, serve: Callable[[asyncio.Event], Awaitable[None]]) -> int:
+    """Run a daemon's ``serve(stop)`` until SIGTERM or SIGINT sets ``stop``."""
     from warren import logs
 
-    logs.setup("worker")
+    logs.setup(component)
 
     async def main() -> None:
         stop = asyncio.Event()
         install_stop_signals(stop)
-        await serve_worker(options, stop)
+        await serve(stop)
 
     asyncio.run(main())
     return 0
+
+
+def run_worker(options: WorkerOptions) -> int:
+    return run_daemon("worker", lambda stop: serve_worker(options, stop))

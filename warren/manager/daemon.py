@@ -384,15 +384,6 @@ async def serve_manager(options: ManagerOptions, stop: asyncio.Event) -> None:
 
 
 def run_manager(options: ManagerOptions) -> int:
-    from warren import logs
-    from warren.agent.daemon import install_stop_signals
+    from warren.agent.daemon import run_daemon
 
-    logs.setup("manager")
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        install_stop_signals(stop)
-        await serve_manager(options, stop)
-
-    asyncio.run(main())
-    return 0
+    return run_daemon("manager", lambda stop: serve_manager(options, stop))

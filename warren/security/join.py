@@ -22,7 +22,14 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from warren.core.errors import InvalidArgument
-from warren.security.ca import CLOCK_SKEW, cert_pem, generate_key, key_pem, self_signed_root
+from warren.security.ca import (
+    CLOCK_SKEW,
+    LEAF_KEY_USAGE,
+    cert_pem,
+    generate_key,
+    key_pem,
+    self_signed_root,
+)
 
 JOIN_ROLES = ("manager", "worker")
 JOINER_COMMON_NAME = "warren-joiner"
@@ -82,20 +89,7 @@ def joiner_credentials(secret: str, role: str) -> tuple[bytes, bytes]:
         .not_valid_before(now - CLOCK_SKEW)
         .not_valid_after(now + LEAF_VALIDITY)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(LEAF_KEY_USAGE, critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()), False
