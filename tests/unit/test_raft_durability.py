@@ -26,3 +26,50 @@ def test_every_change_is_flushed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert flushes == ["flush"] * 4
     reopened = raft._DurableJournal(str(tmp_path / "journal"))
     assert len(reopened) == 0
+
+
+async def test_snapshots_keep_the_journal_bounded_and_restore_everything(tmp_path: Path) -> None:
+    import asyncio
+    import socket
+    import time
+
+    from warren.core.errors import Unavailable
+    from warren.core.models import Service, ServiceSpec
+    from warren.manager.store import Kind, Store, barrier, put, txn
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{sock.getsockname()[1]}"
+
+    async def ready(consensus: raft.RaftConsensus) -> None:
+        # Commands are refused until the single member has elected itself.
+        for _ in range(100):
+            try:
+                await consensus.propose(barrier())
+                return
+            except Unavailable:
+                await asyncio.sleep(0.05)
+
+    consensus = raft.RaftConsensus(Store(), address, tmp_path, compaction_entries=100)
+    await consensus.start()
+    try:
+        await ready(consensus)
+        writes = [
+            put(Service(id=f"s{i}", spec=ServiceSpec(name=f"s{i}", image="busybox")), 0)
+            for i in range(600)
+        ]
+        for op in writes:
+            await consensus.propose(txn([op], at=time.time()))
+        deadline = time.monotonic() + 10
+        while consensus.log_length > 300 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert consensus.log_length <= 300  # a snapshot replaced the older entries
+    finally:
+        await consensus.stop()
+    restarted = raft.RaftConsensus(Store(), address, tmp_path, compaction_entries=100)
+    await restarted.start()
+    try:
+        await ready(restarted)
+        assert len(restarted.store.list(Kind.SERVICE)) == 600
+    finally:
+        await restarted.stop()

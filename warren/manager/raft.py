@@ -96,6 +96,7 @@ class RaftConsensus:
         bind_address: str | None = None,
         election_timeout: tuple[float, float] = (0.15, 0.3),
         password: str | None = None,
+        compaction_entries: int = 20_000,
     ) -> None:
         self.store = store
         self.self_address = self_address
@@ -104,6 +105,8 @@ class RaftConsensus:
         self._bind_address = bind_address
         self._election_timeout = election_timeout
         self._password = password
+        # A snapshot replaces the log once it holds this many entries.
+        self._compaction_entries = compaction_entries
         self._listeners: list[LeadershipListener] = []
         self._consumer = _StoreConsumer(store)
         self._syncobj: SyncObj | None = None
@@ -127,7 +130,7 @@ class RaftConsensus:
             # Short append period: a write waits for the next batch to commit.
             appendEntriesPeriod=0.01,
             autoTickPeriod=0.005,
-            logCompactionMinEntries=20000,
+            logCompactionMinEntries=self._compaction_entries,
             logCompactionMinTime=600,
             bindAddress=self._bind_address,
             password=self._password,
@@ -206,6 +209,11 @@ class RaftConsensus:
         if self._syncobj is None:
             return 0
         return int(self._syncobj.raftCommitIndex)
+
+    @property
+    def log_length(self) -> int:
+        """Entries in the journal (bounded by snapshots)."""
+        return 0 if self._syncobj is None else int(self._syncobj.getStatus()["log_len"])
 
     def members(self) -> list[Member]:
         if self._syncobj is None:
