@@ -58,6 +58,7 @@ from warren.core.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    RuntimeFailure,
     WarrenError,
 )
 from warren.registry.client import RegistryConfig
@@ -276,7 +277,12 @@ class ContainerdRuntime:
         if container_id in self._finalizers:
             with contextlib.suppress(Exception):
                 await self._finalized(container_id)
-        await self._tasks.delete(container_id)
+        try:
+            await self._tasks.delete(container_id)
+        except RuntimeFailure as exc:
+            # The exit handler may have deleted it already and the shim be gone
+            # ("ttrpc: closed"): the rest of the clean-up must still happen.
+            log.warning("deleting the task of %s: %s", container_id, exc)
         # The netns goes before the container record: whoever sees the record
         # gone (a test, an agent restarted mid-way) finds no netns left either.
         await delete_netns(container_id)
