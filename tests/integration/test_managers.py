@@ -30,6 +30,14 @@ def managers(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster
         cluster.join_manager("m2", "--availability", "drain")
         cluster.join_manager("m3", "--availability", "drain")
         cluster.join_worker("w1")
+        # Raft connections to the newest member may take a moment to come up.
+        wait_for(
+            lambda: (
+                sorted(manager_statuses(cluster).values()) == ["leader", "reachable", "reachable"]
+            ),
+            30,
+            "three connected managers",
+        )
         yield cluster
     finally:
         report = getattr(request.node, "rep_call", None)

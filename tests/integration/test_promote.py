@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,17 +63,27 @@ def test_promote_then_demote(promotable: Cluster) -> None:
 
     promoted = c.cli("node", "promote", "w1", "--timeout", "45s", timeout=90)
     assert "Node w1 promoted to a manager in the cluster." in promoted.stdout
-    assert manager_statuses(c) == {"manager-1": "leader", "w1": "reachable"}
+    # Any manager may answer: wait until its Raft view has the new member too.
+    wait_for(
+        lambda: manager_statuses(c) == {"manager-1": "leader", "w1": "reachable"},
+        30,
+        "w1 reachable as a manager",
+    )
     assert node(c, "w1")["status"] == "ready"
     assert "already a manager" in c.cli("node", "promote", "w1").stdout
 
     # w1 serves the whole API: reads from its own store, writes forwarded.
     c.cli_at("w1", "service", "create", "web", "--image", "busybox", "--replicas", "2")
-    assert [s["spec"]["name"] for s in c.json_at("w1", "service", "ls")] == ["web"]
+    reply = c.cli_at("w1", "--consistent", "service", "ls", "-o", "json")
+    assert [s["spec"]["name"] for s in json.loads(reply.stdout)] == ["web"]
     assert len(c.running("web")) == 2
 
     c.cli("node", "promote", "w2", "--timeout", "45s", timeout=90)
-    assert sorted(manager_statuses(c).values()) == ["leader", "reachable", "reachable"]
+    wait_for(
+        lambda: sorted(manager_statuses(c).values()) == ["leader", "reachable", "reachable"],
+        30,
+        "three connected managers",
+    )
 
     # The first manager dies: w1 or w2 leads, and writes go on.
     c.processes["manager"].kill()
