@@ -1226,3 +1226,31 @@ def test_bad_daemon_flags_are_refused(
     result = run("worker", "join", "--data-dir", str(tmp_path), *flags)
     assert_one_error_line(result, exit_code=2)
     assert started == []
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["service", "create", "p", "--image", "b", "--max-replicas-per-node", "2147483648"],
+        ["service", "create", "p", "--image", "b", "--replicas", "100001"],
+        ["service", "create", "p", "--image", "b", "--restart-max-attempts", "2147483648"],
+        ["service", "create", "p", "--image", "b", "--health-cmd", "true"]
+        + ["--health-retries", "9" * 40],
+        ["service", "create", "p", "--image", "b", "--limit-memory", "9" * 30],
+        ["service", "create", "p", "--image", "b", "--reserve-cpu", "1e30"],
+        ["service", "create", "p", "--image", "b", "--stop-grace-period", "9" * 400],
+        ["service", "create", "p", "--image", "b", "--restart-delay", "9999999h"],
+        ["service", "update", "web", "--replicas", "2147483648"],
+        ["service", "scale", "web=2147483648"],
+        ["service", "logs", "web", "--tail", "2147483648"],
+    ],
+    ids=lambda args: args[-2] if args[-2].startswith("-") else args[-1][:20],
+)
+def test_values_out_of_the_models_range_are_usage_errors(
+    run: Callable[..., Result], fake: FakeClient, args: list[str]
+) -> None:
+    fake.add(make_service("web", id="svc-web"))
+    result = run(*args)
+    assert_one_error_line(result, exit_code=2)
+    assert "protobuf" not in result.output.lower()
+    assert fake.calls == []

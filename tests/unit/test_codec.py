@@ -71,7 +71,25 @@ MODELS = [
     make_task(make_service(replicas=2), slot=2, node_id="n1", state=TaskState.RUNNING),
     make_task(desired_state=TaskState.SHUTDOWN, state=TaskState.SHUTDOWN),
     make_node(labels={"zone": "a"}, status=NodeStatus.DOWN, availability=Availability.DRAIN),
-    Cluster("c1", "worker-secret", "manager-secret", "sha256:abc", 3.0, 1),
+    Cluster(
+        id="c1",
+        ca_fingerprint="sha256:abc",
+        worker_token_hash="worker-hash",
+        manager_token_hash="manager-hash",
+        worker_token_sealed="v1:worker",
+        manager_token_sealed="v1:manager",
+        created_at=3.0,
+        version=1,
+    ),
+    # As written before the secrets were hashed: old journals and backups hold it.
+    Cluster(
+        id="c1",
+        worker_token_secret="worker-secret",
+        manager_token_secret="manager-secret",
+        ca_fingerprint="sha256:abc",
+        created_at=3.0,
+        version=1,
+    ),
 ]
 
 
@@ -244,7 +262,8 @@ def test_a_trailing_newline_is_not_a_valid_name(data: dict[str, Any]) -> None:
 
 # --- properties: random specs and tasks built through the codec -----------
 
-_text = st.text(max_size=12)
+# Any text but NUL, which models refuse (see test_wire_limits.py).
+_text = st.text(st.characters(exclude_characters="\x00", exclude_categories=("Cs",)), max_size=12)
 _name = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,20}\Z")
 _label_key = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9_./-]{0,15}\Z")
 _env_key = st.from_regex(r"\A[A-Za-z_][A-Za-z0-9_]{0,10}\Z")

@@ -20,9 +20,10 @@ from warren.cli.parsing import (
     REGISTRY,
     SIGNAL,
     SIZE,
+    model_range,
 )
 from warren.cli.specs import ContainerOptions, HealthOptions, ResourceOptions, RestartOptions
-from warren.core.models import NetworkMode, RestartCondition
+from warren.core.models import HealthCheck, NetworkMode, RestartCondition, RestartPolicy
 
 F = TypeVar("F", bound=Callable[..., Any])
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
@@ -80,7 +81,7 @@ restart_options = option_group(
     ),
     click.option(
         "--restart-max-attempts",
-        type=click.IntRange(min=0),
+        type=model_range(RestartPolicy, "max_attempts"),
         metavar="N",
         help="Restarts before giving up (0: unlimited).",
     ),
@@ -171,7 +172,7 @@ health_options = option_group(
     ),
     click.option(
         "--health-retries",
-        type=click.IntRange(min=1),
+        type=model_range(HealthCheck, "retries"),
         metavar="N",
         help="Consecutive failures that make a task unhealthy  [default: 3]",
     ),

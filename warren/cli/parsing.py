@@ -6,9 +6,12 @@ bad value is refused while parsing, before anything reaches a manager.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import re
 import shlex
 import signal
+import typing
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -16,7 +19,8 @@ from typing import Any
 import click
 
 from warren.core.errors import InvalidArgument
-from warren.core.models import HealthCheck
+from warren.core.models import MAX_CPUS, MAX_MEMORY_BYTES, MAX_REPLICAS, HealthCheck
+from warren.core.validation import INT32_MAX, MAX_SECONDS, field_limits
 
 # Binary multiples, as Docker's --memory flags use them.
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
@@ -35,19 +39,25 @@ def parse_size(text: str) -> int:
     if not match:
         raise InvalidArgument(f"invalid size '{text}': use e.g. 512k, 64m, 1.5g or plain bytes")
     number, unit = match.groups()
-    return int(float(number) * _SIZE_UNITS[unit.lower()])
+    size = float(number) * _SIZE_UNITS[unit.lower()]
+    if size > MAX_MEMORY_BYTES:
+        raise InvalidArgument(f"size '{text}' is too large: at most 1p (1 PiB)")
+    return int(size)
 
 
 def parse_duration(text: str) -> float:
     """Seconds from ``5s``, ``1m30s``, ``500ms``, ``2h`` or plain seconds (``2.5``)."""
     value = text.strip()
     if _SECONDS_RE.fullmatch(value):
-        return float(value)
-    if not _DURATION_RE.fullmatch(value):
+        value += "s"
+    elif not _DURATION_RE.fullmatch(value):
         raise InvalidArgument(
             f"invalid duration '{text}': use e.g. 500ms, 5s, 1m30s, 2h or plain seconds"
         )
-    return sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(value))
+    seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(value))
+    if not math.isfinite(seconds) or seconds > MAX_SECONDS:
+        raise InvalidArgument(f"duration '{text}' is too long: at most {MAX_SECONDS // 86400} days")
+    return seconds
 
 
 def format_seconds(seconds: float) -> str:
@@ -75,6 +85,8 @@ def parse_scale(text: str) -> tuple[str, int]:
     name, sep, count = text.partition("=")
     if not name or not sep or not count.isdigit():
         raise InvalidArgument(f"invalid scale '{text}': expected SERVICE=REPLICAS, e.g. web=3")
+    if int(count) > MAX_REPLICAS:
+        raise InvalidArgument(f"invalid scale '{text}': replicas must be at most {MAX_REPLICAS}")
     return name, int(count)
 
 
@@ -125,8 +137,10 @@ def parse_tail(text: str) -> int:
     value = text.strip().lower()
     if value == "all":
         return 0
-    if not value.isdigit() or int(value) == 0:
-        raise InvalidArgument(f"invalid tail '{text}': use a number of lines (1 or more) or 'all'")
+    if not value.isdigit() or not 0 < int(value) <= INT32_MAX:
+        raise InvalidArgument(
+            f"invalid tail '{text}': use a number of lines (1 to {INT32_MAX}) or 'all'"
+        )
     return int(value)
 
 
@@ -156,4 +170,13 @@ SIGNAL = Parsed("signal", parse_signal)
 HTTP_PROBE = Parsed("port/path", parse_http_probe)
 REGISTRY = Parsed("host:port", parse_registry_host)
 TAIL = Parsed("lines", parse_tail)
-CPUS = click.FloatRange(min=0)
+CPUS = click.FloatRange(min=0, max=MAX_CPUS)
+
+
+def model_range(model: type[Any], name: str) -> click.IntRange:
+    """The click type of an integer option that sets ``model.name``: its bounds
+    are the model's, so an out-of-range value is a usage error, not a refusal
+    from the manager."""
+    fld = next(f for f in dataclasses.fields(model) if f.name == name)
+    bounds = field_limits(fld.metadata, typing.get_type_hints(model)[name])
+    return click.IntRange(int(bounds["minimum"]), int(bounds["maximum"]))

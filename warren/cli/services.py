@@ -18,7 +18,7 @@ from warren.cli.options import (
     wait_options,
 )
 from warren.cli.output import ago, document, short_id, table
-from warren.cli.parsing import COMMAND, ENV, LABEL, SCALE
+from warren.cli.parsing import COMMAND, ENV, LABEL, SCALE, model_range
 from warren.cli.progress import wait_for_convergence
 from warren.cli.specs import (
     ContainerOptions,
@@ -30,7 +30,7 @@ from warren.cli.specs import (
     apply_changes,
     build_spec,
 )
-from warren.core.models import Service, ServiceMode, Task
+from warren.core.models import Service, ServiceMode, ServiceSpec, Task
 from warren.core.states import TaskState
 
 
@@ -50,7 +50,10 @@ def _wait(cli: CliContext, services: Sequence[Service], wait: WaitOptions) -> No
 @click.argument("name")
 @click.option("--image", required=True, help="Container image to run.")
 @click.option(
-    "--replicas", type=click.IntRange(min=0), metavar="N", help="Number of tasks [default: 1]."
+    "--replicas",
+    type=model_range(ServiceSpec, "replicas"),
+    metavar="N",
+    help="Number of tasks [default: 1].",
 )
 @click.option(
     "--mode",
@@ -71,7 +74,7 @@ def _wait(cli: CliContext, services: Sequence[Service], wait: WaitOptions) -> No
 @restart_options
 @click.option(
     "--max-replicas-per-node",
-    type=click.IntRange(min=0),
+    type=model_range(ServiceSpec, "max_replicas_per_node"),
     metavar="N",
     help="0 (default): unlimited.",
 )
@@ -244,7 +247,12 @@ def scale(cli: CliContext, scales: tuple[tuple[str, int], ...], wait: WaitOption
 @service_group.command("update")
 @click.argument("service")
 @click.option("--image", help="New image.")
-@click.option("--replicas", type=click.IntRange(min=0), metavar="N", help="New number of tasks.")
+@click.option(
+    "--replicas",
+    type=model_range(ServiceSpec, "replicas"),
+    metavar="N",
+    help="New number of tasks.",
+)
 @click.option("--args", type=COMMAND, metavar='"CMD ARG..."', help="New command, shell-quoted.")
 @click.option("--env-add", type=ENV, multiple=True, help="Add or set a variable.")
 @click.option("--env-rm", multiple=True, metavar="KEY", help="Remove a variable.")
@@ -255,7 +263,10 @@ def scale(cli: CliContext, scales: tuple[tuple[str, int], ...], wait: WaitOption
 @resource_options
 @restart_options
 @click.option(
-    "--max-replicas-per-node", type=click.IntRange(min=0), metavar="N", help="0: unlimited."
+    "--max-replicas-per-node",
+    type=model_range(ServiceSpec, "max_replicas_per_node"),
+    metavar="N",
+    help="0: unlimited.",
 )
 @container_options
 @health_options

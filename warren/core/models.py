@@ -6,7 +6,6 @@ references, never the objects.
 
 from __future__ import annotations
 
-import math
 import re
 import secrets
 import signal
@@ -16,6 +15,14 @@ from enum import StrEnum
 from warren.core.constraints import parse_constraint
 from warren.core.errors import InvalidArgument
 from warren.core.states import DESIRED_STATES, TaskState
+from warren.core.validation import (
+    INT32_MAX,
+    MAX_SECONDS,
+    bounded,
+    clean_text,
+    show,
+    validate,
+)
 
 # Used with fullmatch: `$` would also accept a trailing newline.
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
@@ -23,6 +30,16 @@ LABEL_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_./-]{0,127}")
 ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Far above any sane service, low enough that a typo can't swamp the store.
 MAX_REPLICAS = 100_000
+# Per node or per task: above any machine, below what JSON's numbers carry exactly.
+MAX_CPUS = 4096.0
+MAX_MEMORY_BYTES = 2**50  # 1 PiB
+MAX_IMAGE_LENGTH = 1024
+MAX_PATH_LENGTH = 4096
+MAX_HOSTNAME_LENGTH = 253
+# Status texts come from runtimes and are cut, never refused.
+MAX_STATUS_TEXT = 4096
+
+_SECONDS = bounded(minimum=0, maximum=MAX_SECONDS)
 
 
 _BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
@@ -81,17 +98,16 @@ class RestartCondition(StrEnum):
 def _check_labels(labels: dict[str, str], what: str) -> None:
     for key in labels:
         if not LABEL_KEY_RE.fullmatch(key):
-            raise InvalidArgument(f"invalid {what} key '{key}'")
+            raise InvalidArgument(f"invalid {what} key {show(key)}")
 
 
 @dataclass(frozen=True)
 class Resources:
-    cpus: float = 0.0
-    memory_bytes: int = 0
+    cpus: float = field(default=0.0, metadata=bounded(minimum=0, maximum=MAX_CPUS))
+    memory_bytes: int = field(default=0, metadata=bounded(minimum=0, maximum=MAX_MEMORY_BYTES))
 
     def __post_init__(self) -> None:
-        if not math.isfinite(self.cpus) or self.cpus < 0 or self.memory_bytes < 0:
-            raise InvalidArgument("resources must be finite and not negative")
+        validate(self)
 
     def __add__(self, other: Resources) -> Resources:
         return Resources(self.cpus + other.cpus, self.memory_bytes + other.memory_bytes)
@@ -101,7 +117,7 @@ class Resources:
 class Node:
     id: str
     role: NodeRole
-    hostname: str
+    hostname: str = field(metadata=bounded(max_length=MAX_HOSTNAME_LENGTH))
     address: str = ""
     labels: dict[str, str] = field(default_factory=dict)
     availability: Availability = Availability.ACTIVE
@@ -120,6 +136,7 @@ class Node:
     desired_role: NodeRole | None = None
 
     def __post_init__(self) -> None:
+        validate(self)
         _check_labels(self.labels, "node label")
 
     @property
@@ -130,15 +147,14 @@ class Node:
 @dataclass(frozen=True)
 class RestartPolicy:
     condition: RestartCondition = RestartCondition.ANY
-    delay: float = 5.0
-    max_attempts: int = 0  # 0: unlimited
-    window: float = 0.0  # seconds over which attempts are counted; 0: forever
+    delay: float = field(default=5.0, metadata=_SECONDS)
+    # 0: unlimited
+    max_attempts: int = field(default=0, metadata=bounded(minimum=0, maximum=INT32_MAX))
+    # Seconds over which attempts are counted; 0: forever.
+    window: float = field(default=0.0, metadata=_SECONDS)
 
     def __post_init__(self) -> None:
-        if self.delay < 0 or self.window < 0:
-            raise InvalidArgument("restart delay and window cannot be negative")
-        if self.max_attempts < 0:
-            raise InvalidArgument("restart max attempts cannot be negative")
+        validate(self)
 
 
 @dataclass(frozen=True)
@@ -146,39 +162,42 @@ class HealthCheck:
     """Exactly one probe: a command in the container, an HTTP GET, or a TCP connect."""
 
     cmd: tuple[str, ...] = ()  # run in the container; exit 0 is healthy
-    http: str = ""  # "PORT/PATH": a 2xx or 3xx answer is healthy
-    tcp: int = 0  # a port that accepts a connection is healthy
-    interval: float = 30.0
-    timeout: float = 30.0
-    retries: int = 3  # consecutive failures that make a task unhealthy
-    start_period: float = 0.0  # failures in this time after start don't count
+    # "PORT/PATH": a 2xx or 3xx answer is healthy
+    http: str = field(default="", metadata=bounded(max_length=MAX_PATH_LENGTH))
+    # A port that accepts a connection is healthy.
+    tcp: int = field(default=0, metadata=bounded(minimum=0, maximum=65535))
+    interval: float = field(default=30.0, metadata=_SECONDS)
+    timeout: float = field(default=30.0, metadata=_SECONDS)
+    # Consecutive failures that make a task unhealthy.
+    retries: int = field(default=3, metadata=bounded(minimum=1, maximum=INT32_MAX))
+    # Failures in this time after start don't count.
+    start_period: float = field(default=0.0, metadata=_SECONDS)
 
     def __post_init__(self) -> None:
+        validate(self)
         probes = sum((bool(self.cmd), bool(self.http), bool(self.tcp)))
         if probes != 1:
             raise InvalidArgument("a health check needs exactly one of cmd, http or tcp")
         if self.http:
             self.http_target()
-        if not 0 <= self.tcp <= 65535:
-            raise InvalidArgument(f"invalid health check port {self.tcp}")
         if self.interval <= 0 or self.timeout <= 0:
             raise InvalidArgument("health check interval and timeout must be positive")
-        if self.retries < 1 or self.start_period < 0:
-            raise InvalidArgument("health check retries must be 1 or more, start period 0 or more")
 
     def http_target(self) -> tuple[int, str]:
         port, _, path = self.http.partition("/")
         if not port.isdigit() or not 0 < int(port) <= 65535:
-            raise InvalidArgument(f"invalid HTTP health check '{self.http}': expected PORT/PATH")
+            raise InvalidArgument(
+                f"invalid HTTP health check {show(self.http)}: expected PORT/PATH"
+            )
         return int(port), "/" + path
 
 
 @dataclass(frozen=True)
 class ServiceSpec:
     name: str
-    image: str
+    image: str = field(metadata=bounded(max_length=MAX_IMAGE_LENGTH))
     mode: ServiceMode = ServiceMode.REPLICATED
-    replicas: int = 1
+    replicas: int = field(default=1, metadata=bounded(minimum=0, maximum=MAX_REPLICAS))
     args: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
@@ -186,43 +205,37 @@ class ServiceSpec:
     reservations: Resources = field(default_factory=Resources)
     limits: Resources = field(default_factory=Resources)
     restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
-    max_replicas_per_node: int = 0  # 0: unlimited
+    # 0: unlimited
+    max_replicas_per_node: int = field(default=0, metadata=bounded(minimum=0, maximum=MAX_REPLICAS))
     # The container: empty values keep what the image says.
     entrypoint: tuple[str, ...] = ()
-    workdir: str = ""
-    user: str = ""
+    workdir: str = field(default="", metadata=bounded(max_length=MAX_PATH_LENGTH))
+    user: str = field(default="", metadata=bounded(max_length=MAX_HOSTNAME_LENGTH))
     read_only: bool = False
     init: bool = False
     network_mode: NetworkMode = NetworkMode.PRIVATE
     stop_signal: str = "SIGTERM"
-    stop_grace_period: float = 10.0
+    stop_grace_period: float = field(default=10.0, metadata=_SECONDS)
     health: HealthCheck | None = None
 
     def __post_init__(self) -> None:
-        if not NAME_RE.fullmatch(self.name):
+        if not isinstance(self.name, str) or not NAME_RE.fullmatch(self.name):
             raise InvalidArgument(
-                f"invalid service name '{self.name}': use 1-63 letters, digits, '_', '.' or '-'"
+                f"invalid service name {show(self.name)}: use 1-63 letters, digits, '_', '.' or '-'"
             )
+        validate(self)
         if not self.image.strip():
             raise InvalidArgument("image must not be empty")
-        if not 0 <= self.replicas <= MAX_REPLICAS:
-            raise InvalidArgument(
-                f"replicas must be between 0 and {MAX_REPLICAS}, not {self.replicas}"
-            )
-        if self.max_replicas_per_node < 0:
-            raise InvalidArgument("max replicas per node cannot be negative")
         for key in self.env:
             if not ENV_KEY_RE.fullmatch(key):
-                raise InvalidArgument(f"invalid environment variable name '{key}'")
+                raise InvalidArgument(f"invalid environment variable name {show(key)}")
         _check_labels(self.labels, "service label")
         for expr in self.constraints:
             parse_constraint(expr)
         if self.stop_signal not in signal.Signals.__members__:
-            raise InvalidArgument(f"unknown stop signal '{self.stop_signal}' (e.g. SIGTERM)")
-        if self.stop_grace_period < 0:
-            raise InvalidArgument("stop grace period cannot be negative")
+            raise InvalidArgument(f"unknown stop signal {show(self.stop_signal)} (e.g. SIGTERM)")
         if self.workdir and not self.workdir.startswith("/"):
-            raise InvalidArgument(f"workdir must be an absolute path, not '{self.workdir}'")
+            raise InvalidArgument(f"workdir must be an absolute path, not {show(self.workdir)}")
 
 
 @dataclass(frozen=True)
@@ -235,16 +248,27 @@ class Service:
     updated_at: float = 0.0
     version: int = 0
 
+    def __post_init__(self) -> None:
+        validate(self)
+
 
 @dataclass(frozen=True)
 class TaskStatus:
     state: TaskState = TaskState.NEW
     message: str = ""
     err: str = ""
-    exit_code: int | None = None
+    exit_code: int | None = field(
+        default=None, metadata=bounded(minimum=-INT32_MAX - 1, maximum=INT32_MAX)
+    )
     container_id: str = ""
     timestamp: float = 0.0
     health: Health = Health.NONE
+
+    def __post_init__(self) -> None:
+        # Written by runtimes, not users: made valid rather than refused.
+        object.__setattr__(self, "message", clean_text(self.message, MAX_STATUS_TEXT))
+        object.__setattr__(self, "err", clean_text(self.err, MAX_STATUS_TEXT))
+        validate(self)
 
 
 @dataclass(frozen=True)
@@ -256,7 +280,7 @@ class Task:
     spec_version: int
     # Replicated services number their replicas 1..N; a global task has slot 0
     # and is bound to its node.
-    slot: int = 0
+    slot: int = field(default=0, metadata=bounded(minimum=0, maximum=INT32_MAX))
     node_id: str = ""
     desired_state: TaskState = TaskState.RUNNING
     status: TaskStatus = field(default_factory=TaskStatus)
@@ -265,6 +289,7 @@ class Task:
     version: int = 0
 
     def __post_init__(self) -> None:
+        validate(self)
         if self.desired_state not in DESIRED_STATES:
             raise InvalidArgument(
                 f"desired state must be running or shutdown, not {self.desired_state}"
@@ -281,11 +306,23 @@ class Task:
         return bool(self.node_id) and self.status.state.is_active
 
 
-@dataclass(frozen=True)
+# Keyword-only: the fields changed, and a stale positional call must fail loudly.
+@dataclass(frozen=True, kw_only=True)
 class Cluster:
     id: str
-    worker_token_secret: str
-    manager_token_secret: str
     ca_fingerprint: str
+    # The replicated state lands in files (Raft journal, snapshots, backups), so
+    # join-token secrets are never kept here in plain text: their SHA-256 hash is
+    # what checks a joiner, and the secret sealed under a key only managers can
+    # derive (from the CA key) is what shows the token again (see
+    # warren.security.tokens).
+    worker_token_hash: str = ""
+    manager_token_hash: str = ""
+    worker_token_sealed: str = ""
+    manager_token_sealed: str = ""
     created_at: float = 0.0
     version: int = 0
+    # Plain-text secrets as clusters before the hashes stored them. Only read from
+    # old journals, snapshots and backups: the leader seals them at start.
+    worker_token_secret: str = ""
+    manager_token_secret: str = ""
