@@ -729,8 +729,11 @@ def test_cluster_init_builds_manager_options(
             "containerd_namespace": "warren",
             "insecure_registries": [],
             "registry_config": None,
+            "replace_admin_credentials": False,
         }
     ]
+    assert run("cluster", "init", "--data-dir", str(tmp_path / "d2"), "--force").exit_code == 3
+    assert started[-1]["replace_admin_credentials"] is True
 
 
 def test_worker_join_builds_worker_options(

@@ -106,15 +106,21 @@ def run_manager_process(cli: CliContext, **fields: Any) -> None:
 
 @cluster_group.command("init")
 @manager_daemon_options
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace the admin credentials another cluster left in the config dir.",
+)
 @pass_cli
-def init(cli: CliContext, /, **fields: Any) -> None:
+def init(cli: CliContext, /, force: bool, **fields: Any) -> None:
     """Start a new cluster with this host as its manager, and run it until stopped.
 
     Run again with the same data dir to restart the manager. The manager writes
     admin credentials and config.json to the config dir, so later commands on
-    this host need no flags.
+    this host need no flags; it refuses to replace ones already there unless
+    --force is given.
     """
-    run_manager_process(cli, **fields)
+    run_manager_process(cli, replace_admin_credentials=force, **fields)
 
 
 @cluster_group.command("join-token")

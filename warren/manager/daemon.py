@@ -64,6 +64,9 @@ class ManagerOptions:
     # A node promoted by an admin: trade its certificate (in data_dir) for a
     # manager one at join_managers instead of joining with a token.
     promote: bool = False
+    # `cluster init --force`: a new cluster may replace the admin credentials
+    # another cluster left in config_dir.
+    replace_admin_credentials: bool = False
 
     @property
     def api_address(self) -> str:
@@ -347,11 +350,40 @@ async def _cancel(task: asyncio.Task[None]) -> None:
         await task
 
 
+def check_admin_credentials_free(options: ManagerOptions) -> None:
+    """Refuse to start a new cluster whose admin credentials would replace the
+    ones already in the config dir (another cluster's, or a copy the admin made).
+
+    A restart, a join or a promotion writes no admin credentials."""
+    from warren.agent.daemon import NodeState
+
+    if options.replace_admin_credentials or options.join_token is not None or options.promote:
+        return
+    if ManagerState.load(options.data_dir) or NodeState.load(options.data_dir):
+        return
+    identity = IdentityFiles(options.config_dir)
+    held = [
+        path.name
+        for path in (identity.ca_path, identity.cert_path, identity.key_path)
+        if path.exists()
+    ]
+    if (options.config_dir / "config.json").exists():
+        held.append("config.json")
+    if held:
+        raise FailedPrecondition(
+            f"{options.config_dir} already holds admin credentials ({', '.join(held)}); "
+            "a new cluster would replace them (pass --force to do so, "
+            "or --config-dir DIR to write the new ones elsewhere)"
+        )
+
+
 async def serve_manager(options: ManagerOptions, stop: asyncio.Event) -> None:
     from warren.agent.agent import Agent
     from warren.agent.daemon import NodeState, make_runtime, run_all, run_until, serve_worker
     from warren.manager.promotion import RoleKeeper, worker_options
 
+    # Before anything is written: a refused start changes nothing.
+    check_admin_credentials_free(options)
     if ManagerState.load(options.data_dir) is None and NodeState.load(options.data_dir):
         # Demoted (node demote) by an earlier run: this data dir holds a worker.
         log.info("this node was demoted: running it as a worker")
