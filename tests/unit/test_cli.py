@@ -736,6 +736,29 @@ def test_cluster_init_builds_manager_options(
     assert started[-1]["replace_admin_credentials"] is True
 
 
+def test_daemons_refuse_a_bad_log_level_before_starting(
+    run: Callable[..., Result], tmp_path: Path
+) -> None:
+    data = str(tmp_path / "data")
+    backup_file = tmp_path / "cluster.backup"
+    backup_file.write_bytes(b"")
+    commands = [
+        ["cluster", "init", "--data-dir", data],
+        ["manager", "join", "--token", TOKEN, "--manager", "m:1", "--data-dir", data],
+        ["worker", "join", "--token", TOKEN, "--manager", "m:1", "--data-dir", data],
+        ["cluster", "restore", str(backup_file), "--data-dir", data],
+    ]
+    for command in commands:
+        result = run(*command, env={"WARREN_LOG_LEVEL": "bogus"})
+        line = assert_one_error_line(result, exit_code=2)
+        assert line == (
+            "Error: WARREN_LOG_LEVEL='bogus' is not a log level: "
+            "use debug, info, warning or error"
+        ), command
+        assert result.stderr == line + "\n"
+        assert not (tmp_path / "data").exists()
+
+
 def test_worker_join_builds_worker_options(
     run: Callable[..., Result], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
