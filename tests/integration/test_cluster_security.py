@@ -12,13 +12,17 @@ from typing import Any
 
 import grpc
 import pytest
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from harness import WARREN, Cluster
+from impostor import impostor_server, legacy_leaf
 
 from warren.core.models import ServiceSpec
 from warren.proto import warren_pb2 as pb
 from warren.proto import warren_pb2_grpc as pb_grpc
 from warren.proto.convert import to_message
-from warren.security.tls import IdentityFiles
+from warren.security.ca import CertificateAuthority, manager_server_name
+from warren.security.tls import IdentityFiles, identity_from_pem
 from warren.security.tokens import JoinToken, new_secret, parse
 
 pytestmark = pytest.mark.integration
@@ -170,3 +174,95 @@ def test_metrics_are_exposed(cluster: Cluster) -> None:
     assert 'warren_nodes_total{role="manager",status="ready"} 1.0' in text
     assert "warren_raft_last_log_index" in text
     assert "warren_api_request_duration_seconds_bucket" in text
+
+
+def _names(pem: bytes) -> set[str]:
+    cert = x509.load_pem_x509_certificate(pem)
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return set()
+    return {str(n.value) for n in names}
+
+
+def _usages(pem: bytes) -> set[x509.ObjectIdentifier]:
+    cert = x509.load_pem_x509_certificate(pem)
+    return set(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+
+
+def test_a_worker_certificate_cannot_pose_as_a_manager(cluster: Cluster) -> None:
+    c = cluster
+    c.init_manager()
+    cluster_id = c.json("cluster", "info")["cluster_id"]
+    # A worker's certificate names nothing (before, its node name, localhost and 127.0.0.1).
+    c.join_worker("w1")
+    ca, worker_cert, worker_key = IdentityFiles(c.root / "w1" / "certs").load()
+    assert _usages(worker_cert) == {ExtendedKeyUsageOID.CLIENT_AUTH}
+    assert _names(worker_cert) == set()
+    _, admin_cert, _ = IdentityFiles(c.config_dir).load()
+    assert _usages(admin_cert) == {ExtendedKeyUsageOID.CLIENT_AUTH}
+    assert _names(admin_cert) == set()
+    _, manager_cert, _ = IdentityFiles(c.root / "manager" / "certs").load()
+    assert ExtendedKeyUsageOID.SERVER_AUTH in _usages(manager_cert)
+    assert _names(manager_cert) == {"127.0.0.1", manager_server_name("127.0.0.1", cluster_id)}
+
+    with impostor_server(ca, worker_key, worker_cert) as impostor:
+        listed = c.cli("service", "ls", check=False, managers=impostor.address)
+        assert listed.returncode != 0
+        assert "Traceback" not in listed.stderr
+        token = c.join_token("manager")
+        args = [*WARREN, "manager", "join", "--token", token, "--manager", impostor.address,
+                "--data-dir", str(c.root / "m2"), "--advertise-addr", "127.0.0.1",
+                "--listen-addr", "127.0.0.1", "--runtime", "sim"]  # fmt: skip
+        joined = subprocess.run(args, capture_output=True, text=True, env=c.env, timeout=30)
+        assert joined.returncode != 0
+        assert "not a manager of this cluster" in joined.stderr
+        # Nothing reached it: no listing asked, no token sent.
+        assert impostor.calls == []
+
+
+def test_a_joined_manager_names_only_the_address_it_joined_from(cluster: Cluster) -> None:
+    c = cluster
+    c.init_manager()
+    c.join_manager("evil.example")
+    cluster_id = c.json("cluster", "info")["cluster_id"]
+    _, cert, _ = IdentityFiles(c.root / "evil.example" / "certs").load()
+    # Its node name is its own say: not in the certificate.
+    assert _names(cert) == {"127.0.0.1", manager_server_name("127.0.0.1", cluster_id)}
+    assert ExtendedKeyUsageOID.SERVER_AUTH in _usages(cert)
+
+
+def test_a_manager_advertising_an_address_it_does_not_join_from_is_refused(
+    cluster: Cluster,
+) -> None:
+    c = cluster
+    c.init_manager()
+    token = c.join_token("manager")
+    args = [*WARREN, "manager", "join", "--token", token, "--manager", c.manager_address,
+            "--data-dir", str(c.root / "m2"), "--advertise-addr", "10.9.9.9",
+            "--listen-addr", "127.0.0.1", "--runtime", "sim", "--node-name", "m2"]  # fmt: skip
+    joined = subprocess.run(args, capture_output=True, text=True, env=c.env, timeout=60)
+    assert joined.returncode != 0
+    assert "not the address this request came from" in joined.stderr
+    assert {n["hostname"] for n in c.nodes()} == {"manager-1"}
+
+
+def test_a_manager_reissues_a_certificate_from_before_managers_alone_served(
+    cluster: Cluster,
+) -> None:
+    """An existing cluster: the manager's certificate of the old form (which
+    today's clients refuse: it does not bind the address to the manager role)
+    is reissued with the same key when the manager starts."""
+    c = cluster
+    c.init_manager()
+    certs = IdentityFiles(c.root / "manager" / "certs")
+    ca_pem, cert, key = certs.load()
+    ca = CertificateAuthority.from_pem(ca_pem, (certs.directory / "ca-key.pem").read_bytes())
+    node_id = identity_from_pem(cert).node_id
+    c.processes["manager"].stop()
+    certs.save(ca_pem, legacy_leaf(ca, node_id, "manager", key), key)
+    c.restart_manager()
+    assert c.json("service", "ls") == []
+    _, renewed, renewed_key = certs.load()
+    assert renewed_key == key
+    assert ca.is_current(renewed, node_id, "manager", ["127.0.0.1"])

@@ -7,7 +7,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from harness import Cluster, free_port, wait_for
+
+from warren.security.tls import IdentityFiles, identity_from_pem
 
 pytestmark = pytest.mark.integration
 
@@ -57,9 +61,19 @@ def answers_admin_calls(c: Cluster, name: str) -> bool:
     return c.cli_at(name, "service", "ls", check=False).returncode == 0
 
 
+def certificate_role(c: Cluster, name: str) -> tuple[str, bool]:
+    """The role a node's certificate names, and whether it may serve (serverAuth)."""
+    _, pem, _ = IdentityFiles(c.root / name / "certs").load()
+    usage = x509.load_pem_x509_certificate(pem).extensions.get_extension_for_class(
+        x509.ExtendedKeyUsage
+    )
+    return identity_from_pem(pem).role, ExtendedKeyUsageOID.SERVER_AUTH in usage.value
+
+
 def test_promote_then_demote(promotable: Cluster) -> None:
     c = promotable
     assert not answers_admin_calls(c, "w1")
+    assert certificate_role(c, "w1") == ("worker", False)
 
     promoted = c.cli("node", "promote", "w1", "--timeout", "45s", timeout=90)
     assert "Node w1 promoted to a manager in the cluster." in promoted.stdout
@@ -71,6 +85,7 @@ def test_promote_then_demote(promotable: Cluster) -> None:
     )
     assert node(c, "w1")["status"] == "ready"
     assert "already a manager" in c.cli("node", "promote", "w1").stdout
+    assert certificate_role(c, "w1") == ("manager", True)
 
     # w1 serves the whole API: reads from its own store, writes forwarded.
     c.cli_at("w1", "service", "create", "web", "--image", "busybox", "--replicas", "2")
@@ -118,6 +133,8 @@ def test_promote_then_demote(promotable: Cluster) -> None:
     assert node(c, follower)["role"] == "worker"
     assert not (c.root / follower / "manager.json").exists()
     assert not (c.root / follower / "certs" / "ca-key.pem").exists()
+    # A worker no longer holds a certificate that could serve as a manager's.
+    assert certificate_role(c, follower) == ("worker", False)
     c.cli_at(leader, "service", "scale", "web=4")
     assert node(c, follower)["status"] == "ready"
     assert c.processes[follower].alive

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import socket
 from collections.abc import AsyncGenerator
 from dataclasses import replace
@@ -10,6 +11,8 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from factories import make_node
 
 from warren.agent.daemon import WorkerOptions
@@ -22,7 +25,12 @@ from warren.manager.dispatcher import Dispatcher
 from warren.manager.events import EventBus
 from warren.manager.promotion import _busy_port, manager_options, worker_options
 from warren.manager.store import Store
-from warren.security.ca import CertificateAuthority, generate_key, make_csr
+from warren.security.ca import (
+    CertificateAuthority,
+    generate_key,
+    make_csr,
+    manager_server_name,
+)
 from warren.security.tls import identity_from_pem
 from warren.security.tokens import new_secret
 
@@ -65,19 +73,45 @@ async def test_a_node_takes_up_only_a_promotion_an_admin_asked_for(
 ) -> None:
     csr = make_csr(generate_key())
     with pytest.raises(PermissionDenied, match="not being promoted"):
-        await control.accept_promotion("w1", csr, "127.0.0.1:3377", "127.0.0.1:3379")
+        await control.accept_promotion(
+            "w1", csr, "127.0.0.1:3377", "127.0.0.1:3379", source="127.0.0.1"
+        )
     await control.promote_node("w1")
     node, certificate = await control.accept_promotion(
-        "w1", csr, "127.0.0.1:3377", "127.0.0.1:3379"
+        "w1", csr, "127.0.0.1:3377", "127.0.0.1:3379", source="127.0.0.1"
     )
     assert (node.role, node.desired_role) == (NodeRole.MANAGER, None)
     assert (node.api_address, node.raft_address) == ("127.0.0.1:3377", "127.0.0.1:3379")
     identity = identity_from_pem(certificate)
     assert (identity.node_id, identity.role) == ("w1", "manager")
+    # A server certificate naming the address the promotion came from, nothing else.
+    cert = x509.load_pem_x509_certificate(certificate)
+    usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert ExtendedKeyUsageOID.SERVER_AUTH in usage
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1")]
+    assert names.get_values_for_type(x509.DNSName) == [
+        manager_server_name("127.0.0.1", "cluster-promote")
+    ]
     # A node that crashed before starting its manager asks again, on the same address.
-    await control.accept_promotion("w1", csr, "127.0.0.1:3377", "127.0.0.1:3379")
+    await control.accept_promotion(
+        "w1", csr, "127.0.0.1:3377", "127.0.0.1:3379", source="127.0.0.1"
+    )
     with pytest.raises(FailedPrecondition, match="Raft address"):
-        await control.accept_promotion("w1", csr, "127.0.0.1:3377", "127.0.0.1:4444")
+        await control.accept_promotion(
+            "w1", csr, "127.0.0.1:3377", "127.0.0.1:4444", source="127.0.0.1"
+        )
+
+
+async def test_a_promotion_names_no_address_it_did_not_come_from(
+    control: ControlService,
+) -> None:
+    await control.promote_node("w1")
+    with pytest.raises(PermissionDenied, match="not the address this request came from"):
+        await control.accept_promotion(
+            "w1", make_csr(generate_key()), "10.9.9.9:3377", "10.9.9.9:3379", source="127.0.0.1"
+        )
+    assert control.get_node("w1").role == NodeRole.WORKER
 
 
 async def test_demoting_a_worker_cancels_its_promotion(control: ControlService) -> None:

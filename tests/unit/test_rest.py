@@ -46,7 +46,9 @@ class Pki:
     def issue(self, node_id: str, role: str, ca: CertificateAuthority | None = None) -> Path:
         """Write a key and certificate for ``role``; returns their directory."""
         key = generate_key()
-        cert = (ca or self.ca).issue_for_key(key.public_key(), node_id, role, ["127.0.0.1"])
+        # Only a manager certificate names an address (it alone serves).
+        sans = ["127.0.0.1"] if role == "manager" else []
+        cert = (ca or self.ca).issue_for_key(key.public_key(), node_id, role, sans)
         target = self.directory / node_id
         target.mkdir()
         (target / "cert.pem").write_bytes(cert)

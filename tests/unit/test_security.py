@@ -9,6 +9,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from impostor import legacy_leaf
 
 from warren.core.errors import (
     FailedPrecondition,
@@ -25,6 +26,7 @@ from warren.security.ca import (
     load_cert,
     load_key,
     make_csr,
+    manager_server_name,
 )
 from warren.security.join import join_role_of_issuer, join_root_cert, joiner_credentials
 from warren.security.tls import (
@@ -81,19 +83,22 @@ def test_issue_from_csr(ca: CertificateAuthority) -> None:
         )
     )
     csr_pem = csr.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
-    cert = load_cert(ca.issue(csr_pem, "node-1", "worker", ["node1.example", "10.0.0.5"]))
+    cert = load_cert(ca.issue(csr_pem, "node-1", "manager", ["node1.example", "10.0.0.5"]))
 
     # The CA sets the subject; the CSR's requested one is ignored.
     assert _attr(cert.subject, NameOID.COMMON_NAME) == "node-1"
-    assert _attr(cert.subject, NameOID.ORGANIZATIONAL_UNIT_NAME) == "worker"
+    assert _attr(cert.subject, NameOID.ORGANIZATIONAL_UNIT_NAME) == "manager"
     assert _attr(cert.subject, NameOID.ORGANIZATION_NAME) == "cluster-abc"
     assert cert.public_key() == key.public_key()
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert set(san.get_values_for_type(x509.DNSName)) == {"node1.example", "localhost"}
-    assert set(san.get_values_for_type(x509.IPAddress)) == {
-        ipaddress.ip_address("10.0.0.5"),
-        ipaddress.ip_address("127.0.0.1"),
+    # Each address as itself and bound to the manager role of this cluster;
+    # nothing else (no localhost, no 127.0.0.1 the cluster was not given).
+    assert set(san.get_values_for_type(x509.DNSName)) == {
+        "node1.example",
+        "node1.example.manager.cluster-abc.warren",
+        "10.0.0.5.manager.cluster-abc.warren",
     }
+    assert set(san.get_values_for_type(x509.IPAddress)) == {ipaddress.ip_address("10.0.0.5")}
     eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert set(eku) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
     assert not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
@@ -101,11 +106,49 @@ def test_issue_from_csr(ca: CertificateAuthority) -> None:
     cert.verify_directly_issued_by(ca.cert)
 
 
-def test_issue_does_not_duplicate_default_sans(ca: CertificateAuthority) -> None:
-    cert = load_cert(ca.issue(make_csr(generate_key()), "n", "manager", ["localhost", "::1"]))
+def test_issue_adds_no_default_names(ca: CertificateAuthority) -> None:
+    cert = load_cert(ca.issue(make_csr(generate_key()), "n", "manager", ["::1", "[::1]"]))
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert san.get_values_for_type(x509.DNSName) == ["localhost"]
-    assert len(san.get_values_for_type(x509.IPAddress)) == 2
+    assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("::1")]
+    assert san.get_values_for_type(x509.DNSName) == [
+        "0000-0000-0000-0000-0000-0000-0000-0001.manager.cluster-abc.warren"
+    ]
+
+
+@pytest.mark.parametrize("role", ["worker", "admin"])
+def test_only_manager_certificates_are_server_certificates(
+    ca: CertificateAuthority, role: str
+) -> None:
+    cert = load_cert(ca.issue(make_csr(generate_key()), "node-1", role))
+    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(eku) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    # No address at all: not even localhost.
+    with pytest.raises(x509.ExtensionNotFound):
+        cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    with pytest.raises(InvalidArgument, match="names no server addresses"):
+        ca.issue(make_csr(generate_key()), "node-1", role, ["10.0.0.5"])
+
+
+def test_manager_server_name_binds_address_role_and_cluster() -> None:
+    assert manager_server_name("10.0.0.5", "c1") == "10.0.0.5.manager.c1.warren"
+    assert manager_server_name("[::1]", "c1") == (
+        "0000-0000-0000-0000-0000-0000-0000-0001.manager.c1.warren"
+    )
+    assert manager_server_name("Mgr.Example", "c1") == "mgr.example.manager.c1.warren"
+    for bad in ("", "a b", "x" * 250):
+        with pytest.raises(InvalidArgument):
+            manager_server_name(bad, "c1")
+
+
+def test_is_current_tells_old_certificates_from_new(ca: CertificateAuthority) -> None:
+    key = generate_key()
+    cert = ca.issue_for_key(key.public_key(), "m1", "manager", ["10.0.0.5"])
+    assert ca.is_current(cert, "m1", "manager", ["10.0.0.5"])
+    assert not ca.is_current(cert, "m1", "manager", ["10.0.0.6"])
+    assert not ca.is_current(cert, "m1", "worker")
+    assert not ca.is_current(legacy_leaf(ca, "m1", "manager"), "m1", "manager", ["127.0.0.1"])
+    other = CertificateAuthority.create("cluster-abc")
+    assert not other.is_current(cert, "m1", "manager", ["10.0.0.5"])
 
 
 def test_issued_cert_does_not_verify_against_another_ca(ca: CertificateAuthority) -> None:

@@ -22,7 +22,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ from warren.proto import warren_pb2 as pb
 from warren.proto import warren_pb2_grpc as pb_grpc
 from warren.proto.convert import from_message, to_message
 from warren.proto.errors import error_from_rpc, leader_hint
-from warren.security.tls import IdentityFiles
+from warren.security.tls import IdentityFiles, manager_channel_options
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +64,16 @@ def node_resources() -> Resources:
     return Resources(cpus=float(os.cpu_count() or 1), memory_bytes=memory)
 
 
-def channel_credentials(identity: IdentityFiles) -> grpc.ChannelCredentials:
+def manager_channel(
+    identity: IdentityFiles, address: str, options: Sequence[tuple[str, Any]] = ()
+) -> grpc.aio.Channel:
+    """A channel to ``address`` that accepts only a manager of the node's cluster."""
     ca, cert, key = identity.load()
-    return grpc.ssl_channel_credentials(
+    credentials = grpc.ssl_channel_credentials(
         root_certificates=ca, private_key=key, certificate_chain=cert
+    )
+    return grpc.aio.secure_channel(
+        address, credentials, options=[*options, *manager_channel_options(address, ca)]
     )
 
 
@@ -198,9 +204,7 @@ class Agent:
             backoff = min(backoff * 2, 5.0)
 
     async def _session(self, manager: str) -> None:
-        async with grpc.aio.secure_channel(
-            manager, channel_credentials(self.identity), options=_KEEPALIVE
-        ) as channel:
+        async with manager_channel(self.identity, manager, _KEEPALIVE) as channel:
             stub = pb_grpc.DispatcherStub(channel)
             call = stub.Session()
             await call.write(

@@ -34,7 +34,14 @@ from warren.proto.errors import error_from_rpc
 from warren.registry.client import RegistryConfig
 from warren.security.ca import generate_key, key_pem, make_csr
 from warren.security.join import joiner_credentials
-from warren.security.tls import IdentityFiles, fetch_ca_chain, pin_ca, write_private
+from warren.security.tls import (
+    IdentityFiles,
+    check_manager_leaf,
+    fetch_ca_chain,
+    manager_channel_options,
+    pin_ca,
+    write_private,
+)
 from warren.security.tokens import parse
 
 log = logging.getLogger(__name__)
@@ -147,6 +154,7 @@ async def request_join(join: JoinRequest) -> tuple[Any, bytes, str]:
         try:
             chain = await asyncio.to_thread(fetch_ca_chain, host, port)
             ca_pem = pin_ca(chain, token.ca_fingerprint)
+            check_manager_leaf(chain, ca_pem, host)
             reply, key = await _join_with(manager, ca_pem, token.secret, join)
             return reply, key, manager
         except Unavailable as exc:
@@ -170,7 +178,9 @@ async def _join_with(
         raft_address=join.raft_address,
         availability=join.availability,
     )
-    async with grpc.aio.secure_channel(manager, credentials) as channel:
+    # The token goes only to a manager of the pinned CA's cluster.
+    options = manager_channel_options(manager, ca_pem)
+    async with grpc.aio.secure_channel(manager, credentials, options) as channel:
         try:
             reply = await pb_grpc.DispatcherStub(channel).Join(request, timeout=15)
         except grpc.RpcError as exc:
@@ -195,7 +205,8 @@ async def request_promotion(
     )
     last_error: WarrenError = Unavailable("no manager address given")
     for manager in managers:
-        async with grpc.aio.secure_channel(manager, credentials) as channel:
+        options = manager_channel_options(manager, ca_pem)
+        async with grpc.aio.secure_channel(manager, credentials, options) as channel:
             try:
                 reply = await pb_grpc.DispatcherStub(channel).Promote(request, timeout=15)
             except grpc.RpcError as exc:

@@ -28,7 +28,7 @@ from warren.proto.errors import (
     error_from_rpc,
     leader_hint,
 )
-from warren.security.tls import IdentityFiles
+from warren.security.tls import IdentityFiles, manager_channel_options
 
 # What gRPC puts before the cause of a failed connection.
 _TRANSPORT_PREFIX = re.compile(
@@ -68,6 +68,7 @@ class WarrenClient:
         # Reads see every write committed before they started, on any manager.
         self._metadata = ((CONSISTENCY_KEY, LINEARIZABLE),) if linearizable else ()
         ca, cert, key = identity.load()
+        self._ca = ca
         self._credentials = grpc.ssl_channel_credentials(
             root_certificates=ca, private_key=key, certificate_chain=cert
         )
@@ -96,11 +97,12 @@ class WarrenClient:
 
     def _stub(self, address: str) -> Any:
         if address not in self._channels:
-            self._channels[address] = grpc.secure_channel(
-                address,
-                self._credentials,
-                options=[("grpc.max_receive_message_length", _MAX_REPLY_BYTES)],
-            )
+            # Only a manager of this cluster whose certificate names the host dialled.
+            options = [
+                ("grpc.max_receive_message_length", _MAX_REPLY_BYTES),
+                *manager_channel_options(address, self._ca),
+            ]
+            self._channels[address] = grpc.secure_channel(address, self._credentials, options)
         return pb_grpc.ControlStub(self._channels[address])
 
     def _candidates(self) -> list[int]:

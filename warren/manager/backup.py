@@ -363,9 +363,7 @@ async def prepare_restore(options: ManagerOptions, backup: Backup) -> str:
         manager = Manager(options)
         node_id = new_id()
         key = generate_key()
-        cert = ca.issue_for_key(
-            key.public_key(), node_id, "manager", [options.advertise_addr, options.node_name]
-        )
+        cert = ca.issue_for_key(key.public_key(), node_id, "manager", [options.advertise_addr])
         write_private(data_dir / "certs" / "ca-key.pem", ca.key_pem)
         manager.identity.save(ca.cert_pem, cert, key_pem(key))
         # The Raft member the manager's start-up resumes (alone: no peers).

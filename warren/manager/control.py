@@ -48,6 +48,7 @@ from warren.manager.store import (
     txn,
 )
 from warren.security.ca import CertificateAuthority
+from warren.security.tls import verified_manager_host
 from warren.security.tokens import JoinToken, new_secret, secrets_equal
 
 log = logging.getLogger(__name__)
@@ -263,9 +264,10 @@ class ControlService:
         raise Conflict("node kept changing; try again")
 
     async def accept_promotion(
-        self, node_id: str, csr: bytes, api_address: str, raft_address: str
+        self, node_id: str, csr: bytes, api_address: str, raft_address: str, *, source: str
     ) -> tuple[Node, bytes]:
-        """A node the cluster wants as a manager asks for its manager certificate.
+        """A node the cluster wants as a manager asks for its manager certificate
+        (``source``: the IP address the request came from).
 
         Also answers a node that is a manager already: one that crashed after
         this reply but before it started its manager asks again.
@@ -289,8 +291,8 @@ class ControlService:
             updated_at=time.time(),
         )
         self._check_new_manager(promoted)
-        sans = [node.hostname, api_address.rpartition(":")[0]]
-        certificate = self.ca.issue(csr, node.id, str(NodeRole.MANAGER), [s for s in sans if s])
+        sans = [await verified_manager_host(api_address, source)]
+        certificate = self.ca.issue(csr, node.id, str(NodeRole.MANAGER), sans)
         if promoted != replace(node, updated_at=promoted.updated_at):
             await self._write([put(promoted, node.version)])
         if raft_address not in self.raft_peers():
@@ -409,7 +411,11 @@ class ControlService:
         api_address: str = "",
         raft_address: str = "",
         availability: Availability = Availability.ACTIVE,
+        *,
+        source: str,
     ) -> tuple[Node, bytes]:
+        """Admit a node holding a join token. ``source`` is the IP address the
+        request came from: a manager's certificate names only what it verifies."""
         cluster = self.cluster()
         if not secrets_equal(secret, _token_secret(cluster, role)):
             raise PermissionDenied("invalid or rotated join token")
@@ -425,11 +431,12 @@ class ControlService:
             created_at=now,
             updated_at=now,
         )
-        sans = [hostname]
+        # Workers are clients only: their certificates name no address at all.
+        sans: list[str] = []
         if node.role == NodeRole.MANAGER:
             self._check_new_manager(node)
-            sans.append(api_address.rpartition(":")[0])
-        certificate = self.ca.issue(csr, node.id, str(node.role), [s for s in sans if s])
+            sans = [await verified_manager_host(api_address, source)]
+        certificate = self.ca.issue(csr, node.id, str(node.role), sans)
         await self._write([put(node, MUST_NOT_EXIST)])
         if node.role == NodeRole.MANAGER:
             # The new member must be running before a 2-member group can commit

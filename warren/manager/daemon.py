@@ -32,7 +32,7 @@ from warren.manager.metrics import Metrics, start_metrics
 from warren.manager.raft import RaftConsensus
 from warren.manager.rest import build_app, server_ssl_context, start_rest
 from warren.manager.store import MUST_NOT_EXIST, Store, barrier, put, raise_for_result, txn
-from warren.security.ca import CertificateAuthority, generate_key, key_pem
+from warren.security.ca import CertificateAuthority, generate_key, key_pem, load_key
 from warren.security.tls import IdentityFiles, write_private
 from warren.security.tokens import new_secret
 
@@ -119,8 +119,10 @@ class Manager:
     def _load_or_create_ca(self, state: ManagerState | None) -> tuple[CertificateAuthority, str]:
         ca_key_path = self.data_dir / "certs" / "ca-key.pem"
         if state is not None:
-            ca_pem, _, _ = self.identity.load()
-            return CertificateAuthority.from_pem(ca_pem, ca_key_path.read_bytes()), state.node_id
+            ca_pem, own_cert, own_key = self.identity.load()
+            ca = CertificateAuthority.from_pem(ca_pem, ca_key_path.read_bytes())
+            self._renew_own_certificate(ca, state.node_id, own_cert, own_key)
+            return ca, state.node_id
         if (self.data_dir / "raft").exists():
             raise FailedPrecondition(
                 f"{self.data_dir} holds a partly initialised manager; remove it and run init again"
@@ -128,11 +130,26 @@ class Manager:
         ca = CertificateAuthority.create(new_id())
         node_id = new_id()
         key = generate_key()
-        sans = [self.options.advertise_addr, self.options.node_name]
-        cert = ca.issue_for_key(key.public_key(), node_id, "manager", sans)
+        cert = ca.issue_for_key(key.public_key(), node_id, "manager", [self.options.advertise_addr])
         write_private(ca_key_path, ca.key_pem)
         self.identity.save(ca.cert_pem, cert, key_pem(key))
         return ca, node_id
+
+    def _renew_own_certificate(
+        self, ca: CertificateAuthority, node_id: str, cert: bytes, key: bytes
+    ) -> None:
+        """Reissue this manager's certificate (same key) when it is not what the
+        CA issues today for its advertised address: one issued before clients
+        checked the manager name, or for an address it no longer advertises.
+        Clients refuse a manager whose certificate does not name the address
+        they dial."""
+        sans = [self.options.advertise_addr]
+        if ca.is_current(cert, node_id, "manager", sans):
+            return
+        public_key = load_key(key).public_key()
+        renewed = ca.issue_for_key(public_key, node_id, "manager", sans)
+        self.identity.save(ca.cert_pem, renewed, key)
+        log.info("manager certificate reissued", extra={"node_id": node_id, "names": sans})
 
     def _write_admin_identity(self, ca: CertificateAuthority) -> None:
         key = generate_key()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import wraps
 from typing import Any, TypeVar
@@ -58,6 +59,15 @@ def peer_identity(context: grpc.aio.ServicerContext) -> PeerIdentity:
     if not pems:
         raise Unauthenticated("a client certificate is required")
     return identity_from_pem(pems[0])
+
+
+def peer_ip(context: grpc.aio.ServicerContext) -> str:
+    """The caller's IP address ("" when not over IP): gRPC says ipv4:A.B.C.D:PORT
+    or ipv6:[ADDRESS]:PORT, the brackets percent-encoded by recent versions."""
+    family, _, rest = urllib.parse.unquote(context.peer()).partition(":")
+    if family not in ("ipv4", "ipv6"):
+        return ""
+    return rest.rpartition(":")[0].strip("[]")
 
 
 def _require(context: grpc.aio.ServicerContext, roles: frozenset[str]) -> PeerIdentity:
@@ -331,6 +341,7 @@ class DispatcherServicer(pb_grpc.DispatcherServicer):  # type: ignore[misc]
                 request.api_address,
                 request.raft_address,
                 _availability(request.availability),
+                source=peer_ip(context),
             )
         except WarrenError as exc:
             await _abort(context, exc)
@@ -358,7 +369,11 @@ class DispatcherServicer(pb_grpc.DispatcherServicer):  # type: ignore[misc]
             # The certificate names the node: a node can only promote itself,
             # and only once an admin asked for it.
             node, certificate = await self.control.accept_promotion(
-                identity.node_id, request.csr, request.api_address, request.raft_address
+                identity.node_id,
+                request.csr,
+                request.api_address,
+                request.raft_address,
+                source=peer_ip(context),
             )
         except WarrenError as exc:
             await _abort(context, exc)

@@ -22,14 +22,16 @@ from typing import Any
 
 import grpc
 
-from warren.agent.agent import Agent, channel_credentials
+from warren.agent.agent import Agent, manager_channel
 from warren.agent.daemon import NodeState, WorkerOptions
+from warren.core.errors import WarrenError
 from warren.core.models import NodeRole
 from warren.manager.daemon import Manager, ManagerOptions, ManagerState
 from warren.proto import warren_pb2 as pb
 from warren.proto import warren_pb2_grpc as pb_grpc
 from warren.proto.errors import error_from_rpc, leader_hint
-from warren.security.tls import IdentityFiles
+from warren.security.ca import CertificateAuthority, load_key
+from warren.security.tls import IdentityFiles, identity_from_pem
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +123,7 @@ class RoleKeeper:
             address = hint or candidates[index % len(candidates)]
             hint = None
             try:
-                credentials = channel_credentials(self._identity)
-                async with grpc.aio.secure_channel(address, credentials) as channel:
+                async with manager_channel(self._identity, address) as channel:
                     async for update in pb_grpc.DispatcherStub(channel).WatchRole(pb.Empty()):
                         backoff = _MIN_BACKOFF
                         self._on_update(address, update)
@@ -133,6 +134,8 @@ class RoleKeeper:
                     log.debug("role watch on %s ended: %s", address, error_from_rpc(exc))
             except OSError as exc:  # the certificate files are being replaced
                 log.debug("role watch: %s", exc)
+            except WarrenError as exc:  # an address no manager certificate can name
+                log.warning("role watch on %s: %s", address, exc)
             self._leader = ""
             if hint is not None:
                 await asyncio.sleep(0.05)
@@ -214,11 +217,25 @@ class RoleKeeper:
             (self._data_dir / name).exists() for name in _MANAGER_FILES
         )
 
+    def _take_worker_certificate(self) -> None:
+        """Swap the manager certificate for a worker one (same key) while the
+        CA key is still here: a worker must not hold a certificate that serves
+        as a manager's. Done before the CA key goes, so a step-down that fails
+        half-way is finished by the next attempt."""
+        ca_key_path = self._data_dir / "certs" / "ca-key.pem"
+        ca_pem, cert, key = self._identity.load()
+        if identity_from_pem(cert).role != NodeRole.MANAGER or not ca_key_path.exists():
+            return
+        ca = CertificateAuthority.from_pem(ca_pem, ca_key_path.read_bytes())
+        worker_cert = ca.issue_for_key(load_key(key).public_key(), self._node_id, "worker")
+        self._identity.save(ca_pem, worker_cert, key)
+
     async def _step_down(self) -> bool:
         manager, self.manager = self.manager, None
         if manager is not None:
             await manager.stop()
         try:
+            self._take_worker_certificate()
             NodeState(self._node_id, "worker", self._known or self._candidates()).save(
                 self._data_dir
             )
@@ -228,7 +245,7 @@ class RoleKeeper:
                     shutil.rmtree(path)
                 else:
                     path.unlink(missing_ok=True)
-        except OSError as exc:
+        except (OSError, WarrenError) as exc:
             log.error("could not drop the manager state in %s: %s", self._data_dir, exc)
             return False
         log.info("demoted: no longer a manager", extra={"node_id": self._node_id})

@@ -26,6 +26,9 @@ NODE_VALIDITY = datetime.timedelta(days=365)
 # Backdating tolerates peers whose clocks run a little behind ours.
 CLOCK_SKEW = datetime.timedelta(minutes=5)
 FINGERPRINT_LENGTH = 50
+# Manager certificates name ``<address>.manager.<cluster ID>.warren`` (see manager_server_name).
+SERVER_NAME_DOMAIN = "warren"
+_MAX_DNS_NAME = 253
 _BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 
@@ -92,23 +95,57 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
-def _san_entries(sans: Sequence[str]) -> list[x509.GeneralName]:
+def manager_server_name(host: str, cluster_id: str) -> str:
+    """The DNS name binding ``host`` to the manager role of ``cluster_id``.
+
+    A manager certificate carries it for every address the cluster verified,
+    and Warren's clients check the peer against it (gRPC's hostname check is
+    the only check of the server certificate a Python gRPC client can make):
+    the handshake then proves the peer is a manager of this cluster reachable
+    at the address dialled.
+    """
+    name = host.strip().strip("[]").lower()
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        if not name or not name.isascii() or any(c.isspace() or c in ":/" for c in name):
+            raise InvalidArgument(f"invalid manager address '{host}'") from None
+    else:
+        name = address.exploded.replace(":", "-")
+    server_name = f"{name}.manager.{cluster_id}.{SERVER_NAME_DOMAIN}"
+    if len(server_name) > _MAX_DNS_NAME:
+        raise InvalidArgument(f"manager address '{host}' is too long")
+    return server_name
+
+
+def _san_entries(sans: Sequence[str], cluster_id: str) -> list[x509.GeneralName]:
+    """Each address as itself (for generic clients such as curl) and bound to
+    the manager role of ``cluster_id`` (for Warren's own clients)."""
     entries: list[x509.GeneralName] = []
     seen: set[str] = set()
-    for raw in (*sans, "localhost", "127.0.0.1"):
-        name = raw.strip()
+    for raw in sans:
+        name = raw.strip().strip("[]")
         if not name or name.lower() in seen:
             continue
         seen.add(name.lower())
         try:
             entries.append(x509.IPAddress(ipaddress.ip_address(name)))
-            continue
         except ValueError:
-            pass
-        if not name.isascii() or any(c.isspace() for c in name):
-            raise InvalidArgument(f"invalid subject alternative name '{name}'")
-        entries.append(x509.DNSName(name))
+            if not name.isascii() or any(c.isspace() for c in name):
+                raise InvalidArgument(f"invalid subject alternative name '{name}'") from None
+            entries.append(x509.DNSName(name))
+        entries.append(x509.DNSName(manager_server_name(name, cluster_id)))
     return entries
+
+
+def extended_key_usage(role: str) -> x509.ExtendedKeyUsage:
+    """Only managers serve; workers and admins are clients only, so their
+    certificates cannot stand in for a manager's."""
+    if role == "manager":
+        return x509.ExtendedKeyUsage(
+            [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+        )
+    return x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH])
 
 
 # What a node, admin or joiner certificate may do: sign TLS handshakes only.
@@ -232,6 +269,8 @@ class CertificateAuthority:
             raise InvalidArgument("node ID must not be empty")
         if role not in CERT_ROLES:
             raise InvalidArgument(f"invalid certificate role '{role}'")
+        if sans and role != "manager":
+            raise InvalidArgument(f"a {role} certificate names no server addresses")
         now = _now()
         # A leaf outliving its CA would only fail later and more confusingly.
         not_after = min(now + NODE_VALIDITY, self._cert.not_valid_after_utc)
@@ -242,7 +281,7 @@ class CertificateAuthority:
                 x509.NameAttribute(NameOID.ORGANIZATION_NAME, self._cluster_id),
             ]
         )
-        cert = (
+        builder = (
             x509.CertificateBuilder()
             .subject_name(subject)
             .issuer_name(self._cert.subject)
@@ -252,18 +291,41 @@ class CertificateAuthority:
             .not_valid_after(not_after)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(LEAF_KEY_USAGE, critical=True)
-            .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
-                critical=False,
-            )
-            .add_extension(x509.SubjectAlternativeName(_san_entries(sans)), critical=False)
+            .add_extension(extended_key_usage(role), critical=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()),
                 False,
             )
-            .sign(self._key, hashes.SHA256())
         )
-        return cert_pem(cert)
+        entries = _san_entries(sans, self._cluster_id)
+        if entries:
+            builder = builder.add_extension(x509.SubjectAlternativeName(entries), critical=False)
+        return cert_pem(builder.sign(self._key, hashes.SHA256()))
+
+    def is_current(self, pem: bytes, node_id: str, role: str, sans: Sequence[str] = ()) -> bool:
+        """Whether ``pem`` is what ``issue_for_key`` gives today for this
+        identity (certificates issued before a change of the rules are not)."""
+        try:
+            cert = x509.load_pem_x509_certificate(pem)
+            cert.verify_directly_issued_by(self._cert)
+            usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        except (ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound):
+            return False
+        try:
+            names = set(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+        except x509.ExtensionNotFound:
+            names = set()
+        subject = cert.subject
+        return (
+            _attr(subject, NameOID.COMMON_NAME) == node_id
+            and _attr(subject, NameOID.ORGANIZATIONAL_UNIT_NAME) == role
+            and _attr(subject, NameOID.ORGANIZATION_NAME) == self._cluster_id
+            and set(usage) == set(extended_key_usage(role))
+            and names == set(_san_entries(sans, self._cluster_id))
+        )
+
+
+def _attr(name: x509.Name, oid: x509.ObjectIdentifier) -> str:
+    values = name.get_attributes_for_oid(oid)
+    return str(values[0].value) if values else ""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
+import ipaddress
 import os
 import socket
 import ssl
@@ -13,17 +15,21 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from warren.core.errors import (
     FailedPrecondition,
+    InvalidArgument,
     PermissionDenied,
     Unauthenticated,
     Unavailable,
 )
-from warren.security.ca import fingerprint
+from warren.security.ca import fingerprint, manager_server_name
 from warren.security.join import join_role_of_issuer
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def _chain_der(tls: ssl.SSLSocket) -> list[bytes]:
@@ -96,6 +102,32 @@ def pin_ca(chain_der: list[bytes], expected_fingerprint: str) -> bytes:
     raise PermissionDenied(
         "the manager's CA does not match the join token (possible man-in-the-middle)"
     )
+
+
+def check_manager_leaf(chain_der: list[bytes], ca_pem: bytes, host: str) -> None:
+    """Refuse a server whose certificate is not a manager's of the pinned CA's
+    cluster for ``host``: a joiner sends its token only to such a server."""
+    ca = x509.load_pem_x509_certificate(ca_pem)
+    refused = PermissionDenied(
+        f"the server at {host} is not a manager of this cluster (possible man-in-the-middle)"
+    )
+    if not chain_der:
+        raise refused
+    try:
+        leaf = x509.load_der_x509_certificate(chain_der[0])
+        leaf.verify_directly_issued_by(ca)
+        names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        usage = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except (ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound):
+        raise refused from None
+    cluster_id = cluster_id_of(ca_pem)
+    if (
+        _attr(leaf.subject, NameOID.ORGANIZATIONAL_UNIT_NAME) != "manager"
+        or _attr(leaf.subject, NameOID.ORGANIZATION_NAME) != cluster_id
+        or ExtendedKeyUsageOID.SERVER_AUTH not in usage
+        or manager_server_name(host, cluster_id) not in names.get_values_for_type(x509.DNSName)
+    ):
+        raise refused
 
 
 @dataclass(frozen=True)
@@ -192,3 +224,72 @@ class IdentityFiles:
 
     def exists(self) -> bool:
         return self.ca_path.is_file() and self.cert_path.is_file() and self.key_path.is_file()
+
+
+def cluster_id_of(ca_pem: bytes) -> str:
+    """The cluster a CA certificate belongs to (its organisation name)."""
+    try:
+        cert = x509.load_pem_x509_certificate(ca_pem)
+    except ValueError:
+        raise FailedPrecondition("the cluster CA certificate is not valid PEM") from None
+    cluster_id = _attr(cert.subject, NameOID.ORGANIZATION_NAME)
+    if not cluster_id:
+        raise FailedPrecondition("the cluster CA certificate names no cluster")
+    return cluster_id
+
+
+def manager_channel_options(address: str, ca_pem: bytes) -> list[tuple[str, str]]:
+    """gRPC options that make the handshake accept only a manager of the CA's
+    cluster whose certificate names the host in ``address`` (HOST:PORT).
+
+    Chain verification alone would accept any certificate the CA signed, a
+    worker's included (and certificates issued before managers alone served
+    carry serverAuth and ``127.0.0.1``). A Python gRPC client cannot look at the
+    server's certificate, so the check is made by gRPC's hostname check against
+    the name only a manager certificate carries.
+    """
+    host = address.rpartition(":")[0] or address
+    return [("grpc.ssl_target_name_override", manager_server_name(host, cluster_id_of(ca_pem)))]
+
+
+async def verified_manager_host(api_address: str, source: str) -> str:
+    """The host of a manager's advertised ``api_address`` (HOST:PORT), once the
+    cluster has checked that the request came from it (``source``: the peer's
+    IP address): the only name the manager's certificate may carry.
+
+    A hostname must resolve to ``source``. A node reaching the managers from
+    another address than it advertises is refused rather than given a name
+    nobody verified.
+    """
+    host = api_address.rpartition(":")[0].strip("[]")
+    if not host:
+        raise InvalidArgument(f"invalid API address '{api_address}': expected HOST:PORT")
+    try:
+        peer = _unmapped(ipaddress.ip_address(source))
+    except ValueError:
+        raise PermissionDenied("cannot tell which address the request came from") from None
+    try:
+        advertised = {_unmapped(ipaddress.ip_address(host))}
+    except ValueError:
+        advertised = await _resolve(host)
+    if peer not in advertised:
+        raise PermissionDenied(
+            f"the advertised address {host} is not the address this request came from "
+            f"({peer}): advertise the address this node reaches the managers from"
+        )
+    return host
+
+
+def _unmapped(address: IPAddress) -> IPAddress:
+    # A dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d.
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+async def _resolve(host: str) -> set[IPAddress]:
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, None)
+    except (OSError, UnicodeError):
+        raise InvalidArgument(f"cannot resolve the advertised address '{host}'") from None
+    return {_unmapped(ipaddress.ip_address(str(info[4][0]).partition("%")[0])) for info in infos}
