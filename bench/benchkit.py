@@ -188,6 +188,8 @@ class Manager:
     availability: str = "active"
     ports: dict[str, int] = field(default_factory=dict)
     child: Child | None = None
+    # Interpreter options before the script (a profiler: ["-m", "cProfile", ...]).
+    python_args: list[str] = field(default_factory=list)
 
     @property
     def config_dir(self) -> Path:
@@ -208,7 +210,7 @@ class Manager:
     def start(self, timeout: float = 60.0) -> None:
         for name in ("api", "rest", "metrics", "raft"):
             self.ports[name] = free_port()
-        args = [PYTHON, str(BENCH_DIR / "benchkit.py"), "manager"]
+        args = [PYTHON, *self.python_args, str(BENCH_DIR / "benchkit.py"), "manager"]
         args += ["--data-dir", str(self.root / "manager"), "--config-dir", str(self.config_dir)]
         args += ["--availability", self.availability]
         args += [f"--{name}-port={port}" for name, port in self.ports.items()]

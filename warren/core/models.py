@@ -29,7 +29,7 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 LABEL_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_./-]{0,127}")
 ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Far above any sane service, low enough that a typo can't swamp the store.
-MAX_REPLICAS = 100_000
+MAX_REPLICAS = 1_000
 # Per node or per task: above any machine, below what JSON's numbers carry exactly.
 MAX_CPUS = 4096.0
 MAX_MEMORY_BYTES = 2**50  # 1 PiB

@@ -379,9 +379,9 @@ class ControlService:
             "is_leader": self.consensus.is_leader,
             "raft_last_log_index": self.consensus.last_log_index,
             "managers": self.manager_addresses(),
-            "nodes": len(self.store.list(Kind.NODE)),
-            "services": len(self.store.list(Kind.SERVICE)),
-            "tasks": len(self.store.list(Kind.TASK)),
+            "nodes": self.store.count(Kind.NODE),
+            "services": self.store.count(Kind.SERVICE),
+            "tasks": self.store.count(Kind.TASK),
             "revision": revision,
             "state_hash": state_hash,
         }

@@ -36,6 +36,43 @@ log = logging.getLogger(__name__)
 _STATUS_FLUSH_PERIOD = 0.05
 # Assignment pushes wait this long so a burst of task events sends one set.
 _ASSIGNMENT_DEBOUNCE = 0.02
+# How often the live clock checks that the event loop is running.
+_LIVE_CLOCK_TICK = 0.1
+
+
+class LiveClock:
+    """Monotonic time that stands still while the event loop is stalled.
+
+    A heartbeat that arrives while the loop is blocked (a slow request, a big
+    Raft apply holding the store lock) waits unread in a socket. Measuring a
+    node's silence on this clock means a stalled loop is never taken for a
+    silent node. Lateness of up to one tick is ordinary scheduling jitter.
+    """
+
+    def __init__(self, tick: float = _LIVE_CLOCK_TICK) -> None:
+        self.tick = tick
+        self._stalled = 0.0
+        self._due: float | None = None  # when ``run`` should wake next; None: not running
+
+    def now(self) -> float:
+        current = time.monotonic()
+        return current - self._stalled - self._excess(current)
+
+    def _excess(self, current: float) -> float:
+        # A stall still in progress (or not yet seen by ``run``) counts too.
+        if self._due is None:
+            return 0.0
+        return max(0.0, current - self._due - self.tick)
+
+    async def run(self) -> None:
+        try:
+            while True:
+                self._due = time.monotonic() + self.tick
+                await asyncio.sleep(self.tick)
+                self._stalled += self._excess(time.monotonic())
+        finally:
+            self._stalled += self._excess(time.monotonic())
+            self._due = None
 
 
 @dataclass
@@ -72,9 +109,11 @@ class Dispatcher:
         self.heartbeat_period = max(0.2, min(5.0, node_down_timeout / 4))
         self._managers = managers
         self._sessions: dict[str, _Session] = {}
+        # Heartbeats on the live clock: a stalled loop does not age them.
+        self.clock = LiveClock()
         self._last_seen: dict[str, float] = {}
         self._pending: dict[str, dict[str, TaskStatus]] = {}
-        self._leader_since = time.monotonic()
+        self._leader_since = self.clock.now()
         self._log_streams: dict[str, asyncio.Queue[Any]] = {}
         self._barrier: asyncio.Future[Any] | None = None
 
@@ -82,8 +121,9 @@ class Dispatcher:
 
     async def run(self) -> None:
         """Route events to sessions, flush status reports, detect down nodes."""
-        self._leader_since = time.monotonic()
+        self._leader_since = self.clock.now()
         async with asyncio.TaskGroup() as group:
+            group.create_task(self.clock.run())
             group.create_task(self._route_events())
             group.create_task(self._flush_statuses())
             group.create_task(self._watch_heartbeats())
@@ -125,7 +165,7 @@ class Dispatcher:
     async def _watch_heartbeats(self) -> None:
         while True:
             await asyncio.sleep(self.heartbeat_period / 2)
-            now = time.monotonic()
+            now = self.clock.now()
             for node in self.store.list(Kind.NODE):
                 if node.status == NodeStatus.DOWN and self._alive(node.id, now):
                     # Its session outlived a cut: it heartbeats again.
@@ -179,22 +219,18 @@ class Dispatcher:
                 f"this manager is not the leader (leader: {leader or 'unknown'})", leader
             )
 
-    async def session(
-        self, node_id: str, requests: AsyncIterator[Any], peer_address: str = ""
-    ) -> AsyncIterator[Any]:
-        """A node's session; ``peer_address`` is the IP it connects from, its
-        address in ``node ls`` unless it registers one (a manager's advertised one)."""
+    async def session(self, node_id: str, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         self._require_leader()
         first = await anext(aiter(requests), None)
         if first is None or first.WhichOneof("message") != "register":
             raise PermissionDenied("a session must start with register")
-        await self._register(node_id, first.register, peer_address)
+        await self._register(node_id, first.register)
         session = _Session(node_id)
         previous = self._sessions.get(node_id)
         if previous is not None:
             previous.wake.set()
         self._sessions[node_id] = session
-        self._last_seen[node_id] = time.monotonic()
+        self._last_seen[node_id] = self.clock.now()
         reader = asyncio.create_task(self._read(node_id, requests))
         try:
             yield pb.ManagerMessage(
@@ -277,7 +313,7 @@ class Dispatcher:
                 return str(node.api_address)
         return ""
 
-    async def _register(self, node_id: str, register: Any, peer_address: str) -> None:
+    async def _register(self, node_id: str, register: Any) -> None:
         resources = from_message(Resources, register.resources)
         for _ in range(5):
             node = self.store.find(Kind.NODE, node_id)
@@ -286,7 +322,7 @@ class Dispatcher:
             updated = replace(
                 node,
                 hostname=register.hostname or node.hostname,
-                address=register.address or peer_address or node.address,
+                address=register.address or node.address,
                 resources=resources,
                 status=NodeStatus.READY,
                 status_message="",
@@ -305,7 +341,7 @@ class Dispatcher:
 
     async def _read(self, node_id: str, requests: AsyncIterator[Any]) -> None:
         async for message in requests:
-            self._last_seen[node_id] = time.monotonic()
+            self._last_seen[node_id] = self.clock.now()
             kind = message.WhichOneof("message")
             if kind == "status":
                 pending = self._pending.setdefault(node_id, {})
