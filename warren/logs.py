@@ -8,6 +8,8 @@ import os
 import sys
 import time
 
+from warren.core.errors import InvalidArgument
+
 # Attributes every LogRecord has; anything else came in through ``extra=``.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
@@ -32,12 +34,24 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+def level_from_env() -> int:
+    """The level WARREN_LOG_LEVEL names (any case; default info)."""
+    value = os.environ.get("WARREN_LOG_LEVEL", "info")
+    level = logging.getLevelNamesMapping().get(value.strip().upper())
+    if level is None:
+        raise InvalidArgument(
+            f"WARREN_LOG_LEVEL={value!r} is not a log level: use debug, info, warning or error"
+        )
+    return level
+
+
 def setup(component: str) -> None:
-    """Configure the root logger; WARREN_LOG_LEVEL=debug|info|warning picks the level."""
+    """Configure the root logger; WARREN_LOG_LEVEL=debug|info|warning|error picks the level."""
+    level = level_from_env()  # first: a bad value changes nothing
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(component))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(os.environ.get("WARREN_LOG_LEVEL", "info").upper())
+    root.setLevel(level)
     # PySyncObj logs every reconnect attempt; keep only its warnings.
     logging.getLogger("pysyncobj").setLevel(logging.WARNING)

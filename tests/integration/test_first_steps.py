@@ -23,3 +23,18 @@ def test_second_init_keeps_the_first_clusters_admin_credentials(cluster: Cluster
     assert not second.exists()
     # The first cluster's credentials still work.
     assert cluster.json("cluster", "info")["nodes"] == 1
+
+
+def test_workers_show_an_address_and_a_rolling_update_keeps_the_spread(
+    three_workers: Cluster,
+) -> None:
+    c = three_workers
+    table = c.cli("node", "ls").stdout.splitlines()
+    assert table[0].split()[-1] == "ADDRESS"
+    # Every node, workers included, connects over loopback here.
+    assert [line.split()[-1] for line in table[1:]] == ["127.0.0.1"] * 4
+    c.cli("service", "create", "web", "--image", "busybox:1", "--replicas", "6")
+    assert c.placement("web") == {"w1": 2, "w2": 2, "w3": 2}
+    c.cli("service", "update", "web", "--image", "busybox:2")
+    assert {t["spec"]["image"] for t in c.running("web")} == {"busybox:2"}
+    assert c.placement("web") == {"w1": 2, "w2": 2, "w3": 2}

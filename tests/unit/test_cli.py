@@ -20,7 +20,7 @@ import warren.cli.main as cli_main
 from warren.cli import progress
 from warren.cli.client import LogLine
 from warren.cli.main import cli
-from warren.cli.output import human_duration, table
+from warren.cli.output import human_duration, short_image, table
 from warren.cli.parsing import (
     parse_command,
     parse_duration,
@@ -594,6 +594,45 @@ def test_service_ps_shows_nodes_history_and_reasons(
     assert lines[3].endswith("no suitable node (insufficient memory on 1 node)")
 
 
+DIGEST = "sha256:" + "0123456789ab" + "c" * 52
+
+
+@pytest.mark.parametrize(
+    ("image", "shown"),
+    [
+        (f"docker.io/library/busybox:latest@{DIGEST}", "busybox:latest@sha256:0123456789ab"),
+        (f"docker.io/team/app:2@{DIGEST}", "team/app:2@sha256:0123456789ab"),
+        (f"docker.io/library/a/b:1@{DIGEST}", "library/a/b:1@sha256:0123456789ab"),
+        (f"registry.local:5000/tools@{DIGEST}", "registry.local:5000/tools@sha256:0123456789ab"),
+        ("docker.io/library/nginx:1.27", "nginx:1.27"),
+        ("nginx:1.27", "nginx:1.27"),
+        ("localhost/app", "localhost/app"),
+    ],
+)
+def test_short_image_is_the_familiar_name_and_a_short_digest(image: str, shown: str) -> None:
+    assert short_image(image) == shown
+
+
+def test_service_ls_and_ps_shorten_digests_unless_no_trunc(
+    run: Callable[..., Result], fake: FakeClient
+) -> None:
+    pinned = f"docker.io/library/busybox:latest@{DIGEST}"
+    service = make_service("web", id="svc-web-0123456789")
+    service = dataclasses.replace(service, spec=dataclasses.replace(service.spec, image=pinned))
+    fake.add(service)
+    fake.tasks = [make_task(service, id="task-0123456789abcdef", state=TaskState.RUNNING)]
+    fake.nodes = []
+    short = "busybox:latest@sha256:0123456789ab"
+    listing = run("service", "ls").stdout.splitlines()[1].split()
+    assert listing == ["svc-web-0123", "web", "replicated", "1/1", short]
+    whole = run("service", "ls", "--no-trunc").stdout.splitlines()[1].split()
+    assert whole == ["svc-web-0123456789", "web", "replicated", "1/1", pinned]
+    tasks = run("service", "ps", "web").stdout.splitlines()[1].split()
+    assert tasks[:3] == ["task-0123456", "web.1", short]
+    tasks = run("service", "ps", "web", "--no-trunc").stdout.splitlines()[1].split()
+    assert tasks[:3] == ["task-0123456789abcdef", "web.1", pinned]
+
+
 def test_service_rm(run: Callable[..., Result], fake: FakeClient) -> None:
     result = run("service", "rm", "web", "api")
     assert result.exit_code == 0
@@ -734,6 +773,28 @@ def test_cluster_init_builds_manager_options(
     ]
     assert run("cluster", "init", "--data-dir", str(tmp_path / "d2"), "--force").exit_code == 3
     assert started[-1]["replace_admin_credentials"] is True
+
+
+def test_daemons_refuse_a_bad_log_level_before_starting(
+    run: Callable[..., Result], tmp_path: Path
+) -> None:
+    data = str(tmp_path / "data")
+    backup_file = tmp_path / "cluster.backup"
+    backup_file.write_bytes(b"")
+    commands = [
+        ["cluster", "init", "--data-dir", data],
+        ["manager", "join", "--token", TOKEN, "--manager", "m:1", "--data-dir", data],
+        ["worker", "join", "--token", TOKEN, "--manager", "m:1", "--data-dir", data],
+        ["cluster", "restore", str(backup_file), "--data-dir", data],
+    ]
+    for command in commands:
+        result = run(*command, env={"WARREN_LOG_LEVEL": "bogus"})
+        line = assert_one_error_line(result, exit_code=2)
+        assert line == (
+            "Error: WARREN_LOG_LEVEL='bogus' is not a log level: use debug, info, warning or error"
+        ), command
+        assert result.stderr == line + "\n"
+        assert not (tmp_path / "data").exists()
 
 
 def test_worker_join_builds_worker_options(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from factories import GIB, make_node, make_service, make_snapshot, make_task
@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from warren.core.constraints import parse_constraint
 from warren.core.models import Availability, Node, NodeStatus, Service, ServiceMode, Task
 from warren.core.states import TaskState
+from warren.manager.orchestrator import reconcile
 from warren.manager.scheduler import Placement, ScheduleResult, Unplaceable, schedule
 from warren.manager.snapshot import Snapshot
 
@@ -360,3 +361,99 @@ def test_replicas_spread_within_one_on_equal_nodes(
     per_node = [counts[n.id] for n in cluster]
     assert len(result.placements) == replicas
     assert max(per_node) - min(per_node) <= 1
+
+
+# --- rolling updates (orchestrator and scheduler together) ---------------------------
+
+
+def _stop_leaving(tasks: list[Task]) -> list[Task]:
+    """The agents stop every task told to shut down."""
+    return [
+        replace(t, status=replace(t.status, state=TaskState.SHUTDOWN))
+        if t.desired_state == TaskState.SHUTDOWN and t.status.state.is_active
+        else t
+        for t in tasks
+    ]
+
+
+def _place_and_start(nodes: list[Node], tasks: list[Task]) -> list[Task]:
+    """One scheduler pass, then the agents start what was placed."""
+    pending = [t for t in tasks if not t.node_id and t.desired_state == TaskState.RUNNING]
+    result = schedule(make_snapshot(nodes=nodes, tasks=tasks), pending)
+    assert not result.unplaceable
+    where = {p.task_id: p.node_id for p in result.placements}
+    return [
+        replace(t, node_id=where[t.id], status=replace(t.status, state=TaskState.RUNNING))
+        if t.id in where
+        else t
+        for t in tasks
+    ]
+
+
+def _converge(
+    service: Service, nodes: list[Node], tasks: list[Task], old_stops_first: Callable[[], bool]
+) -> list[Task]:
+    """Orchestrator, scheduler and agents in turn until the service matches its spec.
+    ``old_stops_first`` says, each round, whether a replaced task has stopped
+    before the scheduler places its successor."""
+    for now in range(1, 1000):
+        plan = reconcile(service, tasks, nodes, float(now))
+        if not plan.create and not plan.shutdown:
+            return tasks
+        stopping = set(plan.shutdown)
+        tasks = [
+            replace(t, desired_state=TaskState.SHUTDOWN) if t.id in stopping else t
+            for t in tasks
+            if t.id not in plan.remove
+        ]
+        tasks += [make_task(service, slot=n.slot, created_at=now) for n in plan.create]
+        if old_stops_first():
+            tasks = _stop_leaving(tasks)
+        tasks = _stop_leaving(_place_and_start(nodes, tasks))
+    raise AssertionError("the service did not converge")
+
+
+def _running_per_node(nodes: list[Node], tasks: list[Task]) -> list[int]:
+    counts = Counter(
+        t.node_id
+        for t in tasks
+        if t.desired_state == TaskState.RUNNING and t.status.state == TaskState.RUNNING
+    )
+    return [counts[n.id] for n in nodes]
+
+
+def test_a_rolling_update_of_six_replicas_on_three_nodes_keeps_two_on_each() -> None:
+    nodes = [make_node(f"n{i}") for i in range(3)]
+    v1 = make_service(replicas=6)
+    tasks = _converge(v1, nodes, [], lambda: False)
+    assert _running_per_node(nodes, tasks) == [2, 2, 2]
+    v2 = replace(v1, spec_version=2)
+    # The old task of each slot still runs when its successor is placed.
+    tasks = _converge(v2, nodes, tasks, lambda: False)
+    assert _running_per_node(nodes, tasks) == [2, 2, 2]
+    assert {t.spec_version for t in tasks if t.desired_state == TaskState.RUNNING} == {2}
+
+
+def test_a_task_told_to_shut_down_still_counts_toward_max_replicas() -> None:
+    service = make_service(replicas=2, max_replicas_per_node=1)
+    leaving = make_task(
+        service, slot=1, node_id="n1", state=TaskState.RUNNING, desired_state=TaskState.SHUTDOWN
+    )
+    result = _run([make_node("n1")], [make_task(service, slot=1)], [leaving])
+    assert _reasons(result) == {"no suitable node (max replicas per node reached on 1 node)"}
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, 5), st.integers(1, 12), st.data())
+def test_a_rolling_update_keeps_replicas_spread_within_one(
+    node_count: int, replicas: int, data: st.DataObject
+) -> None:
+    nodes = [make_node(f"n{i}") for i in range(node_count)]
+    v1 = make_service(replicas=replicas)
+    tasks = _converge(v1, nodes, [], lambda: False)
+    v2 = replace(v1, spec_version=2)
+    tasks = _converge(v2, nodes, tasks, lambda: data.draw(st.booleans()))
+    per_node = _running_per_node(nodes, tasks)
+    assert sum(per_node) == replicas
+    assert max(per_node) - min(per_node) <= 1
+    assert {t.spec_version for t in tasks if t.desired_state == TaskState.RUNNING} == {2}

@@ -15,7 +15,7 @@ import click
 
 from warren.cli.cluster import manager_daemon_options
 from warren.cli.context import CliContext, pass_cli
-from warren.cli.options import RuntimeOptions
+from warren.cli.options import RuntimeOptions, check_log_level
 from warren.core.errors import InvalidArgument
 from warren.core.models import Availability
 from warren.security.tls import write_private
@@ -105,6 +105,7 @@ def restore(cli: CliContext, /, file: Path, passphrase_file: Path | None, **fiel
     from warren.manager.daemon import ManagerOptions
 
     # Checked before anything is asked or written.
+    check_log_level()
     check_restore_target(fields["data_dir"])
     sealed = file.read_bytes()
     data = decrypt_backup(sealed, read_passphrase(passphrase_file, new=False))

@@ -11,6 +11,7 @@ import click
 from warren.cli.context import CliContext, output_option, pass_cli
 from warren.cli.options import (
     RuntimeOptions,
+    check_log_level,
     data_dir_option,
     node_labels_option,
     node_name_option,
@@ -89,6 +90,7 @@ def manager_daemon_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 def run_manager_process(cli: CliContext, **fields: Any) -> None:
     """Build the manager's options from the command line and run it until stopped."""
+    check_log_level()
     # Imported here: admin commands should not pay for loading the manager.
     from warren.manager.daemon import ManagerOptions, run_manager
 

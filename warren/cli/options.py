@@ -23,6 +23,7 @@ from warren.cli.parsing import (
     model_range,
 )
 from warren.cli.specs import ContainerOptions, HealthOptions, ResourceOptions, RestartOptions
+from warren.core.errors import InvalidArgument
 from warren.core.models import HealthCheck, NetworkMode, RestartCondition, RestartPolicy
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -284,3 +285,19 @@ node_name_option = click.option(
 node_labels_option = click.option(
     "-l", "--label", "labels", type=LABEL, multiple=True, help="Node label KEY=VALUE."
 )
+
+
+class EnvironmentUsageError(click.ClickException):
+    """A bad environment variable: a usage error (exit 2) on one ``Error:`` line."""
+
+    exit_code = 2
+
+
+def check_log_level() -> None:
+    """A daemon's WARREN_LOG_LEVEL, checked before it starts anything."""
+    from warren import logs
+
+    try:
+        logs.level_from_env()
+    except InvalidArgument as exc:
+        raise EnvironmentUsageError(str(exc)) from None

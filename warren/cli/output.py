@@ -19,6 +19,25 @@ def short_id(object_id: str) -> str:
     return object_id[:SHORT_ID]
 
 
+def short_image(image: str) -> str:
+    """An image reference as Docker shows it in tables: the familiar name
+    (``docker.io/library/`` dropped) and 12 hex digits of a pinned digest,
+    e.g. ``nginx:1.27@sha256:0123456789ab``."""
+    name, at, digest = image.partition("@")
+    algorithm, colon, hex_digits = digest.partition(":")
+    if colon:
+        digest = f"{algorithm}:{hex_digits[:SHORT_ID]}"
+    return _familiar(name) + at + digest
+
+
+def _familiar(name: str) -> str:
+    hub, slash, rest = name.partition("/")
+    if hub != "docker.io" or not slash:
+        return name
+    official = rest.removeprefix("library/")
+    return official if "/" not in official else rest
+
+
 def document(data: Any, fmt: str) -> str:
     """Models (or lists/dicts of them) as a JSON or YAML document."""
     plain = to_dict(data)

@@ -17,7 +17,7 @@ from warren.cli.options import (
     restart_options,
     wait_options,
 )
-from warren.cli.output import ago, document, short_id, table
+from warren.cli.output import ago, document, short_id, short_image, table
 from warren.cli.parsing import COMMAND, ENV, LABEL, SCALE, model_range
 from warren.cli.progress import wait_for_convergence
 from warren.cli.specs import (
@@ -133,11 +133,17 @@ def _replicas(service: Service, tasks: Sequence[Task]) -> str:
     return f"{running}/{desired}"
 
 
+no_trunc_option = click.option(
+    "--no-trunc", is_flag=True, help="Show whole IDs and image references (with the full digest)."
+)
+
+
 @service_group.command("ls")
 @click.option("-q", "--quiet", is_flag=True, help="Only print IDs.")
+@no_trunc_option
 @output_option
 @pass_cli
-def list_services(cli: CliContext, quiet: bool) -> None:
+def list_services(cli: CliContext, quiet: bool, no_trunc: bool) -> None:
     """List services."""
     client = cli.client()
     services = client.list_services()
@@ -150,11 +156,11 @@ def list_services(cli: CliContext, quiet: bool) -> None:
         by_service.setdefault(task.service_id, []).append(task)
     rows = [
         [
-            short_id(s.id),
+            s.id if no_trunc else short_id(s.id),
             s.spec.name,
             str(s.spec.mode),
             _replicas(s, by_service.get(s.id, [])),
-            s.spec.image,
+            s.spec.image if no_trunc else short_image(s.spec.image),
         ]
         for s in services
     ]
@@ -180,17 +186,21 @@ def _message(task: Task) -> str:
     return "" if task.status.state == TaskState.RUNNING else task.status.message
 
 
-def task_rows(tasks: Sequence[Task], hostnames: dict[str, str], now: float) -> list[list[str]]:
+def task_rows(
+    tasks: Sequence[Task], hostnames: dict[str, str], now: float, no_trunc: bool = False
+) -> list[list[str]]:
+    cut_id = (lambda text: text) if no_trunc else short_id
+    cut_image = (lambda text: text) if no_trunc else short_image
     rows: list[list[str]] = []
     seen: set[tuple[str, int, str]] = set()
     for task in sorted(tasks, key=_slot_order):
         slot = (task.service_id, task.slot, "" if task.slot else task.node_id)
         rows.append(
             [
-                short_id(task.id),
+                cut_id(task.id),
                 task.name if slot not in seen else f" \\_ {task.name}",
-                task.spec.image,
-                hostnames.get(task.node_id, short_id(task.node_id)),
+                cut_image(task.spec.image),
+                hostnames.get(task.node_id, cut_id(task.node_id)),
                 str(task.desired_state),
                 _current_state(task, now),
                 _message(task),
@@ -203,9 +213,12 @@ def task_rows(tasks: Sequence[Task], hostnames: dict[str, str], now: float) -> l
 @service_group.command("ps")
 @click.argument("services", nargs=-1, required=True, metavar="SERVICE...")
 @click.option("-q", "--quiet", is_flag=True, help="Only print task IDs.")
+@no_trunc_option
 @output_option
 @pass_cli
-def list_service_tasks(cli: CliContext, services: tuple[str, ...], quiet: bool) -> None:
+def list_service_tasks(
+    cli: CliContext, services: tuple[str, ...], quiet: bool, no_trunc: bool
+) -> None:
     """List the tasks of one or more services, with their history."""
     client = cli.client()
     tasks = [task for ref in services for task in client.list_tasks(service=ref)]
@@ -215,7 +228,7 @@ def list_service_tasks(cli: CliContext, services: tuple[str, ...], quiet: bool) 
         return
     hostnames = {node.id: node.hostname for node in client.list_nodes()}
     headers = ["ID", "NAME", "IMAGE", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR/MESSAGE"]
-    click.echo(table(headers, task_rows(tasks, hostnames, time.time())))
+    click.echo(table(headers, task_rows(tasks, hostnames, time.time(), no_trunc)))
 
 
 @service_group.command("inspect")

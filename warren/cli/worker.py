@@ -14,6 +14,7 @@ from warren.cli.config import split_managers
 from warren.cli.context import CliContext, pass_cli
 from warren.cli.options import (
     RuntimeOptions,
+    check_log_level,
     data_dir_option,
     node_labels_option,
     node_name_option,
@@ -87,6 +88,7 @@ def join(
     The manager options (--api-port, --raft-port, ...) are for when the node
     is promoted: it then also runs a manager, and does again when restarted.
     """
+    check_log_level()
     # Imported here: admin commands should not pay for loading the agent.
     from warren.agent.daemon import WorkerOptions, run_worker
 

@@ -219,12 +219,16 @@ class Dispatcher:
                 f"this manager is not the leader (leader: {leader or 'unknown'})", leader
             )
 
-    async def session(self, node_id: str, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async def session(
+        self, node_id: str, requests: AsyncIterator[Any], peer_address: str = ""
+    ) -> AsyncIterator[Any]:
+        """A node's session; ``peer_address`` is the IP it connects from, its
+        address in ``node ls`` unless it registers one (a manager's advertised one)."""
         self._require_leader()
         first = await anext(aiter(requests), None)
         if first is None or first.WhichOneof("message") != "register":
             raise PermissionDenied("a session must start with register")
-        await self._register(node_id, first.register)
+        await self._register(node_id, first.register, peer_address)
         session = _Session(node_id)
         previous = self._sessions.get(node_id)
         if previous is not None:
@@ -313,7 +317,7 @@ class Dispatcher:
                 return str(node.api_address)
         return ""
 
-    async def _register(self, node_id: str, register: Any) -> None:
+    async def _register(self, node_id: str, register: Any, peer_address: str) -> None:
         resources = from_message(Resources, register.resources)
         for _ in range(5):
             node = self.store.find(Kind.NODE, node_id)
@@ -322,7 +326,7 @@ class Dispatcher:
             updated = replace(
                 node,
                 hostname=register.hostname or node.hostname,
-                address=register.address or node.address,
+                address=register.address or peer_address or node.address,
                 resources=resources,
                 status=NodeStatus.READY,
                 status_message="",

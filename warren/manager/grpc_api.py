@@ -392,7 +392,10 @@ class DispatcherServicer(pb_grpc.DispatcherServicer):  # type: ignore[misc]
     async def Session(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
         try:
             identity = _require(context, NODE_ROLES)
-            async for message in self.dispatcher.session(identity.node_id, request_iterator):
+            session = self.dispatcher.session(
+                identity.node_id, request_iterator, peer_address=peer_ip(context)
+            )
+            async for message in session:
                 yield message
         except WarrenError as exc:
             await _abort(context, exc)

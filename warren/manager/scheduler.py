@@ -2,7 +2,13 @@
 
 Filters, in order (a node that fails several is reported under the first):
 ready and active, resources, constraints, max replicas per node. Scorers, in
-order: spread (fewest tasks of the service), least allocated, node ID.
+order: spread (fewest tasks of the service meant to keep running), least
+allocated, node ID.
+
+A task told to shut down still holds its node's resources and counts toward
+max replicas per node until it has stopped, but not toward the spread: a
+rolling update places a slot's new task while the old one is still stopping,
+and counting the old one would pile new tasks onto the lowest node ID.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from dataclasses import dataclass, field
 
 from warren.core.constraints import parse_constraint
 from warren.core.models import Node, Resources, Task
+from warren.core.states import TaskState
 from warren.manager.snapshot import Snapshot
 
 NOT_READY = "node not ready or not active"
@@ -97,15 +104,23 @@ class _State:
     loads: dict[str, _NodeLoad]
     # service ID -> node ID -> tasks of that service holding resources there.
     per_service: dict[str, Counter[str]] = field(default_factory=dict)
+    # The same, without the tasks told to shut down: what the spread scorer counts.
+    staying: dict[str, Counter[str]] = field(default_factory=dict)
     eligible_by_constraints: dict[tuple[str, ...], list[str]] = field(default_factory=dict)
 
     def service_count(self, service_id: str, node_id: str) -> int:
         counts = self.per_service.get(service_id)
         return counts[node_id] if counts else 0
 
-    def place(self, group: _Group, node_id: str) -> None:
+    def staying_count(self, service_id: str, node_id: str) -> int:
+        counts = self.staying.get(service_id)
+        return counts[node_id] if counts else 0
+
+    def place(self, group: _Group, node_id: str, *, leaving: bool = False) -> None:
         self.loads[node_id].add(group.reservations)
         self.per_service.setdefault(group.service_id, Counter())[node_id] += 1
+        if not leaving:
+            self.staying.setdefault(group.service_id, Counter())[node_id] += 1
 
     def static_eligible(self, constraints: tuple[str, ...]) -> list[str]:
         """Nodes passing the filters that no placement can change, cached per constraint set."""
@@ -138,7 +153,7 @@ class _State:
 
     def score(self, group: _Group, node_id: str) -> tuple[int, float, int, str]:
         fraction, tasks = self.loads[node_id].allocated()
-        return self.service_count(group.service_id, node_id), fraction, tasks, node_id
+        return self.staying_count(group.service_id, node_id), fraction, tasks, node_id
 
 
 def schedule(snapshot: Snapshot, tasks: Sequence[Task]) -> ScheduleResult:
@@ -166,7 +181,8 @@ def _initial_state(snapshot: Snapshot, pending_ids: set[str]) -> _State:
     for task in snapshot.tasks.values():
         # Tasks being scheduled now are counted when (and if) they are placed.
         if task.holds_resources and task.id not in pending_ids and task.node_id in state.loads:
-            state.place(_Group.of(task), task.node_id)
+            leaving = task.desired_state != TaskState.RUNNING
+            state.place(_Group.of(task), task.node_id, leaving=leaving)
     return state
 
 
