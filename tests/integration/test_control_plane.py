@@ -174,3 +174,29 @@ def test_remove_service_and_node(three_workers: Cluster) -> None:
     wait_for(lambda: c.node_status("w3") == "down", c.node_down_timeout + 5, "w3 down")
     c.cli("node", "rm", "w3")
     assert c.node_status("w3") is None
+
+
+def test_force_removed_live_worker_stops_with_a_clear_error(cluster: Cluster) -> None:
+    cluster.init_manager("--availability", "drain")
+    worker = cluster.join_worker("w1")
+    cluster.cli("service", "create", "web", "--image", "busybox", "--replicas", "2")
+    wait_for(lambda: len(cluster.running("web")) == 2, 20, "2 running replicas")
+    node_id = cluster.node_id("w1")
+    # A one-character prefix is not enough to remove a node (if it is not
+    # the manager's too: then it is ambiguous).
+    refused = cluster.cli("node", "rm", "--force", node_id[:1], check=False)
+    assert refused.returncode == 1
+    assert "too short" in refused.stderr or "ambiguous" in refused.stderr
+    assert worker.alive
+
+    cluster.cli("node", "rm", "--force", node_id[:6])
+    assert worker.popen is not None
+    code = worker.popen.wait(timeout=20)
+    assert code == 1
+    log = worker.tail(200)
+    assert "removed from this cluster" in log
+    assert "this node stops" in log
+    # It left no replica behind: the cluster knows none on the removed node.
+    assert all(
+        t["node_id"] != node_id or t["desired_state"] == "shutdown" for t in cluster.tasks("web")
+    )

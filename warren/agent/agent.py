@@ -32,7 +32,7 @@ import grpc
 from warren.agent.cache import TaskCache
 from warren.agent.executor import TaskExecutor
 from warren.agent.runtime import ContainerState, Runtime
-from warren.core.errors import NotFound, WarrenError
+from warren.core.errors import NotFound, PermissionDenied, WarrenError
 from warren.core.models import Resources, Task, TaskStatus
 from warren.core.states import TaskState
 from warren.proto import warren_pb2 as pb
@@ -96,6 +96,7 @@ class Agent:
         self.hostname = hostname or socket.gethostname()
         self.address = address
         self.resources = resources or node_resources()
+        self.data_dir = data_dir
         self.cache = TaskCache(data_dir / "tasks.json")
         self.tasks: dict[str, Task] = {}
         self.executors: dict[str, TaskExecutor] = {}
@@ -178,11 +179,14 @@ class Agent:
         while True:
             manager = self.managers[index % len(self.managers)]
             leader = None
+            refused: PermissionDenied | None = None
             try:
                 await self._session(manager)
             except grpc.RpcError as exc:
                 leader = leader_hint(exc)
-                log.warning("session with %s ended: %s", manager, error_from_rpc(exc))
+                error = error_from_rpc(exc)
+                refused = error if isinstance(error, PermissionDenied) else None
+                log.warning("session with %s ended: %s", manager, error)
             except WarrenError as exc:
                 log.warning("session with %s ended: %s", manager, exc)
             finally:
@@ -192,6 +196,8 @@ class Agent:
                 if was_connected:
                     backoff = 0.2  # it worked for a while: start over quickly
                     self._revive_unacknowledged_ends()
+            if refused is not None:
+                await self._leave(refused)
             if leader is not None:
                 # A follower named the leader: go there at once.
                 if leader not in self.managers:
@@ -202,6 +208,16 @@ class Agent:
             index += 1
             await asyncio.sleep(backoff + random.uniform(0, backoff / 2))
             backoff = min(backoff * 2, 5.0)
+
+    async def _leave(self, refused: PermissionDenied) -> None:
+        """The cluster refused this node (removed with node rm): retrying cannot
+        help, and its tasks were replaced elsewhere. They stop, and so does the agent."""
+        log.error("the cluster refused this node (%s); stopping its tasks", refused)
+        await self.apply_assignments([])
+        raise PermissionDenied(
+            f"{refused}: this node stops; to join again, remove {self.data_dir.parent} "
+            "and run 'warren worker join' with a join token"
+        )
 
     async def _session(self, manager: str) -> None:
         async with manager_channel(self.identity, manager, _KEEPALIVE) as channel:

@@ -8,6 +8,7 @@ from functools import cache
 from typing import TYPE_CHECKING
 
 from warren.core.errors import InvalidArgument
+from warren.core.validation import show
 
 if TYPE_CHECKING:
     from warren.core.models import Node
@@ -46,7 +47,7 @@ def parse_constraint(expr: str) -> Constraint:
     match = _EXPR.match(expr)
     if not match:
         raise InvalidArgument(
-            f"invalid constraint '{expr}': expected node.id|node.hostname|node.role|"
+            f"invalid constraint {show(expr)}: expected node.id|node.hostname|node.role|"
             "node.labels.KEY followed by == or != and a value"
         )
     field, op, value = match.groups()

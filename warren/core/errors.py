@@ -6,6 +6,24 @@ status, so one place decides what a client sees.
 
 from __future__ import annotations
 
+# A message past this many characters keeps its head and its tail (the advice
+# usually comes last); echoed values are bounded already (validation.show).
+MAX_MESSAGE = 1024
+_ELLIPSIS = "\u2026"
+
+
+def safe_message(message: str, limit: int = MAX_MESSAGE) -> str:
+    """A message fit for the wire: one line, control characters escaped, at most
+    ``limit`` characters, cut in the middle so its start and end both stay."""
+    text = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in message.strip())
+    if not text:
+        return "unknown error"
+    if len(text) <= limit:
+        return text
+    tail = limit // 3
+    head = limit - tail - 3
+    return f"{text[:head]} {_ELLIPSIS} {text[-tail:]}"
+
 
 class WarrenError(Exception):
     """Base class; ``code`` is stable and machine-readable."""

@@ -36,6 +36,7 @@ from warren.core.models import (
     new_id,
 )
 from warren.core.states import TaskState
+from warren.core.validation import show
 from warren.manager.consensus import Consensus
 from warren.manager.images import ImageResolver
 from warren.manager.store import (
@@ -57,6 +58,10 @@ T = TypeVar("T")
 
 # Compare-and-swap retries for read-modify-write updates the user did not pin.
 _CAS_ATTEMPTS = 5
+# Removing (or demoting) by ID prefix takes at least this many characters: a
+# stray digit must not delete a node. Six base-36 characters are 2 billion
+# possibilities (no accidental match), yet short to type; the CLI shows 12.
+DESTRUCTIVE_MIN_PREFIX = 6
 
 
 class ControlService:
@@ -107,10 +112,10 @@ class ControlService:
         await self._write([put(service, MUST_NOT_EXIST)])
         return cast(Service, self.store.get(Kind.SERVICE, service.id))
 
-    def get_service(self, ref: str) -> Service:
+    def get_service(self, ref: str, min_prefix: int = 1) -> Service:
         services: list[Service] = self.store.list(Kind.SERVICE)
         by_name = {s.spec.name: s for s in services}
-        return _resolve(ref, {s.id: s for s in services}, by_name, "service")
+        return _resolve(ref, {s.id: s for s in services}, by_name, "service", min_prefix)
 
     def list_services(self) -> list[Service]:
         return sorted(self.store.list(Kind.SERVICE), key=lambda s: s.spec.name)
@@ -157,19 +162,19 @@ class ControlService:
         raise Conflict("service kept changing; try again")
 
     async def delete_service(self, ref: str) -> None:
-        service = self.get_service(ref)
+        service = self.get_service(ref, DESTRUCTIVE_MIN_PREFIX)
         # Its tasks are shut down by the orchestrator, which sees the delete.
         await self._write([delete(Kind.SERVICE, service.id, service.version)])
 
     # -- nodes -------------------------------------------------------------------
 
-    def get_node(self, ref: str) -> Node:
+    def get_node(self, ref: str, min_prefix: int = 1) -> Node:
         nodes: list[Node] = self.store.list(Kind.NODE)
         by_name: dict[str, Node] = {}
         for node in nodes:
             # A hostname shared by several nodes is no name at all.
             by_name[node.hostname] = node if node.hostname not in by_name else _AMBIGUOUS
-        return _resolve(ref, {n.id: n for n in nodes}, by_name, "node")
+        return _resolve(ref, {n.id: n for n in nodes}, by_name, "node", min_prefix)
 
     def describe_node(self, ref: str) -> Node:
         """A node as clients see it: with its live manager status."""
@@ -203,7 +208,7 @@ class ControlService:
             labels = dict(node.labels)
             for key in label_rm or []:
                 if key not in labels:
-                    raise NotFound(f"node '{node.hostname}' has no label '{key}'")
+                    raise NotFound(f"node '{node.hostname}' has no label {show(key)}")
                 del labels[key]
             labels.update(label_add or {})
             updated = replace(
@@ -222,7 +227,7 @@ class ControlService:
         raise Conflict("node kept changing; try again")
 
     async def remove_node(self, ref: str, force: bool = False) -> None:
-        node = self.get_node(ref)
+        node = self.get_node(ref, DESTRUCTIVE_MIN_PREFIX)
         if node.role == NodeRole.MANAGER:
             # Out of Raft first, so the group never counts a member that is gone.
             await self._remove_manager(node, force)
@@ -306,7 +311,7 @@ class ControlService:
     async def demote_node(self, ref: str, force: bool = False) -> Node:
         """Take a manager out of Raft and make it a worker; the node stops its
         manager when the leader tells it (``Dispatcher.watch_role``)."""
-        node = self.get_node(ref)
+        node = self.get_node(ref, DESTRUCTIVE_MIN_PREFIX)
         if node.role == NodeRole.MANAGER:
             # On the leader, which cannot be the node demoted: a follower taking
             # itself out of Raft could not commit the role change after it.
@@ -505,23 +510,31 @@ class ControlService:
 _AMBIGUOUS: Any = object()
 
 
-def _resolve(ref: str, by_id: dict[str, T], by_name: dict[str, T], what: str) -> T:
-    """Find an object by exact ID, then name, then unique ID prefix (like Docker)."""
+def _resolve(
+    ref: str, by_id: dict[str, T], by_name: dict[str, T], what: str, min_prefix: int = 1
+) -> T:
+    """Find an object by exact ID, then name, then unique ID prefix (like Docker)
+    of at least ``min_prefix`` characters."""
     if not ref:
         raise InvalidArgument(f"a {what} ID or name is required")
     if ref in by_id:
         return by_id[ref]
     found = by_name.get(ref)
     if found is _AMBIGUOUS:
-        raise InvalidArgument(f"{what} name '{ref}' is ambiguous; use its ID")
+        raise InvalidArgument(f"{what} name {show(ref)} is ambiguous; use its ID")
     if found is not None:
         return found
     matches = [obj for object_id, obj in by_id.items() if object_id.startswith(ref)]
-    if len(matches) == 1:
-        return matches[0]
+    if len(matches) > 1:
+        raise InvalidArgument(f"{what} ID prefix {show(ref)} is ambiguous")
+    if matches and len(ref) < min_prefix:
+        raise InvalidArgument(
+            f"{what} ID prefix {show(ref)} is too short for this: give at least "
+            f"{min_prefix} characters of the ID, the whole ID or the name"
+        )
     if matches:
-        raise InvalidArgument(f"{what} ID prefix '{ref}' is ambiguous")
-    raise NotFound(f"{what} '{ref}' not found")
+        return matches[0]
+    raise NotFound(f"{what} {show(ref)} not found")
 
 
 def _token_secret(cluster: Cluster, role: str) -> str:

@@ -250,6 +250,9 @@ class Dispatcher:
                 if reader.done() or self._sessions.get(node_id) is not session:
                     break
                 self._require_leader()
+                if self.store.find(Kind.NODE, node_id) is None:
+                    # node rm --force of a live node: it learns at once, and stops.
+                    raise PermissionDenied(f"node {node_id} was removed from this cluster")
                 if session.assignments_dirty:
                     await asyncio.sleep(_ASSIGNMENT_DEBOUNCE)
                 session.wake.clear()
@@ -321,6 +324,10 @@ class Dispatcher:
         resources = from_message(Resources, register.resources)
         for _ in range(5):
             node = self.store.find(Kind.NODE, node_id)
+            if node is None:
+                # A refused node stops for good: first be sure this store is current.
+                await self._shared_barrier()
+                node = self.store.find(Kind.NODE, node_id)
             if node is None:
                 raise PermissionDenied(f"node {node_id} is not part of this cluster (removed?)")
             updated = replace(

@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator, Iterable
 
 from warren.core.errors import InvalidArgument
+from warren.core.validation import show
 from warren.manager.store import Kind, Store, StoreEvent
 
 _CLOSED = None
@@ -27,7 +28,7 @@ def public_kinds(names: Iterable[str]) -> frozenset[Kind]:
         kind = next((k for k in PUBLIC_KINDS if k.value == name.strip()), None)
         if kind is None:
             allowed = ", ".join(sorted(k.value for k in PUBLIC_KINDS))
-            raise InvalidArgument(f"unknown event kind '{name.strip()}': use {allowed}")
+            raise InvalidArgument(f"unknown event kind {show(name.strip())}: use {allowed}")
         kinds.add(kind)
     return frozenset(kinds) or PUBLIC_KINDS
 

@@ -8,6 +8,7 @@ handshake, so a rotated token stops working at once.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import urllib.parse
@@ -17,15 +18,18 @@ from typing import Any, TypeVar
 
 import grpc
 
+from warren.core.codec import from_dict
 from warren.core.errors import (
     InvalidArgument,
     NotLeader,
     PermissionDenied,
     Unauthenticated,
     WarrenError,
+    safe_message,
 )
 from warren.core.models import Availability, Node, NodeRole, ServiceSpec, Task
 from warren.core.states import TaskState
+from warren.core.validation import show
 from warren.manager.backup import encode_state, take_backup
 from warren.manager.control import ControlService
 from warren.manager.dispatcher import Dispatcher
@@ -34,7 +38,7 @@ from warren.manager.metrics import Metrics
 from warren.manager.store import Kind, StoreEvent
 from warren.proto import warren_pb2 as pb
 from warren.proto import warren_pb2_grpc as pb_grpc
-from warren.proto.convert import from_message, to_message
+from warren.proto.convert import message_to_dict, to_message
 from warren.proto.errors import (
     CONSISTENCY_KEY,
     ERROR_CODE_KEY,
@@ -83,8 +87,16 @@ async def _abort(context: grpc.aio.ServicerContext, exc: WarrenError) -> None:
     if isinstance(exc, NotLeader) and exc.leader:
         metadata += ((LEADER_KEY, exc.leader),)
     await context.abort(
-        GRPC_STATUS.get(exc.code, grpc.StatusCode.INTERNAL), exc.message, trailing_metadata=metadata
+        GRPC_STATUS.get(exc.code, grpc.StatusCode.INTERNAL),
+        safe_message(exc.message),
+        trailing_metadata=metadata,
     )
+
+
+async def _abort_unexpected(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:
+    # Never a Python message on the wire: the detail goes to the log.
+    log.error("gRPC %s failed", method, exc_info=exc)
+    await _abort(context, WarrenError("internal error; see the manager's log"))
 
 
 def _require_admin(control: ControlService, context: grpc.aio.ServicerContext) -> None:
@@ -97,7 +109,21 @@ def _availability(text: str) -> Availability:
     try:
         return Availability(text or Availability.ACTIVE)
     except ValueError:
-        raise InvalidArgument(f"invalid availability '{text}'") from None
+        allowed = ", ".join(a.value for a in Availability)
+        raise InvalidArgument(f"invalid availability {show(text)}: use {allowed}") from None
+
+
+def _spec(request: Any) -> ServiceSpec:
+    """The request's spec, decoded as strictly as REST decodes a body; proto3
+    sends no empty fields, so an unset required field is a missing one."""
+    data = message_to_dict(request.spec) if request.HasField("spec") else None
+    if data is None:
+        raise InvalidArgument("request: missing field 'spec'")
+    for field in dataclasses.fields(ServiceSpec):
+        required = field.default is dataclasses.MISSING
+        if required and field.default_factory is dataclasses.MISSING and field.name not in data:
+            raise InvalidArgument(f"spec: missing field '{field.name}'")
+    return from_dict(ServiceSpec, data, "spec")
 
 
 def _wants_linearizable(context: grpc.aio.ServicerContext) -> bool:
@@ -120,6 +146,8 @@ def admin_rpc(method: F) -> F:
             return await method(self, request, context)
         except WarrenError as exc:
             await _abort(context, exc)
+        except Exception as exc:
+            await _abort_unexpected(context, method.__name__, exc)
         finally:
             if self.metrics is not None:
                 self.metrics.observe("grpc", method.__name__, time.perf_counter() - started)
@@ -142,7 +170,7 @@ class ControlServicer(pb_grpc.ControlServicer):  # type: ignore[misc]
 
     @admin_rpc
     async def CreateService(self, request: Any, context: Any) -> Any:
-        spec = from_message(ServiceSpec, request.spec)
+        spec = _spec(request)
         return to_message(await self.control.create_service(spec), pb.Service)
 
     @admin_rpc
@@ -156,7 +184,9 @@ class ControlServicer(pb_grpc.ControlServicer):  # type: ignore[misc]
 
     @admin_rpc
     async def UpdateService(self, request: Any, context: Any) -> Any:
-        spec = from_message(ServiceSpec, request.spec)
+        spec = _spec(request)
+        if request.version < 0:
+            raise InvalidArgument("version cannot be negative")
         service = await self.control.update_service(request.service, spec, request.version)
         return to_message(service, pb.Service)
 
@@ -182,7 +212,7 @@ class ControlServicer(pb_grpc.ControlServicer):  # type: ignore[misc]
 
     @admin_rpc
     async def UpdateNode(self, request: Any, context: Any) -> Any:
-        availability = Availability(request.availability) if request.availability else None
+        availability = _availability(request.availability) if request.availability else None
         node = await self.control.update_node(
             request.node, availability, dict(request.label_add), list(request.label_rm)
         )
@@ -273,6 +303,8 @@ class ControlServicer(pb_grpc.ControlServicer):  # type: ignore[misc]
     def _log_sources(self, request: Any) -> list[Task]:
         if bool(request.service) == bool(request.task):
             raise InvalidArgument("ask for the logs of one service or of one task")
+        if request.tail < 0:
+            raise InvalidArgument(f"tail must be 0 (everything) or more, not {request.tail}")
         if request.task:
             return [self.control.get_task(request.task)]
         tasks = self.control.list_tasks(service=request.service)
@@ -331,7 +363,7 @@ class DispatcherServicer(pb_grpc.DispatcherServicer):  # type: ignore[misc]
             if identity.joining_role is None:
                 raise PermissionDenied("join with a join token, not a node certificate")
             if identity.joining_role != request.role:
-                raise PermissionDenied(f"this token cannot join a {request.role}")
+                raise PermissionDenied(f"this token cannot join a {show(request.role)}")
             node, certificate = await self.control.join(
                 request.secret,
                 request.role,
@@ -345,6 +377,9 @@ class DispatcherServicer(pb_grpc.DispatcherServicer):  # type: ignore[misc]
             )
         except WarrenError as exc:
             await _abort(context, exc)
+            raise AssertionError("unreachable") from exc
+        except Exception as exc:
+            await _abort_unexpected(context, "Join", exc)
             raise AssertionError("unreachable") from exc
         log.info("node joined", extra={"node_id": node.id, "hostname": node.hostname})
         return self._join_reply(node, certificate)
@@ -377,6 +412,9 @@ class DispatcherServicer(pb_grpc.DispatcherServicer):  # type: ignore[misc]
             )
         except WarrenError as exc:
             await _abort(context, exc)
+            raise AssertionError("unreachable") from exc
+        except Exception as exc:
+            await _abort_unexpected(context, "Promote", exc)
             raise AssertionError("unreachable") from exc
         log.info("node promoted", extra={"node_id": node.id, "hostname": node.hostname})
         return self._join_reply(node, certificate)

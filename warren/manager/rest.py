@@ -14,6 +14,7 @@ import enum
 import json
 import logging
 import math
+import re
 import ssl
 import tempfile
 import time
@@ -27,10 +28,27 @@ from typing import Any
 from aiohttp import web
 
 from warren.core.codec import from_dict, to_dict
-from warren.core.errors import InvalidArgument, PermissionDenied, Unauthenticated, WarrenError
-from warren.core.models import Availability, Node, Service, ServiceSpec, Task
+from warren.core.errors import (
+    InvalidArgument,
+    PermissionDenied,
+    Unauthenticated,
+    WarrenError,
+    safe_message,
+)
+from warren.core.models import (
+    ENV_KEY_RE,
+    LABEL_KEY_RE,
+    MAX_REPLICAS,
+    NAME_RE,
+    Availability,
+    Node,
+    Service,
+    ServiceSpec,
+    Task,
+)
+from warren.core.validation import bounded, field_limits, show, validate
 from warren.manager.control import ControlService
-from warren.manager.events import EventBus, Subscription, public_kinds
+from warren.manager.events import PUBLIC_KINDS, EventBus, Subscription, public_kinds
 from warren.manager.metrics import Metrics
 from warren.manager.store import EventAction, Kind, StoreEvent
 from warren.proto.errors import HTTP_STATUS
@@ -59,12 +77,19 @@ STREAMS = web.AppKey("streams", set[Subscription])
 @dataclass(frozen=True)
 class ServiceUpdate:
     spec: ServiceSpec
-    version: int = 0  # 0: update whatever version is current
+    # 0: update whatever version is current
+    version: int = field(default=0, metadata=bounded(minimum=0))
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 @dataclass(frozen=True)
 class ScaleRequest:
-    replicas: int
+    replicas: int = field(metadata=bounded(minimum=0, maximum=MAX_REPLICAS))
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 @dataclass(frozen=True)
@@ -73,17 +98,15 @@ class NodeUpdate:
     label_add: dict[str, str] = field(default_factory=dict)
     label_rm: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        validate(self)
+
 
 # -- errors ----------------------------------------------------------------------
 
 
-def _first_line(text: str) -> str:
-    lines = text.strip().splitlines()
-    return lines[0] if lines else "unknown error"
-
-
 def error_response(status: int, code: str, message: str) -> web.Response:
-    body = {"error": {"code": code, "message": _first_line(message)}}
+    body = {"error": {"code": code, "message": safe_message(message)}}
     return web.json_response(body, status=status)
 
 
@@ -91,9 +114,12 @@ def error_response(status: int, code: str, message: str) -> web.Response:
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
+def _http_code(status: int) -> str:
+    return _HTTP_CODES.get(status, "invalid_argument" if status < 500 else "internal")
+
+
 def _from_http_exception(exc: web.HTTPException) -> web.Response:
-    code = _HTTP_CODES.get(exc.status, "invalid_argument" if exc.status < 500 else "internal")
-    response = error_response(exc.status, code, exc.reason)
+    response = error_response(exc.status, _http_code(exc.status), exc.reason)
     if "Allow" in exc.headers:
         response.headers["Allow"] = exc.headers["Allow"]
     return response
@@ -184,7 +210,7 @@ def _flag(request: web.Request, name: str) -> bool:
         return True
     if value in ("false", "0", "no", ""):
         return False
-    raise InvalidArgument(f"query parameter '{name}' must be true or false, not '{value}'")
+    raise InvalidArgument(f"query parameter '{name}' must be true or false, not {show(value)}")
 
 
 def _kinds(request: web.Request) -> frozenset[Kind]:
@@ -222,8 +248,6 @@ async def update_service(request: web.Request) -> web.Response:
     data = await _json_object(request)
     _require(data, "spec")
     body = from_dict(ServiceUpdate, data, "body")
-    if body.version < 0:
-        raise InvalidArgument("body.version cannot be negative")
     control = _control(request)
     return _ok(await control.update_service(request.match_info["id"], body.spec, body.version))
 
@@ -348,6 +372,7 @@ class Route:
 
 
 _OBJECT_REF = "ID, unique ID prefix or name"
+_PUBLIC_KINDS = ", ".join(sorted(k.value for k in PUBLIC_KINDS))
 _TASK_REF = "ID or unique ID prefix"
 
 ROUTES: tuple[Route, ...] = (
@@ -416,7 +441,7 @@ ROUTES: tuple[Route, ...] = (
         "Stream store events (Server-Sent Events; `: keepalive` comments every 15 s)",
         response="Event",
         media="text/event-stream",
-        query=(Param("kinds", "Comma-separated kinds: cluster, node, service, task"),),
+        query=(Param("kinds", f"Comma-separated kinds: {_PUBLIC_KINDS} (default: all)"),),
     ),
     Route("GET", "/openapi.json", openapi, "This document"),
 )
@@ -451,11 +476,11 @@ _EVENT_SCHEMA = {
     "type": "object",
     "description": "One SSE `data:` line; the `event:` line is `<kind>.<action>`.",
     "properties": {
-        "revision": {"type": "integer"},
+        "revision": {"type": "integer", "minimum": 1},
         "action": {"type": "string", "enum": [a.value for a in EventAction]},
-        "kind": {"type": "string", "enum": [k.value for k in Kind]},
+        "kind": {"type": "string", "enum": sorted(k.value for k in PUBLIC_KINDS)},
         "timestamp": {"type": "number"},
-        "object": {"type": "object", "description": "The Service, Node, Task or Cluster"},
+        "object": {"type": "object", "description": "The Service, Node or Task"},
     },
 }
 
@@ -466,24 +491,75 @@ def _ref(name: str) -> dict[str, Any]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _type_schema(tp: Any, defs: dict[str, Any]) -> dict[str, Any]:
-    """The JSON schema of what ``warren.core.codec`` accepts for ``tp``."""
+def _type_schema(tp: Any, defs: dict[str, Any], limits: Limits) -> dict[str, Any]:
+    """The JSON schema of what ``warren.core.codec`` and the models accept for ``tp``."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
-        return {**_type_schema(inner, defs), "nullable": True}
+        return {"anyOf": [_type_schema(inner, defs, limits), {"type": "null"}]}
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         return _ref(_dataclass_schema(tp, defs))
     if origin is tuple:
-        return {"type": "array", "items": _type_schema(typing.get_args(tp)[0], defs)}
+        item = _type_schema(typing.get_args(tp)[0], defs, limits)
+        return {"type": "array", "items": item}
     if origin is dict:
-        return {
+        schema: dict[str, Any] = {
             "type": "object",
-            "additionalProperties": _type_schema(typing.get_args(tp)[1], defs),
+            "additionalProperties": _type_schema(typing.get_args(tp)[1], defs, limits),
         }
+        if limits.key_pattern is not None or limits.max_length is not None:
+            schema["propertyNames"] = _string_limits(limits.max_length, limits.key_pattern)
+        return schema
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         return {"type": "string", "enum": [m.value for m in tp]}
-    return {"type": _SCALARS[tp]}
+    schema = {"type": _SCALARS[tp]}
+    if tp is str:
+        schema.update(_string_limits(limits.max_length, limits.pattern))
+    elif tp in (int, float):
+        schema.update({k: v for k, v in limits.numbers.items() if v is not None})
+    return schema
+
+
+def _string_limits(max_length: int | None, pattern: re.Pattern[str] | None) -> dict[str, Any]:
+    schema: dict[str, Any] = {}
+    if max_length is not None:
+        schema["maxLength"] = max_length
+    if pattern is not None:
+        # The models match with fullmatch; JSON Schema patterns search. Not `$`:
+        # in Python's regexes (which many tools use) it also matches before a
+        # final newline; `(?![\s\S])` is "end of text" in ECMA and Python alike.
+        schema["pattern"] = f"^(?:{pattern.pattern})(?![\\s\\S])"
+    return schema
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the models enforce on one field, as the OpenAPI document states it."""
+
+    numbers: dict[str, float | None] = field(default_factory=dict)
+    max_length: int | None = None
+    pattern: re.Pattern[str] | None = None  # the whole string (str fields)
+    key_pattern: re.Pattern[str] | None = None  # every key (dict fields)
+
+
+# Rules the models check in code rather than in field metadata.
+_PATTERNS: dict[tuple[str, str], re.Pattern[str]] = {("ServiceSpec", "name"): NAME_RE}
+_KEY_PATTERNS: dict[tuple[str, str], re.Pattern[str]] = {
+    ("ServiceSpec", "env"): ENV_KEY_RE,
+    ("ServiceSpec", "labels"): LABEL_KEY_RE,
+    ("Node", "labels"): LABEL_KEY_RE,
+    ("NodeUpdate", "label_add"): LABEL_KEY_RE,
+}
+
+
+def _field_limits(cls: type[Any], fld: dataclasses.Field[Any], tp: Any) -> Limits:
+    bounds = field_limits(fld.metadata, tp)
+    return Limits(
+        numbers={"minimum": bounds.get("minimum"), "maximum": bounds.get("maximum")},
+        max_length=bounds.get("max_length"),
+        pattern=_PATTERNS.get((cls.__name__, fld.name)),
+        key_pattern=_KEY_PATTERNS.get((cls.__name__, fld.name)),
+    )
 
 
 def _dataclass_schema(cls: type[Any], defs: dict[str, Any]) -> str:
@@ -497,10 +573,14 @@ def _dataclass_schema(cls: type[Any], defs: dict[str, Any]) -> str:
             for f in fields
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         ]
+        properties = {
+            f.name: _type_schema(hints[f.name], defs, _field_limits(cls, f, hints[f.name]))
+            for f in fields
+        }
         schema: dict[str, Any] = {
             "type": "object",
             "additionalProperties": False,
-            "properties": {f.name: _type_schema(hints[f.name], defs) for f in fields},
+            "properties": properties,
         }
         if required:
             schema["required"] = required
@@ -567,8 +647,17 @@ def _operation(route: Route) -> dict[str, Any]:
     return operation
 
 
+_DESCRIPTION = (
+    "Every request needs a client certificate issued by the cluster CA with role "
+    "admin or manager (TLS client authentication): there is no Authorization header "
+    "or API key. Request bodies are at most 1 MiB. Errors are "
+    '`{"error": {"code", "message"}}`; a refused request changes nothing.'
+)
+
+
 def openapi_document() -> dict[str, Any]:
-    """OpenAPI 3.0 for ``ROUTES``; schemas are derived from the models the codec decodes."""
+    """OpenAPI 3.1 for ``ROUTES``; schemas are derived from the models the codec
+    decodes, with the limits the models enforce."""
     schemas: dict[str, Any] = {"Error": _ERROR_SCHEMA, "Event": _EVENT_SCHEMA}
     for model in _MODELS:
         _dataclass_schema(model, schemas)
@@ -576,17 +665,17 @@ def openapi_document() -> dict[str, Any]:
     for route in ROUTES:
         paths.setdefault(route.path, {})[route.method.lower()] = _operation(route)
     return {
-        "openapi": "3.0.3",
-        "info": {"title": "Warren manager API", "version": "1"},
+        # 3.1: the first version with a mutual-TLS security scheme (and JSON
+        # Schema's propertyNames, for label and env keys).
+        "openapi": "3.1.0",
+        "info": {"title": "Warren manager API", "version": "1", "description": _DESCRIPTION},
         "security": [{"mutualTLS": []}],
         "paths": paths,
         "components": {
             "schemas": dict(sorted(schemas.items())),
-            # 3.0 has no mutualTLS scheme type; documented as an HTTP extension.
             "securitySchemes": {
                 "mutualTLS": {
-                    "type": "http",
-                    "scheme": "mutual-tls",
+                    "type": "mutualTLS",
                     "description": "A cluster-CA client certificate, role admin or manager",
                 }
             },
@@ -595,6 +684,44 @@ def openapi_document() -> dict[str, Any]:
 
 
 # -- app and server ------------------------------------------------------------------
+
+
+class _JsonErrorHandler(web.RequestHandler):
+    """Answers what aiohttp refuses before any route runs (oversized headers, a
+    malformed request line) in Warren's error shape, not aiohttp's plain text."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        # aiohttp's own first: it logs, and refuses if a response is under way.
+        super().handle_error(request, status, exc, message)
+        if status >= 500:
+            text = "internal error; see the manager's log"
+        else:
+            text = f"malformed or oversized HTTP request: {message or 'unreadable'}"
+        response = error_response(status, _http_code(status), text)
+        response.force_close()
+        return response
+
+
+class _JsonErrorServer(web.Server):
+    def __call__(self) -> web.RequestHandler:
+        return _JsonErrorHandler(self, loop=self._loop, **self._kwargs)
+
+
+class _JsonErrorRunner(web.AppRunner):
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        # aiohttp has no option for its protocol class: the app's server is
+        # made as usual, then hands out the handler above.
+        server.__class__ = _JsonErrorServer
+        return server
 
 
 async def _close_streams(app: web.Application) -> None:
@@ -622,7 +749,7 @@ async def start_rest(
     app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext
 ) -> web.AppRunner:
     """Serve ``app`` over TLS; the caller cleans up the runner (``runner.addresses``: ports)."""
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
+    runner = _JsonErrorRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
