@@ -303,3 +303,19 @@ async def test_a_poisoned_task_does_not_stop_the_assignments_of_its_node() -> No
     message = dispatcher._assignments_if_changed(_Session("n1"))
     assert [t.id for t in message.assignments.tasks] == ["t-good"]
     assert message.assignments.full
+
+
+def test_a_missing_required_field_is_named_not_a_python_message() -> None:
+    with pytest.raises(InvalidArgument, match=r"^spec: missing field 'name'$"):
+        from_dict(ServiceSpec, {"image": "busybox"}, "spec")
+    with pytest.raises(InvalidArgument, match=r"^task.spec: missing field 'image'$"):
+        from_dict(
+            Task,
+            {
+                "id": "t",
+                "service_id": "s",
+                "service_name": "w",
+                "spec": {"name": "w"},
+                "spec_version": 1,
+            },
+        )

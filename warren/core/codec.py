@@ -77,6 +77,20 @@ def _decode(tp: Any, value: Any, path: str) -> Any:
     return _decode_plain(tp, origin, value, path)
 
 
+_REQUIRED: dict[type[Any], tuple[str, ...]] = {}
+
+
+def _required(cls: type[Any]) -> tuple[str, ...]:
+    required = _REQUIRED.get(cls)
+    if required is None:
+        required = _REQUIRED[cls] = tuple(
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        )
+    return required
+
+
 def _decode_dataclass(tp: type[Any], value: Any, path: str) -> Any:
     if not isinstance(value, dict):
         raise InvalidArgument(f"{path}: expected an object")
@@ -85,6 +99,9 @@ def _decode_dataclass(tp: type[Any], value: Any, path: str) -> Any:
     unknown = sorted(set(value) - names)
     if unknown:
         raise InvalidArgument(f"{path}: unknown field '{unknown[0]}'")
+    missing = [name for name in _required(tp) if name not in value]
+    if missing:
+        raise InvalidArgument(f"{path}: missing field '{missing[0]}'")
     kwargs = {k: _decode(hints[k], v, f"{path}.{k}") for k, v in value.items()}
     try:
         return tp(**kwargs)
