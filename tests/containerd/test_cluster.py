@@ -252,3 +252,29 @@ def test_missing_image_gives_a_clear_error(node: ContainerCluster, registry: Any
     task = wait_for(rejected, 20, "a rejected task")[0]
     assert task["status"]["err"].startswith(f"image not found: {image}")
     assert f"image not found: {image}" in node.cli("service", "ps", "ghost").stdout
+
+
+def test_a_second_node_on_a_namespace_in_use_is_refused_before_it_joins(
+    node: ContainerCluster, ctr: Ctr, containerd: Any, busybox_ref: str
+) -> None:
+    node.cli("service", "create", "web", "--image", busybox_ref, "--replicas", "2",
+             "--", "sleep", "1000")  # fmt: skip
+    before = ctr.running_tasks(node.namespace)
+    assert len(before) == 2
+    intruder = subprocess.run(
+        [*WARREN, "worker", "join", "--token", node.join_token("worker"),
+         "--manager", node.manager_address, "--data-dir", str(node.root / "intruder"),
+         "--runtime", "containerd", "--containerd-socket", str(containerd.socket),
+         "--containerd-namespace", node.namespace, "--node-name", "intruder"],
+        capture_output=True, text=True, env=node.env, timeout=60,
+    )  # fmt: skip
+    assert intruder.returncode == 1, intruder.stderr
+    (error,) = [line for line in intruder.stderr.splitlines() if line.startswith("Error:")]
+    assert error.startswith(
+        f"Error: containerd namespace '{node.namespace}' is in use by another live Warren node "
+        f"(pid {node.processes['manager'].popen.pid}, "  # type: ignore[union-attr]
+    )
+    assert error.endswith("give each node on this containerd its own --containerd-namespace")
+    # The first node's containers are untouched, and the refused one never joined.
+    assert ctr.running_tasks(node.namespace) == before
+    assert [n["hostname"] for n in node.nodes()] == ["manager-1"]

@@ -123,6 +123,7 @@ def make_runtime(options: RuntimeOptions) -> Runtime:
             namespace=options.containerd_namespace,
             state_dir=options.data_dir / "containerd",
             registry=registry_config(options),
+            exclusive=True,
         )
     raise InvalidArgument(f"unknown runtime '{options.runtime}': use containerd or sim")
 
@@ -231,6 +232,8 @@ async def join_cluster(options: WorkerOptions, identity: IdentityFiles) -> NodeS
 
 
 async def serve_worker(options: WorkerOptions, stop: asyncio.Event) -> None:
+    # Before joining: a node refused its containerd namespace joins nothing.
+    runtime = make_runtime(options)
     identity = IdentityFiles(options.data_dir / "certs")
     state = NodeState.load(options.data_dir)
     if state is None or not identity.exists():
@@ -244,7 +247,7 @@ async def serve_worker(options: WorkerOptions, stop: asyncio.Event) -> None:
         node_id=state.node_id,
         managers=managers,
         identity=identity,
-        runtime=make_runtime(options),
+        runtime=runtime,
         data_dir=options.data_dir / "agent",
         hostname=options.node_name,
     )

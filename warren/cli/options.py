@@ -250,7 +250,7 @@ containerd_namespace_option = click.option(
     default=DEFAULT_CONTAINERD_NAMESPACE,
     show_default=True,
     metavar="NAME",
-    help="containerd namespace for Warren's images and containers.",
+    help="containerd namespace for Warren's images and containers; one live node per namespace.",
 )
 runtime_options = option_group(
     "runtime",

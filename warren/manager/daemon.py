@@ -406,6 +406,8 @@ async def serve_manager(options: ManagerOptions, stop: asyncio.Event) -> None:
         log.info("this node was demoted: running it as a worker")
         await serve_worker(worker_options(options), stop)
         return
+    # Before the manager starts: a node refused its containerd namespace creates nothing.
+    runtime = make_runtime(options)
     manager = Manager(options)
     keeper: RoleKeeper | None = None
     try:
@@ -418,7 +420,7 @@ async def serve_manager(options: ManagerOptions, stop: asyncio.Event) -> None:
             # Sessions are the leader's: the agent tries each manager in turn.
             managers=[own, *others],
             identity=manager.identity,
-            runtime=make_runtime(options),
+            runtime=runtime,
             data_dir=options.data_dir / "agent",
             hostname=options.node_name,
             address=options.advertise_addr,

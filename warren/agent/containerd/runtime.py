@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -34,6 +35,7 @@ from warren.agent.containerd.exits import Broadcast, Waiters
 from warren.agent.containerd.hostfiles import container_hostname, write_host_files
 from warren.agent.containerd.images import ImageStore, LocalImage
 from warren.agent.containerd.leases import create_lease, delete_lease
+from warren.agent.containerd.namespace_lock import NamespaceLock
 from warren.agent.containerd.netns import create_netns, delete_netns, netns_path
 from warren.agent.containerd.output import LOG_NAME, OutputCapture, fifo_path
 from warren.agent.containerd.proto import task_pb2
@@ -92,7 +94,15 @@ class ContainerdRuntime:
         log_max_bytes: int = 10 * 2**20,
         log_max_files: int = 3,
         runc_root: Path | None = None,
+        exclusive: bool = False,
     ) -> None:
+        # A node's runtime owns its namespace (its agent removes containers it does
+        # not know): no other live node may use it. `image import` only adds images.
+        self._lock = (
+            NamespaceLock.acquire(socket, namespace, f"pid {os.getpid()}, state in {state_dir}")
+            if exclusive
+            else None
+        )
         self._client = ContainerdClient(socket, namespace)
         self._images = ImageStore(self._client, registry)
         self._snapshots = Snapshots(self._client)
@@ -427,6 +437,8 @@ class ContainerdRuntime:
         self._captures.clear()
         await self._images.close()
         await self._client.close()
+        if self._lock is not None:
+            self._lock.release()
 
 
 def _process_exit(process: Any) -> ExitStatus:
