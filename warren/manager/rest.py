@@ -27,7 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
-from warren.core.codec import from_dict, to_dict
+from warren.core.codec import from_dict, to_dict, to_json
 from warren.core.errors import (
     InvalidArgument,
     PermissionDenied,
@@ -48,6 +48,7 @@ from warren.core.models import (
 )
 from warren.core.validation import bounded, field_limits, show, validate
 from warren.manager.control import ControlService
+from warren.manager.encoded import EncodedObjects
 from warren.manager.events import PUBLIC_KINDS, EventBus, Subscription, public_kinds
 from warren.manager.metrics import Metrics
 from warren.manager.store import EventAction, Kind, StoreEvent
@@ -67,6 +68,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CONTROL = web.AppKey("control", ControlService)
 BUS = web.AppKey("bus", EventBus)
 METRICS = web.AppKey("metrics", Metrics)
+# Stored objects' JSON, encoded once per version (services and tasks: nodes
+# carry a manager status filled in when read).
+ENCODED = web.AppKey("encoded", dict[Kind, EncodedObjects])
 # Open event streams, closed on shutdown so it never waits on idle clients.
 STREAMS = web.AppKey("streams", set[Subscription])
 
@@ -219,7 +223,15 @@ def _kinds(request: web.Request) -> frozenset[Kind]:
 
 
 def _ok(data: Any, status: int = 200) -> web.Response:
-    return web.json_response(to_dict(data), status=status)
+    return _json_body(to_json(data), status)
+
+
+def _json_body(body: bytes, status: int = 200) -> web.Response:
+    return web.Response(body=body, status=status, content_type="application/json")
+
+
+def _listing(request: web.Request, kind: Kind, objects: list[Any], complete: bool) -> web.Response:
+    return _json_body(request.app[ENCODED][kind].array(objects, complete))
 
 
 def _control(request: web.Request) -> ControlService:
@@ -230,7 +242,7 @@ def _control(request: web.Request) -> ControlService:
 
 
 async def list_services(request: web.Request) -> web.Response:
-    return _ok(_control(request).list_services())
+    return _listing(request, Kind.SERVICE, _control(request).list_services(), complete=True)
 
 
 async def create_service(request: web.Request) -> web.Response:
@@ -288,8 +300,9 @@ async def remove_node(request: web.Request) -> web.Response:
 
 async def list_tasks(request: web.Request) -> web.Response:
     query = request.query
-    tasks = _control(request).list_tasks(query.get("service", ""), query.get("node", ""))
-    return _ok(tasks)
+    service, node = query.get("service", ""), query.get("node", "")
+    tasks = _control(request).list_tasks(service, node)
+    return _listing(request, Kind.TASK, tasks, complete=not (service or node))
 
 
 async def get_task(request: web.Request) -> web.Response:
@@ -735,6 +748,7 @@ def build_app(
     app = web.Application(middlewares=[_timing, _errors, _authorize])
     app[CONTROL] = control
     app[BUS] = bus
+    app[ENCODED] = {Kind.SERVICE: EncodedObjects(), Kind.TASK: EncodedObjects()}
     if metrics is not None:
         app[METRICS] = metrics
     streams: set[Subscription] = set()
