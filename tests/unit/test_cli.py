@@ -1298,8 +1298,16 @@ def test_bad_daemon_flags_are_refused(
         ["service", "create", "p", "--image", "b", "--max-replicas-per-node", "2147483648"],
         ["service", "create", "p", "--image", "b", "--replicas", "100001"],
         ["service", "create", "p", "--image", "b", "--restart-max-attempts", "2147483648"],
-        ["service", "create", "p", "--image", "b", "--health-cmd", "true"]
-        + ["--health-retries", "9" * 40],
+        [
+            "service",
+            "create",
+            "p",
+            "--image",
+            "b",
+            "--health-cmd",
+            "true",
+            "--health-retries=" + "9" * 40,
+        ],
         ["service", "create", "p", "--image", "b", "--limit-memory", "9" * 30],
         ["service", "create", "p", "--image", "b", "--reserve-cpu", "1e30"],
         ["service", "create", "p", "--image", "b", "--stop-grace-period", "9" * 400],
