@@ -28,7 +28,7 @@ from warren.manager.consensus import Consensus
 from warren.manager.events import EventBus
 from warren.manager.store import Kind, barrier, put, raise_for_result, task_status, txn
 from warren.proto import warren_pb2 as pb
-from warren.proto.convert import from_message, to_message
+from warren.proto.convert import encodable, from_message
 
 log = logging.getLogger(__name__)
 
@@ -408,7 +408,7 @@ class Dispatcher:
         session.sent = {t.id: t.version for t in current.values()}
         return pb.ManagerMessage(
             assignments=pb.Assignments(
-                tasks=[to_message(t, pb.Task) for t in changed],
+                tasks=encodable(changed, pb.Task),
                 removed=removed,
                 full=previous is None,
             )
