@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 
-from factories import make_node, make_service, make_task
+from factories import make_node, make_service, make_snapshot, make_task
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,10 +26,12 @@ from warren.manager.orchestrator import (
     HISTORY_LIMIT,
     NewTask,
     Plan,
+    converge,
     reconcile,
     reconcile_removed_service,
     restart_at,
 )
+from warren.manager.store import MUST_NOT_EXIST
 
 NOW = 1000.0
 RUNNING = TaskState.RUNNING
@@ -571,3 +573,43 @@ def test_global_plan_runs_one_task_per_eligible_node(
             assert per_node[node.id] <= 1
     assert set(per_node) <= {n.id for n in nodes}
     _assert_settled(service, after, nodes)
+
+
+# --- one restart policy (warren.core.restart) ------------------------------------------------
+
+
+def test_a_shutdown_end_restarted_under_any_still_respects_max_attempts() -> None:
+    # Before, the end being decided was counted only if it was a failure, so this
+    # one (shut down by its node) got a second restart within the window.
+    service = _service(policy=_policy(max_attempts=1, window=60))
+    history = [_dead(service, TaskState.FAILED, desired=SHUTDOWN, at=NOW - 10)]
+    dead = _dead(service, TaskState.SHUTDOWN, at=NOW - 1)
+    assert reconcile(service, [*history, dead], _nodes("n1"), NOW) == Plan(wake_at=NOW + 50)
+
+
+def test_a_restart_that_waited_for_the_window_counts_from_when_it_happened() -> None:
+    # Ends at -12 (restarted at once) and -11 (its restart waited until -2): one
+    # restart is still in the window, so the end at -1 waits too. Before, ends
+    # were counted at their own times and this one restarted at once.
+    service = _service(policy=_policy(max_attempts=1, window=10))
+    history = [
+        _dead(service, TaskState.FAILED, desired=SHUTDOWN, at=NOW - 12),
+        _dead(service, TaskState.FAILED, desired=SHUTDOWN, at=NOW - 11),
+    ]
+    dead = _dead(service, TaskState.FAILED, at=NOW - 1)
+    assert reconcile(service, [*history, dead], _nodes("n1"), NOW) == Plan(wake_at=NOW + 8)
+
+
+def test_converge_returns_every_write_of_the_pass() -> None:
+    service = _service(replicas=2)
+    running = _running(service, slot=1)
+    stray = _running(service, slot=3)
+    snapshot = make_snapshot(nodes=_nodes("n1"), services=[service], tasks=[running, stray])
+    result = converge(snapshot, None, NOW)
+    assert result.wake_at is None
+    shutdown, create = result.ops
+    assert (shutdown["object"]["id"], shutdown["expect"]) == (stray.id, stray.version)
+    assert shutdown["object"]["desired_state"] == "shutdown"
+    assert create["expect"] == MUST_NOT_EXIST
+    assert create["object"]["id"] not in (running.id, stray.id)
+    assert (create["object"]["slot"], create["object"]["status"]["state"]) == (2, "new")

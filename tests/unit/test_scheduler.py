@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import replace
 
 from factories import GIB, make_node, make_service, make_snapshot, make_task
@@ -12,10 +12,29 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from warren.core.constraints import parse_constraint
-from warren.core.models import Availability, Node, NodeStatus, Service, ServiceMode, Task
+from warren.core.models import (
+    Availability,
+    Node,
+    NodeStatus,
+    Service,
+    ServiceMode,
+    Task,
+    TaskStatus,
+)
 from warren.core.states import TaskState
 from warren.manager.orchestrator import reconcile
-from warren.manager.scheduler import Placement, ScheduleResult, Unplaceable, schedule
+from warren.manager.scheduler import (
+    FILTERS,
+    Filter,
+    NodeLoad,
+    PassState,
+    Placement,
+    ScheduleResult,
+    TaskGroup,
+    Unplaceable,
+    schedule,
+    schedule_ops,
+)
 from warren.manager.snapshot import Snapshot
 
 
@@ -457,3 +476,57 @@ def test_a_rolling_update_keeps_replicas_spread_within_one(
     assert sum(per_node) == replicas
     assert max(per_node) - min(per_node) <= 1
     assert {t.spec_version for t in tasks if t.desired_state == TaskState.RUNNING} == {2}
+
+
+# --- the filter pipeline ---------------------------------------------------------------------
+
+
+class _SsdFilter:
+    """A filter added in one class: nodes labelled ssd=yes only, for every task."""
+
+    name = "no ssd"
+    static = True
+
+    def key(self, group: TaskGroup) -> Hashable:
+        return None
+
+    def check(self, load: NodeLoad, group: TaskGroup, state: PassState) -> bool:
+        return load.node.labels.get("ssd") == "yes"
+
+    def explain(self, nodes: int) -> str:
+        return f"no ssd on {nodes} node{'' if nodes == 1 else 's'}"
+
+
+def test_a_new_filter_is_one_class_that_places_and_explains() -> None:
+    filters: tuple[Filter, ...] = (*FILTERS, _SsdFilter())
+    nodes = [make_node("n1"), make_node("n2", labels={"ssd": "yes"}), make_node("n3")]
+    service = make_service(replicas=2, max_replicas_per_node=1)
+    tasks = [make_task(service, slot=s) for s in (1, 2)]
+    result = schedule(make_snapshot(nodes=nodes, tasks=tasks), tasks, filters)
+    assert result.placements == (Placement(tasks[0].id, "n2"),)
+    # n2 is reported under the earlier filter it fails, max replicas.
+    assert result.unplaceable == (
+        Unplaceable(
+            tasks[1].id,
+            "no suitable node (no ssd on 2 nodes; max replicas per node reached on 1 node)",
+        ),
+    )
+
+
+def test_schedule_ops_assign_and_only_rewrite_a_changed_reason() -> None:
+    node = make_node("n1", cpus=1.0)
+    fits = make_task(make_service("a", cpus=1.0))
+    reason = "no suitable node (insufficient cpu on 1 node)"
+    waits = make_task(make_service("b", cpus=2.0))
+    known = replace(
+        make_task(make_service("c", cpus=3.0), state=TaskState.PENDING),
+        status=TaskStatus(TaskState.PENDING, "waiting for a node", err=reason),
+    )
+    snapshot = make_snapshot(nodes=[node], tasks=[fits, waits, known])
+    scheduled = schedule_ops(snapshot, 5.0)
+    assert scheduled.placed == 1
+    states = {op["object"]["id"]: op["object"]["status"] for op in scheduled.ops}
+    assert set(states) == {fits.id, waits.id}  # `known` already says why
+    assert (states[fits.id]["state"], states[fits.id]["timestamp"]) == ("assigned", 5.0)
+    assert (states[waits.id]["state"], states[waits.id]["err"]) == ("pending", reason)
+    assert all(op["expect"] == snapshot.tasks[op["object"]["id"]].version for op in scheduled.ops)

@@ -28,11 +28,11 @@ from warren.core.errors import ImageNotFound, NotFound, WarrenError
 from warren.core.models import (
     Health,
     NetworkMode,
-    RestartCondition,
     RestartPolicy,
     Task,
     TaskStatus,
 )
+from warren.core.restart import decide_restart
 from warren.core.states import TaskState
 
 log = logging.getLogger(__name__)
@@ -61,19 +61,16 @@ def may_restart_locally(
 ) -> bool:
     """Whether ``policy`` allows another in-place restart after ``ending``.
 
-    ``restarts`` holds the (monotonic) times of earlier local restarts; like the
-    manager, ``max_attempts`` of them are allowed within ``window`` (0: ever).
+    ``restarts`` holds the (monotonic) times of earlier local restarts. The
+    manager's rule decides (``warren.core.restart``); only a container's own
+    exit restarts locally, and not when max_attempts are used up for now: the
+    worker does not hold a task back waiting for the window, it reports the
+    end and a manager restarts the task when the window allows.
     """
     if ending.state not in (TaskState.FAILED, TaskState.COMPLETE):
         return False
-    if policy.condition == RestartCondition.NONE:
-        return False
-    if policy.condition == RestartCondition.ON_FAILURE and ending.state != TaskState.FAILED:
-        return False
-    if policy.max_attempts == 0:
-        return True
-    recent = [t for t in restarts if policy.window == 0 or now - t < policy.window]
-    return len(recent) < policy.max_attempts
+    decision = decide_restart(policy, ending.state, now, restarts, now)
+    return not decision.gives_up and not decision.capped
 
 
 def container_config(task: Task) -> ContainerConfig:

@@ -12,18 +12,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import replace
 from typing import Any
 
 from warren.core.errors import WarrenError
-from warren.core.models import Service, Task, TaskStatus, new_id
-from warren.core.states import TaskState
+from warren.manager import orchestrator, scheduler
 from warren.manager.consensus import Consensus
 from warren.manager.events import EventBus, Subscription
-from warren.manager.orchestrator import NewTask, Plan, reconcile, reconcile_removed_service
-from warren.manager.scheduler import schedule
-from warren.manager.snapshot import Snapshot
-from warren.manager.store import MUST_NOT_EXIST, Kind, StoreEvent, delete, put, txn
+from warren.manager.store import Kind, StoreEvent, txn
 
 log = logging.getLogger(__name__)
 
@@ -102,25 +97,10 @@ class Orchestrator:
 
     async def converge(self, service_ids: set[str] | None = None) -> float | None:
         """One pass over ``service_ids`` (all when None); returns the earliest wake time."""
-        snapshot = self.store.snapshot()
-        now = time.time()
-        nodes = list(snapshot.nodes.values())
-        ops: list[dict[str, Any]] = []
-        wake: float | None = None
-        ids = set(snapshot.task_ids_by_service) | set(snapshot.services)
-        for service_id in sorted(ids if service_ids is None else service_ids):
-            tasks = snapshot.tasks_of_service(service_id)
-            service = snapshot.services.get(service_id)
-            if service is None:
-                plan = reconcile_removed_service(tasks)
-            else:
-                plan = reconcile(service, tasks, nodes, now)
-            ops.extend(_plan_ops(snapshot, service, plan, now))
-            if plan.wake_at is not None:
-                wake = plan.wake_at if wake is None else min(wake, plan.wake_at)
-        if ops:
-            await write_ops(self.consensus, ops)
-        return wake
+        result = orchestrator.converge(self.store.snapshot(), service_ids, time.time())
+        if result.ops:
+            await write_ops(self.consensus, list(result.ops))
+        return result.wake_at
 
 
 def _dirty_services(events: Iterable[StoreEvent], dirty: set[str] | None) -> set[str] | None:
@@ -135,45 +115,6 @@ def _dirty_services(events: Iterable[StoreEvent], dirty: set[str] | None) -> set
             # Node changes affect global services and tasks placed anywhere.
             return None
     return dirty
-
-
-def _plan_ops(
-    snapshot: Snapshot, service: Service | None, plan: Plan, now: float
-) -> list[dict[str, Any]]:
-    ops: list[dict[str, Any]] = []
-    for task_id in plan.shutdown:
-        task = snapshot.tasks[task_id]
-        ops.append(put(_shut_down(task, now), task.version))
-    for task_id in plan.remove:
-        ops.append(delete(Kind.TASK, task_id, snapshot.tasks[task_id].version))
-    if service is not None:
-        ops.extend(put(_new_task(service, new, now), MUST_NOT_EXIST) for new in plan.create)
-    return ops
-
-
-def _shut_down(task: Task, now: float) -> Task:
-    task = replace(task, desired_state=TaskState.SHUTDOWN, updated_at=now)
-    if not task.node_id and task.status.state.is_active:
-        # Never placed, so no worker will report it stopped: it is stopped now.
-        task = replace(
-            task, status=TaskStatus(TaskState.SHUTDOWN, "shut down before placement", timestamp=now)
-        )
-    return task
-
-
-def _new_task(service: Service, new: NewTask, now: float) -> Task:
-    return Task(
-        id=new_id(),
-        service_id=service.id,
-        service_name=service.spec.name,
-        spec=service.spec,
-        spec_version=service.spec_version,
-        slot=new.slot,
-        node_id=new.node_id,
-        status=TaskStatus(TaskState.NEW, "created", timestamp=now),
-        created_at=now,
-        updated_at=now,
-    )
 
 
 class Scheduler:
@@ -206,40 +147,10 @@ class Scheduler:
 
     async def schedule_pending(self) -> int:
         """Place every waiting task; returns how many were placed."""
-        snapshot = self.store.snapshot()
-        waiting = [t for t in snapshot.tasks.values() if _waiting(t)]
-        if not waiting:
-            return 0
-        result = schedule(snapshot, waiting)
-        now = time.time()
-        ops: list[dict[str, Any]] = []
-        for placement in result.placements:
-            task = snapshot.tasks[placement.task_id]
-            status = TaskStatus(TaskState.ASSIGNED, "scheduled", timestamp=now)
-            ops.append(
-                put(
-                    replace(task, node_id=placement.node_id, status=status, updated_at=now),
-                    task.version,
-                )
-            )
-        for unplaceable in result.unplaceable:
-            task = snapshot.tasks[unplaceable.task_id]
-            if task.status.state == TaskState.PENDING and task.status.err == unplaceable.reason:
-                continue  # unchanged: don't churn the log
-            status = TaskStatus(
-                TaskState.PENDING, "waiting for a node", err=unplaceable.reason, timestamp=now
-            )
-            ops.append(put(replace(task, status=status, updated_at=now), task.version))
-        if ops:
-            await write_ops(self.consensus, ops)
-        return len(result.placements)
-
-
-def _waiting(task: Task) -> bool:
-    return task.desired_state == TaskState.RUNNING and task.status.state in (
-        TaskState.NEW,
-        TaskState.PENDING,
-    )
+        result = scheduler.schedule_ops(self.store.snapshot(), time.time())
+        if result.ops:
+            await write_ops(self.consensus, list(result.ops))
+        return result.placed
 
 
 def _wants_scheduling(event: StoreEvent) -> bool:
@@ -247,4 +158,4 @@ def _wants_scheduling(event: StoreEvent) -> bool:
         return True
     task = event.object
     # A new task to place, or a task that stopped and freed its node's resources.
-    return _waiting(task) or (bool(task.node_id) and task.status.state.is_terminal)
+    return scheduler.waiting(task) or (bool(task.node_id) and task.status.state.is_terminal)

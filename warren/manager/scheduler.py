@@ -1,9 +1,10 @@
 """Task placement: a pure filter/score pipeline over a snapshot. No I/O.
 
-Filters, in order (a node that fails several is reported under the first):
-ready and active, resources, constraints, max replicas per node. Scorers, in
-order: spread (fewest tasks of the service meant to keep running), least
-allocated, node ID.
+Filters (``FILTERS``, in order; a node that fails several is reported under
+the first): ready and active, cpu, memory, constraints, max replicas per node.
+A filter is one class following ``Filter``: add it to ``FILTERS`` and
+``schedule`` checks it and explains with it. Scorers, in order: spread (fewest
+tasks of the service meant to keep running), least allocated, node ID.
 
 A task told to shut down still holds its node's resources and counts toward
 max replicas per node until it has stopped, but not toward the spread: a
@@ -15,20 +16,21 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
 from warren.core.constraints import parse_constraint
-from warren.core.models import Node, Resources, Task
+from warren.core.models import Node, Resources, Task, TaskStatus
 from warren.core.states import TaskState
 from warren.manager.snapshot import Snapshot
+from warren.manager.store import put
 
 NOT_READY = "node not ready or not active"
 NO_CPU = "insufficient cpu"
 NO_MEMORY = "insufficient memory"
 CONSTRAINT = "constraint not met"
 MAX_REPLICAS = "max replicas per node reached"
-_FILTER_ORDER = (NOT_READY, NO_CPU, NO_MEMORY, CONSTRAINT, MAX_REPLICAS)
 
 # Absorbs float rounding when fractional CPU reservations are summed.
 _CPU_EPSILON = 1e-9
@@ -53,7 +55,7 @@ class ScheduleResult:
 
 
 @dataclass
-class _NodeLoad:
+class NodeLoad:
     """What a node has committed: tasks holding resources, plus this pass's placements."""
 
     node: Node
@@ -73,18 +75,10 @@ class _NodeLoad:
         memory = self.memory_bytes / capacity.memory_bytes if capacity.memory_bytes else 0.0
         return max(cpu, memory), self.tasks
 
-    def resource_failure(self, reservations: Resources) -> str | None:
-        capacity = self.node.resources
-        if self.cpus + reservations.cpus > capacity.cpus + _CPU_EPSILON:
-            return NO_CPU
-        if self.memory_bytes + reservations.memory_bytes > capacity.memory_bytes:
-            return NO_MEMORY
-        return None
-
 
 @dataclass(frozen=True)
-class _Group:
-    """Tasks that every filter treats alike, so they share one candidate heap."""
+class TaskGroup:
+    """What filters and scorers read of a task: tasks alike share one candidate heap."""
 
     service_id: str
     constraints: tuple[str, ...]
@@ -92,21 +86,115 @@ class _Group:
     max_replicas_per_node: int
 
     @classmethod
-    def of(cls, task: Task) -> _Group:
+    def of(cls, task: Task) -> TaskGroup:
         spec = task.spec
         return cls(task.service_id, spec.constraints, spec.reservations, spec.max_replicas_per_node)
 
 
+class Filter(Protocol):
+    """One reason a node cannot take a task.
+
+    A ``static`` filter reads only the node and ``key(group)``, so the pipeline
+    asks it once per node and key in a pass; any other filter also reads what
+    the pass has placed (``PassState``) and is asked before every placement.
+    """
+
+    name: str  # the reason, as explanations show it
+    static: bool
+
+    def key(self, group: TaskGroup) -> Hashable:
+        """What of the task a static filter's verdict depends on."""
+        ...
+
+    def check(self, load: NodeLoad, group: TaskGroup, state: PassState) -> bool:
+        """Whether the node may take one more task of ``group``."""
+        ...
+
+    def explain(self, nodes: int) -> str:
+        """Why ``nodes`` nodes said no, e.g. ``constraint not met on 3 nodes``."""
+        ...
+
+
+class _NamedFilter:
+    """Explains itself by name; dynamic unless a subclass says otherwise."""
+
+    name: str
+    static: bool = False
+
+    def key(self, group: TaskGroup) -> Hashable:
+        return None
+
+    def explain(self, nodes: int) -> str:
+        return f"{self.name} on {nodes} node{'' if nodes == 1 else 's'}"
+
+
+class ReadyFilter(_NamedFilter):
+    name = NOT_READY
+    static = True
+
+    def check(self, load: NodeLoad, group: TaskGroup, state: PassState) -> bool:
+        return load.node.schedulable
+
+
+class CpuFilter(_NamedFilter):
+    name = NO_CPU
+
+    def check(self, load: NodeLoad, group: TaskGroup, state: PassState) -> bool:
+        wanted = load.cpus + group.reservations.cpus
+        return wanted <= load.node.resources.cpus + _CPU_EPSILON
+
+
+class MemoryFilter(_NamedFilter):
+    name = NO_MEMORY
+
+    def check(self, load: NodeLoad, group: TaskGroup, state: PassState) -> bool:
+        wanted = load.memory_bytes + group.reservations.memory_bytes
+        return wanted <= load.node.resources.memory_bytes
+
+
+class ConstraintFilter(_NamedFilter):
+    name = CONSTRAINT
+    static = True
+
+    def key(self, group: TaskGroup) -> Hashable:
+        return group.constraints
+
+    def check(self, load: NodeLoad, group: TaskGroup, state: PassState) -> bool:
+        return all(parse_constraint(expr).matches(load.node) for expr in group.constraints)
+
+
+class MaxReplicasFilter(_NamedFilter):
+    name = MAX_REPLICAS
+
+    def check(self, load: NodeLoad, group: TaskGroup, state: PassState) -> bool:
+        limit = group.max_replicas_per_node
+        return limit == 0 or state.service_count(group.service_id, load.node.id) < limit
+
+
+FILTERS: tuple[Filter, ...] = (
+    ReadyFilter(),
+    CpuFilter(),
+    MemoryFilter(),
+    ConstraintFilter(),
+    MaxReplicasFilter(),
+)
+
+
 @dataclass
-class _State:
+class PassState:
     """Mutable bookkeeping for one ``schedule`` call."""
 
-    loads: dict[str, _NodeLoad]
+    loads: dict[str, NodeLoad]
+    filters: tuple[Filter, ...] = FILTERS
     # service ID -> node ID -> tasks of that service holding resources there.
     per_service: dict[str, Counter[str]] = field(default_factory=dict)
     # The same, without the tasks told to shut down: what the spread scorer counts.
     staying: dict[str, Counter[str]] = field(default_factory=dict)
-    eligible_by_constraints: dict[tuple[str, ...], list[str]] = field(default_factory=dict)
+    eligible_by_key: dict[tuple[Hashable, ...], list[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.static_filters = tuple(f for f in self.filters if f.static)
+        self.dynamic_filters = tuple(f for f in self.filters if not f.static)
 
     def service_count(self, service_id: str, node_id: str) -> int:
         counts = self.per_service.get(service_id)
@@ -116,49 +204,54 @@ class _State:
         counts = self.staying.get(service_id)
         return counts[node_id] if counts else 0
 
-    def place(self, group: _Group, node_id: str, *, leaving: bool = False) -> None:
+    def place(self, group: TaskGroup, node_id: str, *, leaving: bool = False) -> None:
         self.loads[node_id].add(group.reservations)
         self.per_service.setdefault(group.service_id, Counter())[node_id] += 1
         if not leaving:
             self.staying.setdefault(group.service_id, Counter())[node_id] += 1
 
-    def static_eligible(self, constraints: tuple[str, ...]) -> list[str]:
-        """Nodes passing the filters that no placement can change, cached per constraint set."""
-        if constraints not in self.eligible_by_constraints:
-            self.eligible_by_constraints[constraints] = [
+    def static_eligible(self, group: TaskGroup) -> list[str]:
+        """Nodes passing the filters that no placement can change, cached per key."""
+        key = tuple(f.key(group) for f in self.static_filters)
+        if key not in self.eligible_by_key:
+            self.eligible_by_key[key] = [
                 node_id
                 for node_id, load in self.loads.items()
-                if load.node.schedulable and _constraints_match(constraints, load.node)
+                if all(f.check(load, group, self) for f in self.static_filters)
             ]
-        return self.eligible_by_constraints[constraints]
+        return self.eligible_by_key[key]
 
-    def dynamic_failure(self, group: _Group, node_id: str) -> str | None:
-        failure = self.loads[node_id].resource_failure(group.reservations)
-        if failure is None and _replicas_full(group, self.service_count(group.service_id, node_id)):
-            return MAX_REPLICAS
-        return failure
+    def fits_now(self, group: TaskGroup, node_id: str) -> bool:
+        """The dynamic filters, for a node that passed the static ones."""
+        load = self.loads[node_id]
+        # A plain loop: the hot path of a pass, and all() over a generator costs more.
+        for dynamic in self.dynamic_filters:  # noqa: SIM110
+            if not dynamic.check(load, group, self):
+                return False
+        return True
 
-    def first_failure(self, group: _Group, node_id: str) -> str | None:
-        node = self.loads[node_id].node
-        if not node.schedulable:
-            return NOT_READY
-        failure = self.loads[node_id].resource_failure(group.reservations)
-        if failure is not None:
-            return failure
-        if not _constraints_match(group.constraints, node):
-            return CONSTRAINT
-        if _replicas_full(group, self.service_count(group.service_id, node_id)):
-            return MAX_REPLICAS
-        return None
+    def first_failure(self, group: TaskGroup, node_id: str) -> Filter | None:
+        load = self.loads[node_id]
+        return next((f for f in self.filters if not f.check(load, group, self)), None)
 
-    def score(self, group: _Group, node_id: str) -> tuple[int, float, int, str]:
+    def score(self, group: TaskGroup, node_id: str) -> tuple[int, float, int, str]:
         fraction, tasks = self.loads[node_id].allocated()
         return self.staying_count(group.service_id, node_id), fraction, tasks, node_id
 
+    def explain(self, failures: Counter[Filter]) -> str:
+        """E.g. ``no suitable node (constraint not met on 2 nodes; insufficient cpu on 1 node)``."""
+        if not failures:
+            return "no suitable node (no nodes in the cluster)"
+        order = {f: i for i, f in enumerate(self.filters)}
+        ordered = sorted(failures.items(), key=lambda item: (-item[1], order[item[0]]))
+        return f"no suitable node ({'; '.join(f.explain(n) for f, n in ordered)})"
 
-def schedule(snapshot: Snapshot, tasks: Sequence[Task]) -> ScheduleResult:
+
+def schedule(
+    snapshot: Snapshot, tasks: Sequence[Task], filters: tuple[Filter, ...] = FILTERS
+) -> ScheduleResult:
     """Choose a node for each pending task; tasks already bound to a node are only checked."""
-    state = _initial_state(snapshot, {task.id for task in tasks})
+    state = _initial_state(snapshot, {task.id for task in tasks}, filters)
     placements: list[Placement] = []
     unplaceable: list[Unplaceable] = []
     # Bound (global) tasks first: they have nowhere else to go.
@@ -176,36 +269,79 @@ def schedule(snapshot: Snapshot, tasks: Sequence[Task]) -> ScheduleResult:
     return ScheduleResult(tuple(placements), tuple(unplaceable))
 
 
-def _initial_state(snapshot: Snapshot, pending_ids: set[str]) -> _State:
-    state = _State(loads={nid: _NodeLoad(snapshot.nodes[nid]) for nid in sorted(snapshot.nodes)})
+@dataclass(frozen=True)
+class Scheduled:
+    """One scheduling pass's writes, and how many tasks they place."""
+
+    ops: tuple[dict[str, Any], ...] = ()
+    placed: int = 0
+
+
+def waiting(task: Task) -> bool:
+    """A task the scheduler should place: meant to run, not placed yet."""
+    return task.desired_state == TaskState.RUNNING and task.status.state in (
+        TaskState.NEW,
+        TaskState.PENDING,
+    )
+
+
+def schedule_ops(snapshot: Snapshot, now: float) -> Scheduled:
+    """Place every waiting task of ``snapshot``: the compare-and-swap writes that
+    assign them, or that say why they wait (only when the reason changed)."""
+    pending = [t for t in snapshot.tasks.values() if waiting(t)]
+    if not pending:
+        return Scheduled()
+    result = schedule(snapshot, pending)
+    ops: list[dict[str, Any]] = []
+    for placement in result.placements:
+        task = snapshot.tasks[placement.task_id]
+        status = TaskStatus(TaskState.ASSIGNED, "scheduled", timestamp=now)
+        assigned = replace(task, node_id=placement.node_id, status=status, updated_at=now)
+        ops.append(put(assigned, task.version))
+    for unplaceable in result.unplaceable:
+        task = snapshot.tasks[unplaceable.task_id]
+        if task.status.state == TaskState.PENDING and task.status.err == unplaceable.reason:
+            continue  # unchanged: don't churn the log
+        status = TaskStatus(
+            TaskState.PENDING, "waiting for a node", err=unplaceable.reason, timestamp=now
+        )
+        ops.append(put(replace(task, status=status, updated_at=now), task.version))
+    return Scheduled(tuple(ops), len(result.placements))
+
+
+def _initial_state(
+    snapshot: Snapshot, pending_ids: set[str], filters: tuple[Filter, ...]
+) -> PassState:
+    loads = {nid: NodeLoad(snapshot.nodes[nid]) for nid in sorted(snapshot.nodes)}
+    state = PassState(loads=loads, filters=filters)
     for task in snapshot.tasks.values():
         # Tasks being scheduled now are counted when (and if) they are placed.
         if task.holds_resources and task.id not in pending_ids and task.node_id in state.loads:
             leaving = task.desired_state != TaskState.RUNNING
-            state.place(_Group.of(task), task.node_id, leaving=leaving)
+            state.place(TaskGroup.of(task), task.node_id, leaving=leaving)
     return state
 
 
-def _group_unbound(tasks: Iterable[Task]) -> dict[_Group, list[Task]]:
-    groups: dict[_Group, list[Task]] = {}
+def _group_unbound(tasks: Iterable[Task]) -> dict[TaskGroup, list[Task]]:
+    groups: dict[TaskGroup, list[Task]] = {}
     for task in tasks:
         if not task.node_id:
-            groups.setdefault(_Group.of(task), []).append(task)
+            groups.setdefault(TaskGroup.of(task), []).append(task)
     return groups
 
 
-def _check_bound(state: _State, task: Task) -> str | None:
+def _check_bound(state: PassState, task: Task) -> str | None:
     if task.node_id not in state.loads:
         return f"node {task.node_id} not found"
-    group = _Group.of(task)
+    group = TaskGroup.of(task)
     failure = state.first_failure(group, task.node_id)
     if failure is not None:
-        return _explain(Counter([failure]))
+        return state.explain(Counter([failure]))
     state.place(group, task.node_id)
     return None
 
 
-def _place_group(state: _State, group: _Group, count: int) -> tuple[list[str], str]:
+def _place_group(state: PassState, group: TaskGroup, count: int) -> tuple[list[str], str]:
     """Place up to ``count`` tasks of ``group``; return their nodes and, if some
     did not fit, why (identical tasks fail identically, so one reason covers them).
 
@@ -213,12 +349,12 @@ def _place_group(state: _State, group: _Group, count: int) -> tuple[list[str], s
     score hands out nodes in order; a node that fails a dynamic filter can only
     fail it again for this group, so it is dropped.
     """
-    heap = [state.score(group, nid) for nid in state.static_eligible(group.constraints)]
+    heap = [state.score(group, nid) for nid in state.static_eligible(group)]
     heapq.heapify(heap)
     chosen: list[str] = []
     while len(chosen) < count and heap:
         node_id = heap[0][-1]
-        if state.dynamic_failure(group, node_id) is not None:
+        if not state.fits_now(group, node_id):
             heapq.heappop(heap)
             continue
         state.place(group, node_id)
@@ -228,23 +364,6 @@ def _place_group(state: _State, group: _Group, count: int) -> tuple[list[str], s
     return chosen, reason
 
 
-def _explain_group(state: _State, group: _Group) -> str:
+def _explain_group(state: PassState, group: TaskGroup) -> str:
     failures = (state.first_failure(group, node_id) for node_id in state.loads)
-    return _explain(Counter(failure for failure in failures if failure is not None))
-
-
-def _explain(failures: Counter[str]) -> str:
-    """E.g. ``no suitable node (constraint not met on 2 nodes; insufficient memory on 1 node)``."""
-    if not failures:
-        return "no suitable node (no nodes in the cluster)"
-    ordered = sorted(failures.items(), key=lambda item: (-item[1], _FILTER_ORDER.index(item[0])))
-    parts = [f"{name} on {n} node{'' if n == 1 else 's'}" for name, n in ordered]
-    return f"no suitable node ({'; '.join(parts)})"
-
-
-def _constraints_match(constraints: tuple[str, ...], node: Node) -> bool:
-    return all(parse_constraint(expr).matches(node) for expr in constraints)
-
-
-def _replicas_full(group: _Group, count: int) -> bool:
-    return 0 < group.max_replicas_per_node <= count
+    return state.explain(Counter(failure for failure in failures if failure is not None))
