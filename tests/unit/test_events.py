@@ -28,7 +28,12 @@ async def test_a_public_subscription_does_not_see_join_token_secrets() -> None:
     store = Store()
     bus = EventBus(store, asyncio.get_running_loop())
     subscription = bus.subscribe(public_kinds([]))
-    cluster = Cluster("c1", "worker-secret", "manager-secret", "f" * 50)
+    cluster = Cluster(
+        id="c1",
+        worker_token_secret="worker-secret",
+        manager_token_secret="manager-secret",
+        ca_fingerprint="f" * 50,
+    )
     store.apply(txn([put(cluster, MUST_NOT_EXIST)], at=0.0))
     await asyncio.sleep(0.01)  # the bus hops onto the loop
     assert subscription.drain() == []

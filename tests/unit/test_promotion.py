@@ -17,12 +17,13 @@ from factories import make_node
 
 from warren.agent.daemon import WorkerOptions
 from warren.core.errors import FailedPrecondition, NotLeader, PermissionDenied
-from warren.core.models import Cluster, NodeRole, NodeStatus
+from warren.core.models import NodeRole, NodeStatus
 from warren.manager.consensus import LocalConsensus
 from warren.manager.control import ControlService
 from warren.manager.daemon import ManagerOptions
 from warren.manager.dispatcher import Dispatcher
 from warren.manager.events import EventBus
+from warren.manager.join_tokens import new_cluster
 from warren.manager.promotion import _busy_port, manager_options, worker_options
 from warren.manager.store import Store
 from warren.security.ca import (
@@ -32,7 +33,6 @@ from warren.security.ca import (
     manager_server_name,
 )
 from warren.security.tls import identity_from_pem
-from warren.security.tokens import new_secret
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ async def control(ca: CertificateAuthority) -> ControlService:
     store = Store()
     store.load(
         [
-            Cluster("cluster-promote", new_secret(), new_secret(), ca.fingerprint),
+            new_cluster(ca, 0.0),
             replace(make_node("m1", role=NodeRole.MANAGER), raft_address="local"),
             make_node("w1"),
             make_node("w2", status=NodeStatus.DOWN),

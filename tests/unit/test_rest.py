@@ -17,7 +17,6 @@ from aiohttp import web
 
 from warren.core.errors import InvalidArgument
 from warren.core.models import (
-    Cluster,
     Node,
     NodeRole,
     NodeStatus,
@@ -31,11 +30,11 @@ from warren.manager import rest
 from warren.manager.consensus import LocalConsensus
 from warren.manager.control import ControlService
 from warren.manager.events import EventBus
+from warren.manager.join_tokens import new_cluster
 from warren.manager.metrics import Metrics
 from warren.manager.rest import STREAMS, build_app, server_ssl_context, start_rest
 from warren.manager.store import Kind, Store
 from warren.security.ca import CertificateAuthority, generate_key, key_pem
-from warren.security.tokens import new_secret
 
 
 @dataclass(frozen=True)
@@ -112,7 +111,7 @@ class Api:
 @pytest.fixture
 async def api(pki: Pki, server_identity: Path, admin: Path) -> AsyncIterator[Api]:
     store = Store()
-    store.load([Cluster("cluster-rest", new_secret(), new_secret(), pki.ca.fingerprint)])
+    store.load([new_cluster(pki.ca, 0.0)])
     consensus = LocalConsensus(store)
     await consensus.start()
     control = ControlService(consensus, pki.ca)

@@ -148,8 +148,8 @@ def test_delete_checks_existence_and_version() -> None:
 
 def test_a_second_cluster_is_refused() -> None:
     store = Store()
-    _write(store, put(Cluster("c1", "w", "m", "fp"), MUST_NOT_EXIST))
-    result = _write(store, put(Cluster("c2", "w", "m", "fp"), None))
+    _write(store, put(Cluster(id="c1", ca_fingerprint="fp"), MUST_NOT_EXIST))
+    result = _write(store, put(Cluster(id="c2", ca_fingerprint="fp"), None))
     assert _error(result) == AlreadyExists.code
     assert store.cluster() == store.get(Kind.CLUSTER, "c1")
 

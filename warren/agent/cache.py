@@ -7,13 +7,13 @@ managers) knows what it was running.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from warren.core.codec import from_dict, to_dict
 from warren.core.errors import InvalidArgument
 from warren.core.models import Task
+from warren.security.tls import write_private
 
 
 class TaskCache:
@@ -35,14 +35,9 @@ class TaskCache:
         return json.dumps(payload, separators=(",", ":")).encode()
 
     def write(self, data: bytes) -> None:
-        """Atomic and durable; blocking, so callers on the event loop use a thread."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.path)
+        """Atomic, durable and 0600 (service env values are in it); blocking,
+        so callers on the event loop use a thread."""
+        write_private(self.path, data)
 
     def save(self, tasks: dict[str, Task]) -> None:
         self.write(self.encode(tasks))

@@ -34,6 +34,7 @@ from warren.proto.errors import error_from_rpc
 from warren.registry.client import RegistryConfig
 from warren.security.ca import generate_key, key_pem, make_csr
 from warren.security.join import joiner_credentials
+from warren.security.private_files import make_private, restrict_new_files
 from warren.security.tls import (
     IdentityFiles,
     check_manager_leaf,
@@ -231,7 +232,15 @@ async def join_cluster(options: WorkerOptions, identity: IdentityFiles) -> NodeS
     return state
 
 
+def secure_data_dir(data_dir: Path) -> None:
+    """Create the data dir 0700 and tighten what an older version left readable."""
+    from warren.agent.containerd.hostfiles import is_host_file
+
+    make_private(data_dir, shared=is_host_file)
+
+
 async def serve_worker(options: WorkerOptions, stop: asyncio.Event) -> None:
+    secure_data_dir(options.data_dir)
     # Before joining: a node refused its containerd namespace joins nothing.
     runtime = make_runtime(options)
     identity = IdentityFiles(options.data_dir / "certs")
@@ -299,6 +308,8 @@ def run_daemon(component: str, serve: Callable[[asyncio.Event], Awaitable[None]]
     """Run a daemon's ``serve(stop)`` until SIGTERM or SIGINT sets ``stop``."""
     from warren import logs
 
+    # First: PySyncObj creates the journal and snapshots with no mode of its own.
+    restrict_new_files()
     logs.setup(component)
 
     async def main() -> None:

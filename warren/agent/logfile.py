@@ -81,9 +81,9 @@ class RotatingLog:
         self.path = path
         self.max_bytes = max_bytes
         self.max_files = max_files
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         # Append: an agent that restarts keeps the output written before.
-        self._file = path.open("ab")
+        self._file = _open_private_append(path)
         self._size = self._file.tell()
 
     def write(self, entry: LogEntry) -> None:
@@ -106,8 +106,14 @@ class RotatingLog:
                     rotated_path(self.path, index).rename(rotated_path(self.path, index + 1))
         finally:
             # Even after a failed rename there must be an open file to write to.
-            self._file = self.path.open("ab")
+            self._file = _open_private_append(self.path)
             self._size = self._file.tell()
+
+
+def _open_private_append(path: Path) -> BinaryIO:
+    """Open for appending; a new file is 0600 (a service's output may hold secrets)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    return os.fdopen(fd, "ab")
 
 
 def make_fifo(path: Path) -> None:

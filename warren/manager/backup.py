@@ -47,9 +47,11 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from warren.core.codec import from_dict, to_dict
 from warren.core.errors import Conflict, FailedPrecondition, InvalidArgument
 from warren.core.models import Cluster, Node, NodeRole, NodeStatus, Service, Task, new_id
+from warren.manager import join_tokens
 from warren.manager.consensus import Consensus
 from warren.manager.store import MUST_NOT_EXIST, Store, barrier, put, raise_for_result, txn
 from warren.security.ca import CertificateAuthority, generate_key, key_pem
+from warren.security.private_files import restrict_new_files
 from warren.security.tls import write_private
 
 if TYPE_CHECKING:
@@ -378,7 +380,10 @@ async def prepare_restore(options: ManagerOptions, backup: Backup) -> str:
         try:
             await manager._wait_ready()
             now = time.time()
-            ops = restore_ops(backup.state, _manager_node(options, node_id, now))
+            # A backup of an older version holds plain-text secrets: never journal them.
+            cluster = join_tokens.sealed_legacy(backup.state.cluster, ca)
+            state = replace(backup.state, cluster=cluster)
+            ops = restore_ops(state, _manager_node(options, node_id, now))
             raise_for_result(await manager.consensus.propose(txn(ops, at=now)))
         finally:
             await manager.consensus.stop()
@@ -409,6 +414,8 @@ def restore_manager(options: ManagerOptions, backup: Backup) -> int:
     from warren import logs
     from warren.manager.daemon import run_manager
 
+    # Before the data dir is made: PySyncObj creates its files with no mode of its own.
+    restrict_new_files()
     logs.setup("manager")
     state = backup.state
     node_id = asyncio.run(prepare_restore(options, backup))

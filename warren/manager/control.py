@@ -37,6 +37,7 @@ from warren.core.models import (
 )
 from warren.core.states import TaskState
 from warren.core.validation import show
+from warren.manager import join_tokens
 from warren.manager.consensus import Consensus
 from warren.manager.images import ImageResolver
 from warren.manager.store import (
@@ -50,7 +51,7 @@ from warren.manager.store import (
 )
 from warren.security.ca import CertificateAuthority
 from warren.security.tls import verified_manager_host
-from warren.security.tokens import JoinToken, new_secret, secrets_equal
+from warren.security.tokens import JoinToken
 
 log = logging.getLogger(__name__)
 
@@ -393,18 +394,32 @@ class ControlService:
 
     def join_token(self, role: str) -> str:
         cluster = self.cluster()
-        secret = _token_secret(cluster, role)
+        secret = join_tokens.token_secret(cluster, role, self.ca)
         return JoinToken(cluster.ca_fingerprint, secret).format()
 
     async def rotate_join_token(self, role: str) -> str:
         cluster = self.cluster()
-        _token_secret(cluster, role)
-        if role == NodeRole.WORKER:
-            rotated = replace(cluster, worker_token_secret=new_secret())
-        else:
-            rotated = replace(cluster, manager_token_secret=new_secret())
-        await self._write([put(rotated, cluster.version)])
+        await self._write([put(join_tokens.rotated(cluster, role, self.ca), cluster.version)])
         return self.join_token(role)
+
+    async def seal_legacy_join_tokens(self) -> bool:
+        """Replace plain-text token secrets in the cluster object (written before
+        they were hashed) by their hash and sealed form; the tokens stay the
+        same. The leader runs this at start. True if it wrote."""
+        for _ in range(_CAS_ATTEMPTS):
+            cluster = self.cluster()
+            if not join_tokens.has_plaintext(cluster):
+                return False
+            sealed = join_tokens.sealed_legacy(cluster, self.ca)
+            try:
+                await self._write([put(sealed, cluster.version)])
+            except Conflict:
+                continue  # a rotation got there first: look again
+            # One more entry: the Raft snapshot that scrubs the old secrets from
+            # the journal follows it (see raft._StoreConsumer).
+            await self.consensus.propose(barrier())
+            return True
+        raise Conflict("the cluster object kept changing while sealing its join tokens")
 
     async def join(
         self,
@@ -422,7 +437,7 @@ class ControlService:
         """Admit a node holding a join token. ``source`` is the IP address the
         request came from: a manager's certificate names only what it verifies."""
         cluster = self.cluster()
-        if not secrets_equal(secret, _token_secret(cluster, role)):
+        if not join_tokens.secret_accepted(cluster, role, secret):
             raise PermissionDenied("invalid or rotated join token")
         now = time.time()
         node = Node(
@@ -535,14 +550,6 @@ def _resolve(
     if matches:
         return matches[0]
     raise NotFound(f"{what} {show(ref)} not found")
-
-
-def _token_secret(cluster: Cluster, role: str) -> str:
-    if role == NodeRole.WORKER:
-        return cluster.worker_token_secret
-    if role == NodeRole.MANAGER:
-        return cluster.manager_token_secret
-    raise InvalidArgument(f"join token role must be worker or manager, not '{role}'")
 
 
 def _normalise(spec: ServiceSpec) -> ServiceSpec:

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from warren.agent.daemon import JoinRequest, registry_config, request_join, request_promotion
-from warren.core.errors import FailedPrecondition, Unavailable
-from warren.core.models import Availability, Cluster, Node, NodeRole, NodeStatus, new_id
+from warren.core.errors import FailedPrecondition, Unavailable, WarrenError
+from warren.core.models import Availability, Node, NodeRole, NodeStatus, new_id
+from warren.manager import join_tokens
 from warren.manager.consensus import Consensus, LocalConsensus
 from warren.manager.control import ControlService
 from warren.manager.controllers import Orchestrator, Scheduler
@@ -33,8 +34,8 @@ from warren.manager.raft import RaftConsensus
 from warren.manager.rest import build_app, server_ssl_context, start_rest
 from warren.manager.store import MUST_NOT_EXIST, Store, barrier, put, raise_for_result, txn
 from warren.security.ca import CertificateAuthority, generate_key, key_pem, load_key
+from warren.security.private_files import make_private
 from warren.security.tls import IdentityFiles, write_private
-from warren.security.tokens import new_secret
 
 log = logging.getLogger(__name__)
 
@@ -172,13 +173,7 @@ class Manager:
 
     async def _initialise_cluster(self, ca: CertificateAuthority, node_id: str) -> None:
         now = time.time()
-        cluster = Cluster(
-            id=ca.cluster_id,
-            worker_token_secret=new_secret(),
-            manager_token_secret=new_secret(),
-            ca_fingerprint=ca.fingerprint,
-            created_at=now,
-        )
+        cluster = join_tokens.new_cluster(ca, now)
         node = Node(
             id=node_id,
             role=NodeRole.MANAGER,
@@ -341,11 +336,20 @@ class Manager:
     async def _lead(self) -> None:
         # A new leader first applies everything committed before it acts.
         await self._wait_ready()
+        await self._seal_legacy_join_tokens()
         log.info("leading: controllers started")
         async with asyncio.TaskGroup() as group:
             group.create_task(self.dispatcher.run())
             group.create_task(Orchestrator(self.consensus, self.bus).run())
             group.create_task(Scheduler(self.consensus, self.bus).run())
+
+    async def _seal_legacy_join_tokens(self) -> None:
+        # Not fatal: the controllers must run, and the next leader tries again.
+        try:
+            if await self.control.seal_legacy_join_tokens():
+                log.info("plain-text join-token secrets (from an older version) sealed")
+        except WarrenError as exc:
+            log.warning("could not seal plain-text join-token secrets: %s", exc)
 
     async def stop(self) -> None:
         self._stopped = True
@@ -396,11 +400,21 @@ def check_admin_credentials_free(options: ManagerOptions) -> None:
 
 async def serve_manager(options: ManagerOptions, stop: asyncio.Event) -> None:
     from warren.agent.agent import Agent
-    from warren.agent.daemon import NodeState, make_runtime, run_all, run_until, serve_worker
+    from warren.agent.daemon import (
+        NodeState,
+        make_runtime,
+        run_all,
+        run_until,
+        secure_data_dir,
+        serve_worker,
+    )
     from warren.manager.promotion import RoleKeeper, worker_options
 
     # Before anything is written: a refused start changes nothing.
     check_admin_credentials_free(options)
+    secure_data_dir(options.data_dir)
+    if options.config_dir.is_dir():
+        make_private(options.config_dir, recursive=False)
     if ManagerState.load(options.data_dir) is None and NodeState.load(options.data_dir):
         # Demoted (node demote) by an earlier run: this data dir holds a worker.
         log.info("this node was demoted: running it as a worker")

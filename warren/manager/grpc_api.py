@@ -30,6 +30,7 @@ from warren.core.errors import (
 from warren.core.models import Availability, Node, NodeRole, ServiceSpec, Task
 from warren.core.states import TaskState
 from warren.core.validation import show
+from warren.manager import join_tokens
 from warren.manager.backup import encode_state, take_backup
 from warren.manager.control import ControlService
 from warren.manager.dispatcher import Dispatcher
@@ -446,19 +447,19 @@ class ServerCredentials:
         self._control = control
         self._ca_pem = ca_pem
         self._chain = [(key_pem, cert_pem + ca_pem)]
-        self._secrets: tuple[str, str] | None = None
+        self._tokens: tuple[str, ...] | None = None
 
     def _current(self) -> grpc.ServerCertificateConfiguration | None:
         cluster = self._control.store.cluster()
-        secrets = (
-            (cluster.worker_token_secret, cluster.manager_token_secret) if cluster else ("", "")
-        )
-        if secrets == self._secrets:
+        tokens = join_tokens.verification_key(cluster) if cluster else ()
+        if tokens == self._tokens:
             return None
-        self._secrets = secrets
+        self._tokens = tokens
         roots = self._ca_pem
         if cluster is not None:
-            roots += join_root_cert(secrets[0], "worker") + join_root_cert(secrets[1], "manager")
+            for role in join_tokens.ROLES:
+                secret = join_tokens.token_secret(cluster, role, self._control.ca)
+                roots += join_root_cert(secret, role)
         return grpc.ssl_server_certificate_configuration(self._chain, root_certificates=roots)
 
     def credentials(self) -> grpc.ServerCredentials:

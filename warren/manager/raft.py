@@ -8,6 +8,7 @@ forwarded to a dead leader never calls back otherwise.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import logging
 from collections.abc import Callable
@@ -20,11 +21,14 @@ from pysyncobj.journal import FileJournal, MemoryJournal
 
 from warren.core.errors import Unavailable
 from warren.manager.consensus import LeadershipListener, Member
+from warren.manager.join_tokens import has_plaintext, legacy_secrets
 from warren.manager.store import Store
 
 log = logging.getLogger(__name__)
 
 _LEADER_STATE = 2  # pysyncobj's _RAFT_STATE.LEADER
+# Snapshots forced to scrub sealed secrets from the Raft files, one a period.
+_SCRUB_ATTEMPTS = 600
 
 _FAILURES = {
     FAIL_REASON.QUEUE_FULL: "the command queue is full",
@@ -44,19 +48,46 @@ class _DurableJournal(FileJournal):  # type: ignore[misc]
     it acknowledges (as leader, or to the leader as a follower) survives a
     killed process but not a power cut. Flushing in ``add`` makes the entry
     durable before PySyncObj can acknowledge it.
+
+    PySyncObj only moves its end marker when it drops entries, leaving their
+    bytes in the file; they are zeroed here, so a compaction really removes
+    what the dropped entries held (plain-text secrets of an older version).
     """
+
+    def __init__(self, journal_file: str) -> None:
+        super().__init__(journal_file)
+        self._tail_zeroed = False
 
     def add(self, command: bytes, idx: int, term: int) -> None:
         super().add(command, idx, term)
         self.flush()
 
     def clear(self) -> None:
+        old_end = self._end()
         super().clear()
+        self._zero_from_end(old_end)
         self.flush()
 
     def deleteEntriesFrom(self, entryFrom: int) -> None:
+        old_end = self._end()
         super().deleteEntriesFrom(entryFrom)
+        self._zero_from_end(old_end)
         self.flush()
+
+    # PySyncObj keeps the file and offset private (name-mangled): no other way in.
+    def _end(self) -> int:
+        return int(self._FileJournal__currentOffset)
+
+    def _zero_from_end(self, old_end: int) -> None:
+        """Zero what the dropped entries held, up to ``old_end``; the first time,
+        up to the end of the file (an older version left dropped entries there)."""
+        file = self._FileJournal__journalFile
+        if not self._tail_zeroed:
+            old_end = int(file._ResizableFile__mm.size())
+            self._tail_zeroed = True
+        start, chunk = self._end(), 1 << 20
+        for offset in range(start, old_end, chunk):
+            file.write(offset, bytes(min(chunk, old_end - offset)))
 
 
 def _create_journal(journal_file: str | None = None) -> Any:
@@ -74,16 +105,39 @@ class _StoreConsumer(SyncObjConsumer):  # type: ignore[misc]
     def __init__(self, store: Store) -> None:
         super().__init__()
         self.store = store
+        # Plain-text join-token secrets an older version journaled and that were
+        # sealed since: RaftConsensus scrubs them from its files.
+        self.scrub: tuple[str, ...] = ()
 
     @replicated  # type: ignore[untyped-decorator]
     def apply(self, payload: str) -> Any:
-        return self.store.apply(json.loads(payload))
+        before = self.store.cluster()
+        result = self.store.apply(json.loads(payload))
+        after = self.store.cluster()
+        if before and after and has_plaintext(before) and not has_plaintext(after):
+            self.scrub = legacy_secrets(before)
+        return result
 
     def _serialize(self) -> Any:
         return self.store.export_state()
 
     def _deserialize(self, data: Any) -> None:
         self.store.import_state(data)
+
+
+def _files_hold(directory: Path, needles: tuple[str, ...]) -> bool:
+    """Whether a file in ``directory`` holds a needle (in gzip-compressed
+    snapshots too)."""
+    for path in directory.iterdir():
+        try:
+            data = path.read_bytes()
+            if data[:2] == b"\x1f\x8b":
+                data += gzip.decompress(data)
+        except (OSError, EOFError, gzip.BadGzipFile):
+            continue  # replaced meanwhile, or a snapshot being written
+        if any(needle.encode() in data for needle in needles):
+            return True
+    return False
 
 
 class RaftConsensus:
@@ -111,10 +165,11 @@ class RaftConsensus:
         self._consumer = _StoreConsumer(store)
         self._syncobj: SyncObj | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._scrubber: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._data_dir.mkdir(parents=True, exist_ok=True)
+        self._data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         conf = SyncObjConf(
             journalFile=str(self._data_dir / "journal"),
             fullDumpFile=str(self._data_dir / "snapshot"),
@@ -140,8 +195,34 @@ class RaftConsensus:
         self._syncobj = await asyncio.to_thread(
             SyncObj, self.self_address, self._peers, conf, [self._consumer]
         )
+        self._scrubber = asyncio.create_task(self._scrub_sealed_secrets())
+
+    async def _scrub_sealed_secrets(self, period: float = 0.5) -> None:
+        """Sealed plain-text secrets of an older version must leave the Raft
+        files too: force snapshots (each drops the journal entries before it)
+        until no file holds them. Retried, because a snapshot can fail (its
+        forked child can die) and one taken right after the sealing write still
+        holds the entry before it."""
+        attempts = 0
+        while True:
+            await asyncio.sleep(period)
+            secrets = self._consumer.scrub
+            if not secrets or self._syncobj is None:
+                continue
+            attempts += 1
+            if not await asyncio.to_thread(_files_hold, self._data_dir, secrets):
+                self._consumer.scrub = ()
+                log.info("plain-text join-token secrets are gone from the Raft files")
+            elif attempts > _SCRUB_ATTEMPTS:
+                self._consumer.scrub = ()
+                log.warning("plain-text join-token secrets remain in %s", self._data_dir)
+            else:
+                self._syncobj.forceLogCompaction()
 
     async def stop(self) -> None:
+        if self._scrubber is not None:
+            self._scrubber.cancel()
+            self._scrubber = None
         if self._syncobj is not None:
             syncobj, self._syncobj = self._syncobj, None
             await asyncio.to_thread(syncobj.destroy_synchronous)

@@ -2,6 +2,9 @@
 
 Written into the container's state directory and bind-mounted over the
 image's, as Docker does: the image cannot know its container's name or DNS.
+They are the one exception to Warren's 0600 files: a container may run as any
+user and must read them (0644). They hold nothing secret, and their 0700
+directory keeps other users of the host out.
 """
 
 from __future__ import annotations
@@ -16,6 +19,14 @@ HOST_HOSTS = Path("/etc/hosts")
 # Docker's fallback when the host only lists resolvers on its own loopback,
 # which a container in its own network namespace cannot reach.
 FALLBACK_NAMESERVERS = ("8.8.8.8", "8.8.4.4")
+HOST_FILE_NAMES = frozenset({"hosts", "resolv.conf", "hostname"})
+HOST_FILE_MODE = 0o644
+
+
+def is_host_file(path: Path) -> bool:
+    """Whether ``path`` is one of these files in a container's state directory
+    (``containers/<id>/``), which must stay readable to the container."""
+    return path.name in HOST_FILE_NAMES and path.parent.parent.name == "containers"
 
 
 def container_hostname(container_id: str, host_network: bool) -> str:
@@ -36,6 +47,9 @@ def write_host_files(directory: Path, hostname: str, host_network: bool) -> Host
             f"127.0.1.1\t{hostname}\n"
         )
         files.resolv_conf.write_text(_without_loopback(_read(HOST_RESOLV_CONF)))
+    for path in (files.hosts, files.resolv_conf, files.hostname):
+        # The daemon's umask made them 0600: a non-root container could not read them.
+        path.chmod(HOST_FILE_MODE)
     return files
 
 
