@@ -39,7 +39,7 @@ from warren.manager.metrics import Metrics
 from warren.manager.store import Kind, StoreEvent
 from warren.proto import warren_pb2 as pb
 from warren.proto import warren_pb2_grpc as pb_grpc
-from warren.proto.convert import message_to_dict, to_message
+from warren.proto.convert import encodable, message_to_dict, to_message
 from warren.proto.errors import (
     CONSISTENCY_KEY,
     ERROR_CODE_KEY,
@@ -180,7 +180,7 @@ class ControlServicer(pb_grpc.ControlServicer):  # type: ignore[misc]
 
     @admin_rpc
     async def ListServices(self, request: Any, context: Any) -> Any:
-        services = [to_message(s, pb.Service) for s in self.control.list_services()]
+        services = encodable(self.control.list_services(), pb.Service)
         return pb.ListServicesResponse(services=services)
 
     @admin_rpc
@@ -203,9 +203,7 @@ class ControlServicer(pb_grpc.ControlServicer):  # type: ignore[misc]
 
     @admin_rpc
     async def ListNodes(self, request: Any, context: Any) -> Any:
-        return pb.ListNodesResponse(
-            nodes=[to_message(n, pb.Node) for n in self.control.list_nodes()]
-        )
+        return pb.ListNodesResponse(nodes=encodable(self.control.list_nodes(), pb.Node))
 
     @admin_rpc
     async def GetNode(self, request: Any, context: Any) -> Any:
@@ -235,7 +233,7 @@ class ControlServicer(pb_grpc.ControlServicer):  # type: ignore[misc]
     @admin_rpc
     async def ListTasks(self, request: Any, context: Any) -> Any:
         tasks = self.control.list_tasks(request.service, request.node)
-        return pb.ListTasksResponse(tasks=[to_message(t, pb.Task) for t in tasks])
+        return pb.ListTasksResponse(tasks=encodable(tasks, pb.Task))
 
     @admin_rpc
     async def GetTask(self, request: Any, context: Any) -> Any:

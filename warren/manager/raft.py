@@ -94,6 +94,16 @@ def _create_journal(journal_file: str | None = None) -> Any:
     return _DurableJournal(journal_file) if journal_file else MemoryJournal()
 
 
+def encode_command(command: dict[str, Any]) -> str:
+    """A store command as it is kept in the Raft log (ASCII JSON: any text survives)."""
+    return json.dumps(command, separators=(",", ":"))
+
+
+def decode_command(payload: str) -> dict[str, Any]:
+    command: dict[str, Any] = json.loads(payload)
+    return command
+
+
 # PySyncObj builds its journal through this module-level name; there is no
 # option to pass one in.
 pysyncobj_core.createJournal = _create_journal
@@ -112,7 +122,7 @@ class _StoreConsumer(SyncObjConsumer):  # type: ignore[misc]
     @replicated  # type: ignore[untyped-decorator]
     def apply(self, payload: str) -> Any:
         before = self.store.cluster()
-        result = self.store.apply(json.loads(payload))
+        result = self.store.apply(decode_command(payload))
         after = self.store.cluster()
         if before and after and has_plaintext(before) and not has_plaintext(after):
             self.scrub = legacy_secrets(before)
@@ -228,7 +238,7 @@ class RaftConsensus:
             await asyncio.to_thread(syncobj.destroy_synchronous)
 
     async def propose(self, command: dict[str, Any], timeout: float = 10.0) -> Any:
-        payload = json.dumps(command, separators=(",", ":"))
+        payload = encode_command(command)
         return await self._call(
             lambda callback: self._consumer.apply(payload, callback=callback), timeout
         )
