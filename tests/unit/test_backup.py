@@ -20,25 +20,27 @@ from warren.core.models import Cluster, NodeRole, NodeStatus
 from warren.core.states import TaskState
 from warren.manager import backup as backup_module
 from warren.manager.backup import (
-    DAMAGED,
     RESTORED_MESSAGE,
-    Backup,
-    BackupState,
     capture_state,
     check_restore_target,
-    decode_state,
-    decrypt_backup,
-    encode_state,
-    encrypt_backup,
     prepare_restore,
     restore_ops,
-    seal,
     take_backup,
-    unseal,
 )
 from warren.manager.consensus import LocalConsensus
 from warren.manager.daemon import ManagerOptions, ManagerState
 from warren.manager.store import Kind, Store, put, raise_for_result, txn
+from warren.security.backup_file import (
+    DAMAGED,
+    Backup,
+    BackupState,
+    decode_state,
+    decrypt_backup,
+    encode_state,
+    encrypt_backup,
+    seal,
+    unseal,
+)
 from warren.security.ca import CertificateAuthority, load_cert
 from warren.security.tls import IdentityFiles, identity_from_pem
 

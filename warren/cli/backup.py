@@ -1,7 +1,7 @@
 """``warren cluster backup`` and ``warren cluster restore``.
 
 The passphrase stays on this host: the manager hands out the state and the CA,
-and this command encrypts them (see ``warren.manager.backup`` for the format).
+and this command encrypts them (see ``warren.security.backup_file`` for the format).
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def backup(cli: CliContext, output: Path, passphrase_file: Path | None) -> None:
     command ran. Keep it safe and keep the passphrase apart from it: it holds
     the CA key, which can sign certificates for the whole cluster.
     """
-    from warren.manager.backup import encrypt_backup
+    from warren.security.backup_file import encrypt_backup
 
     passphrase = read_passphrase(passphrase_file, new=True)
     data = cli.client().backup()
@@ -101,8 +101,9 @@ def restore(cli: CliContext, /, file: Path, passphrase_file: Path | None, **fiel
     with the same data dir restarts this manager.
     """
     # Imported here: admin commands should not pay for loading the manager.
-    from warren.manager.backup import check_restore_target, decrypt_backup, restore_manager
+    from warren.manager.backup import check_restore_target, restore_manager
     from warren.manager.daemon import ManagerOptions
+    from warren.security.backup_file import decrypt_backup
 
     # Checked before anything is asked or written.
     check_log_level()
