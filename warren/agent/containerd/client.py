@@ -9,10 +9,11 @@ from the garbage collector until they are referenced.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Iterator
+from typing import TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 from warren.agent.containerd.proto import (
     containers_pb2_grpc,
@@ -39,7 +40,8 @@ DEFAULT_NAMESPACE = "warren"
 _MAX_MESSAGE = 16 * 2**20
 
 Metadata = tuple[tuple[str, str], ...]
-UnaryMethod = Callable[..., Awaitable[Any]]
+Request = TypeVar("Request", bound=Message)
+Response = TypeVar("Response", bound=Message)
 
 
 class _Stubs:
@@ -83,18 +85,22 @@ class ContainerdClient:
 
     async def call(
         self,
-        method: UnaryMethod,
-        request: Any,
+        method: grpc.aio.UnaryUnaryMultiCallable[Request, Response],
+        request: Request,
         *,
         lease: str | None = None,
         timeout: float | None = None,
-    ) -> Any:
+    ) -> Response:
         with self.translated():
             return await method(request, metadata=self.metadata(lease), timeout=timeout)
 
     async def stream(
-        self, method: Callable[..., Any], request: Any, *, lease: str | None = None
-    ) -> AsyncIterator[Any]:
+        self,
+        method: grpc.aio.UnaryStreamMultiCallable[Request, Response],
+        request: Request,
+        *,
+        lease: str | None = None,
+    ) -> AsyncIterator[Response]:
         """The responses of a server-streaming call, errors translated."""
         with self.translated():
             async for response in method(request, metadata=self.metadata(lease)):

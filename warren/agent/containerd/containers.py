@@ -54,14 +54,14 @@ class Containers:
         request = containers_pb2.CreateContainerRequest(container=container)
         await self._client.call(self._client.api.containers.Create, request, lease=lease)
 
-    async def get(self, container_id: str) -> Any:
+    async def get(self, container_id: str) -> containers_pb2.Container:
         request = containers_pb2.GetContainerRequest(id=container_id)
         try:
             return (await self._client.call(self._client.api.containers.Get, request)).container
         except NotFound:
             raise NotFound(f"container {container_id} not found") from None
 
-    async def list_managed(self) -> list[Any]:
+    async def list_managed(self) -> list[containers_pb2.Container]:
         request = containers_pb2.ListContainersRequest(filters=[f'labels."{MANAGED_LABEL}"==true'])
         response = await self._client.call(self._client.api.containers.List, request)
         return list(response.containers)
@@ -76,12 +76,12 @@ def container_labels(user_labels: dict[str, str], stop_signal: str) -> dict[str,
     return {**user_labels, MANAGED_LABEL: "true", STOP_SIGNAL_LABEL: stop_signal}
 
 
-def user_labels(container: Any) -> dict[str, str]:
+def user_labels(container: containers_pb2.Container) -> dict[str, str]:
     """The labels the container was created with, without Warren's own."""
     return {k: v for k, v in container.labels.items() if k not in _INTERNAL_LABELS}
 
 
-def stored_spec(container: Any) -> dict[str, Any]:
+def stored_spec(container: containers_pb2.Container) -> dict[str, Any]:
     try:
         spec = json.loads(container.spec.value)
     except ValueError:

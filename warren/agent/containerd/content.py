@@ -72,6 +72,7 @@ class ContentStore:
         # in ``chunks``, such as a digest mismatch, must reach the caller, and
         # grpc.aio turns one raised inside a request iterator into a cancel.
         call = self._client.api.content.Write(metadata=self._client.metadata(lease))
+        response: object = None
         try:
             with self._client.translated():
                 async for request in _write_requests(digest, size, chunks, labels):
@@ -80,6 +81,9 @@ class ContentStore:
                 await call.done_writing()
         finally:
             call.cancel()
+        # read() gives grpc.aio.EOF instead of a response if containerd closed the stream.
+        if not isinstance(response, content_pb2.WriteContentResponse):
+            raise RuntimeFailure(f"content store closed the write of {digest} before its commit")
         if response.digest != digest:
             raise RuntimeFailure(f"content store committed {response.digest}, not {digest}")
 

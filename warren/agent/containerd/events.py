@@ -16,7 +16,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, timestamp_pb2
 
 from warren.agent.containerd.client import ContainerdClient
 from warren.agent.containerd.proto import events_pb2, task_events_pb2
@@ -39,11 +39,9 @@ class ProcessExit:
     status: ExitStatus
 
 
-def timestamp_seconds(value: object) -> float:
+def timestamp_seconds(value: timestamp_pb2.Timestamp) -> float:
     """A protobuf Timestamp as UNIX seconds (0.0 when unset)."""
-    seconds = getattr(value, "seconds", 0)
-    nanos = getattr(value, "nanos", 0)
-    return float(seconds) + float(nanos) / 1e9
+    return float(value.seconds) + float(value.nanos) / 1e9
 
 
 class EventStream:

@@ -13,7 +13,6 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from warren.agent.containerd.archive import OciArchive
 from warren.agent.containerd.client import ContainerdClient
@@ -99,16 +98,16 @@ class ImageStore:
             return None  # blobs garbage-collected: pull again
         return LocalImage(record.name, target.digest, config, chain)
 
-    async def _record(self, ref: Reference) -> Any:
+    async def _record(self, ref: Reference) -> images_pb2.Image | None:
         """The image record named ``ref``, or one whose target is ``ref``'s digest."""
         try:
-            request = images_pb2.GetImageRequest(name=str(ref))
-            return (await self._client.call(self._client.api.images.Get, request)).image
+            by_name = images_pb2.GetImageRequest(name=str(ref))
+            return (await self._client.call(self._client.api.images.Get, by_name)).image
         except NotFound:
             if ref.digest is None:
                 return None
-        request = images_pb2.ListImagesRequest(filters=[f"target.digest=={ref.digest}"])
-        images = (await self._client.call(self._client.api.images.List, request)).images
+        by_digest = images_pb2.ListImagesRequest(filters=[f"target.digest=={ref.digest}"])
+        images = (await self._client.call(self._client.api.images.List, by_digest)).images
         return images[0] if images else None
 
     # -- pulling and storing --------------------------------------------------

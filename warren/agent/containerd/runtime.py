@@ -17,7 +17,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from warren.agent.containerd.leases import create_lease, delete_lease
 from warren.agent.containerd.namespace_lock import NamespaceLock
 from warren.agent.containerd.netns import create_netns, delete_netns, netns_path
 from warren.agent.containerd.output import LOG_NAME, OutputCapture, fifo_path
-from warren.agent.containerd.proto import task_pb2
+from warren.agent.containerd.proto import containers_pb2, task_pb2, types_pb2
 from warren.agent.containerd.snapshots import Snapshots
 from warren.agent.containerd.spec import build_spec, exec_process
 from warren.agent.containerd.state import StateDir
@@ -117,7 +117,7 @@ class ContainerdRuntime:
         self._broadcast = Broadcast()
         self._oom: set[str] = set()
         self._finalizers: dict[str, asyncio.Task[ExitStatus]] = {}
-        self._background: set[asyncio.Task[Any]] = set()
+        self._background: set[asyncio.Task[None]] = set()
         self._events = EventStream(self._client, self._on_exit, self._oom.add, self._recheck)
 
     # -- images ---------------------------------------------------------------
@@ -163,7 +163,7 @@ class ContainerdRuntime:
         self,
         config: ContainerConfig,
         image: LocalImage,
-        mounts: list[Any],
+        mounts: list[types_pb2.Mount],
         netns: str | None,
         directory: Path,
     ) -> dict[str, Any]:
@@ -355,7 +355,7 @@ class ContainerdRuntime:
         self._broadcast.publish(RuntimeEvent(container_id, status))
         return status
 
-    def _spawn(self, coroutine: Any) -> None:
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coroutine)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -371,7 +371,9 @@ class ContainerdRuntime:
         processes = await self._tasks.list()
         return [self._info(c, processes.get(c.id)) for c in containers]
 
-    def _info(self, container: Any, process: Any | None) -> ContainerInfo:
+    def _info(
+        self, container: containers_pb2.Container, process: task_pb2.Process | None
+    ) -> ContainerInfo:
         state, pid, exit_status = ContainerState.CREATED, 0, None
         if process is None:
             exit_status = self._state.load_exit(container.id)
@@ -441,5 +443,5 @@ class ContainerdRuntime:
             self._lock.release()
 
 
-def _process_exit(process: Any) -> ExitStatus:
+def _process_exit(process: task_pb2.Process) -> ExitStatus:
     return ExitStatus(int(process.exit_status), finished_at=timestamp_seconds(process.exited_at))

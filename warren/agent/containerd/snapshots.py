@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import secrets
 from collections.abc import Sequence
-from typing import Any
 
 from warren.agent.containerd.client import ContainerdClient
 from warren.agent.containerd.oci import chain_ids
@@ -28,7 +27,7 @@ class Snapshots:
             return False
         return True
 
-    async def prepare(self, key: str, parent: str, lease: str) -> list[Any]:
+    async def prepare(self, key: str, parent: str, lease: str) -> list[types_pb2.Mount]:
         """A writable snapshot on ``parent``; returns its mounts."""
         request = snapshots_pb2.PrepareSnapshotRequest(
             snapshotter=SNAPSHOTTER, key=key, parent=parent
@@ -36,7 +35,7 @@ class Snapshots:
         response = await self._client.call(self._client.api.snapshots.Prepare, request, lease=lease)
         return list(response.mounts)
 
-    async def mounts(self, key: str) -> list[Any]:
+    async def mounts(self, key: str) -> list[types_pb2.Mount]:
         request = snapshots_pb2.MountsRequest(snapshotter=SNAPSHOTTER, key=key)
         response = await self._client.call(self._client.api.snapshots.Mounts, request)
         return list(response.mounts)

@@ -10,7 +10,7 @@ from typing import Any
 from google.protobuf import any_pb2
 
 from warren.agent.containerd.client import ContainerdClient
-from warren.agent.containerd.proto import tasks_pb2
+from warren.agent.containerd.proto import task_pb2, tasks_pb2, types_pb2
 from warren.agent.containerd.spec import PROCESS_TYPE_URL
 from warren.core.errors import NotFound
 
@@ -19,7 +19,7 @@ class Tasks:
     def __init__(self, client: ContainerdClient) -> None:
         self._client = client
 
-    async def get(self, container_id: str, exec_id: str = "") -> Any | None:
+    async def get(self, container_id: str, exec_id: str = "") -> task_pb2.Process | None:
         """The process (``task.Process``), or None if there is no such task or exec."""
         request = tasks_pb2.GetRequest(container_id=container_id, exec_id=exec_id)
         try:
@@ -27,7 +27,7 @@ class Tasks:
         except NotFound:
             return None
 
-    async def list(self) -> dict[str, Any]:
+    async def list(self) -> dict[str, task_pb2.Process]:
         response = await self._client.call(
             self._client.api.tasks.List, tasks_pb2.ListTasksRequest()
         )
@@ -35,7 +35,7 @@ class Tasks:
         return {process.id: process for process in response.tasks}
 
     async def create(
-        self, container_id: str, rootfs: Sequence[Any], stdout: str, stderr: str
+        self, container_id: str, rootfs: Sequence[types_pb2.Mount], stdout: str, stderr: str
     ) -> None:
         request = tasks_pb2.CreateTaskRequest(
             container_id=container_id, rootfs=rootfs, stdout=stdout, stderr=stderr

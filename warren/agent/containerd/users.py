@@ -12,8 +12,8 @@ import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from warren.agent.containerd.proto import types_pb2
 from warren.core.errors import InvalidArgument
 
 _OPAQUE_XATTR = "trusted.overlay.opaque"
@@ -27,7 +27,7 @@ class User:
     home: str = "/"
 
 
-def layer_dirs(mounts: Sequence[Any]) -> list[Path]:
+def layer_dirs(mounts: Sequence[types_pb2.Mount]) -> list[Path]:
     """The directories that make up a rootfs, top layer first."""
     dirs: list[Path] = []
     for mount in mounts:
