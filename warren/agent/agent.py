@@ -77,6 +77,10 @@ def manager_channel(
     )
 
 
+# The worker's end of a Dispatcher.Session stream.
+SessionCall = grpc.aio.StreamStreamCall[pb.WorkerMessage, pb.ManagerMessage]
+
+
 class Agent:
     def __init__(
         self,
@@ -101,7 +105,7 @@ class Agent:
         self.tasks: dict[str, Task] = {}
         self.executors: dict[str, TaskExecutor] = {}
         self._unsent: dict[str, TaskStatus] = {}
-        self._call: Any = None
+        self._call: SessionCall | None = None
         # One writer at a time on the session stream (gRPC allows no overlap).
         self._write_lock = asyncio.Lock()
         self._log_requests: dict[str, asyncio.Task[None]] = {}
@@ -233,7 +237,8 @@ class Agent:
                 )
             )
             first = await call.read()
-            if first is grpc.aio.EOF or first.WhichOneof("message") != "session":
+            # read() gives grpc.aio.EOF, not a message, once the manager has closed the stream.
+            if not isinstance(first, pb.ManagerMessage) or first.WhichOneof("message") != "session":
                 raise WarrenError("manager closed the session during registration")
             info = first.session
             if info.managers:
@@ -249,8 +254,8 @@ class Agent:
             try:
                 while True:
                     message = await call.read()
-                    if message is grpc.aio.EOF:
-                        return
+                    if not isinstance(message, pb.ManagerMessage):
+                        return  # grpc.aio.EOF: the manager ended the session
                     await self._handle(message)
             finally:
                 heartbeat.cancel()
@@ -258,7 +263,7 @@ class Agent:
                     request.cancel()
                 self._log_requests.clear()
 
-    async def _handle(self, message: Any) -> None:
+    async def _handle(self, message: pb.ManagerMessage) -> None:
         kind = message.WhichOneof("message")
         if kind == "assignments":
             update = message.assignments
@@ -277,21 +282,21 @@ class Agent:
             if running is not None:
                 running.cancel()
 
-    async def _write(self, message: Any) -> None:
+    async def _write(self, message: pb.WorkerMessage) -> None:
         call = self._call
         if call is None:
             raise WarrenError("no session")
         async with self._write_lock:
             await call.write(message)
 
-    async def _heartbeats(self, call: Any, period: float) -> None:
+    async def _heartbeats(self, call: SessionCall, period: float) -> None:
         while True:
             await asyncio.sleep(period)
             await self._write(pb.WorkerMessage(heartbeat=pb.Heartbeat()))
 
-    async def _serve_logs(self, request: Any) -> None:
+    async def _serve_logs(self, request: pb.TaskLogsRequest) -> None:
         """Stream a container's output back in batches, ending with ``done``."""
-        batch: list[Any] = []
+        batch: list[pb.LogEntry] = []
         last_flush = time.monotonic()
 
         async def flush(done: bool = False, error: str = "") -> None:

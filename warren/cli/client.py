@@ -8,16 +8,16 @@ in order and sticks with the first that answers.
 from __future__ import annotations
 
 import re
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 from warren.core.errors import InvalidArgument, Unavailable, WarrenError
 from warren.core.models import Availability, Node, Service, ServiceSpec, Task
-from warren.manager.backup import Backup, decode_state
 from warren.proto import warren_pb2 as pb
 from warren.proto import warren_pb2_grpc as pb_grpc
 from warren.proto.convert import from_message, to_message
@@ -27,7 +27,9 @@ from warren.proto.errors import (
     LINEARIZABLE,
     error_from_rpc,
     leader_hint,
+    trailing_metadata,
 )
+from warren.security.backup_file import Backup, decode_state
 from warren.security.tls import IdentityFiles, manager_channel_options
 
 # What gRPC puts before the cause of a failed connection.
@@ -36,11 +38,12 @@ _TRANSPORT_PREFIX = re.compile(
 )
 # Backups can outgrow gRPC's 4 MiB default for replies.
 _MAX_REPLY_BYTES = 512 * 1024**2
-_EVENT_OBJECTS: dict[str, type[Node] | type[Service] | type[Task]] = {
-    "node": Node,
-    "service": Service,
-    "task": Task,
-}
+Request = TypeVar("Request", bound=Message)
+Reply = TypeVar("Reply", bound=Message)
+if TYPE_CHECKING:  # grpc's sync callables are generic only in its type stubs
+    # A Control method picked from a stub, e.g. ``lambda stub: stub.GetService``.
+    UnaryMethod = Callable[[pb_grpc.ControlStub], grpc.UnaryUnaryMultiCallable[Request, Reply]]
+    StreamMethod = Callable[[pb_grpc.ControlStub], grpc.UnaryStreamMultiCallable[Request, Reply]]
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,7 @@ class WarrenClient:
         )
         self._managers = list(managers)
         self._timeout = timeout
-        self._channels: dict[str, Any] = {}
+        self._channels: dict[str, grpc.Channel] = {}
         self._preferred = 0
 
     # -- plumbing --------------------------------------------------------------
@@ -95,7 +98,7 @@ class WarrenClient:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _stub(self, address: str) -> Any:
+    def _stub(self, address: str) -> pb_grpc.ControlStub:
         if address not in self._channels:
             # Only a manager of this cluster whose certificate names the host dialled.
             options = [
@@ -110,13 +113,13 @@ class WarrenClient:
         count = len(self._managers)
         return [(self._preferred + i) % count for i in range(count)]
 
-    def _call(self, method: str, request: Any) -> Any:
+    def _call(self, method: UnaryMethod[Request, Reply], request: Request) -> Reply:
         failures: list[str] = []
         candidates = self._candidates()
         for index in candidates:
             address = self._managers[index]
             try:
-                reply = getattr(self._stub(address), method)(
+                reply = method(self._stub(address))(
                     request, timeout=self._timeout, metadata=self._metadata
                 )
             except grpc.RpcError as exc:
@@ -138,36 +141,36 @@ class WarrenClient:
 
     def create_service(self, spec: ServiceSpec) -> Service:
         request = pb.CreateServiceRequest(spec=to_message(spec, pb.ServiceSpec))
-        return _service(self._call("CreateService", request))
+        return _service(self._call(lambda stub: stub.CreateService, request))
 
     def get_service(self, ref: str) -> Service:
-        return _service(self._call("GetService", pb.ServiceRef(service=ref)))
+        return _service(self._call(lambda stub: stub.GetService, pb.ServiceRef(service=ref)))
 
     def list_services(self) -> list[Service]:
-        reply = self._call("ListServices", pb.Empty())
+        reply = self._call(lambda stub: stub.ListServices, pb.Empty())
         return [_service(message) for message in reply.services]
 
     def update_service(self, ref: str, spec: ServiceSpec, version: int = 0) -> Service:
         request = pb.UpdateServiceRequest(
             service=ref, spec=to_message(spec, pb.ServiceSpec), version=version
         )
-        return _service(self._call("UpdateService", request))
+        return _service(self._call(lambda stub: stub.UpdateService, request))
 
     def scale_service(self, ref: str, replicas: int) -> Service:
         request = pb.ScaleServiceRequest(service=ref, replicas=replicas)
-        return _service(self._call("ScaleService", request))
+        return _service(self._call(lambda stub: stub.ScaleService, request))
 
     def delete_service(self, ref: str) -> None:
-        self._call("DeleteService", pb.ServiceRef(service=ref))
+        self._call(lambda stub: stub.DeleteService, pb.ServiceRef(service=ref))
 
     # -- nodes -----------------------------------------------------------------
 
     def list_nodes(self) -> list[Node]:
-        reply = self._call("ListNodes", pb.Empty())
+        reply = self._call(lambda stub: stub.ListNodes, pb.Empty())
         return [_node(message) for message in reply.nodes]
 
     def get_node(self, ref: str) -> Node:
-        return _node(self._call("GetNode", pb.NodeRef(node=ref)))
+        return _node(self._call(lambda stub: stub.GetNode, pb.NodeRef(node=ref)))
 
     def update_node(
         self,
@@ -182,38 +185,44 @@ class WarrenClient:
             label_add=label_add or {},
             label_rm=label_rm or [],
         )
-        return _node(self._call("UpdateNode", request))
+        return _node(self._call(lambda stub: stub.UpdateNode, request))
 
     def remove_node(self, ref: str, force: bool = False) -> None:
-        self._call("RemoveNode", pb.RemoveNodeRequest(node=ref, force=force))
+        self._call(lambda stub: stub.RemoveNode, pb.RemoveNodeRequest(node=ref, force=force))
 
     def promote_node(self, ref: str) -> Node:
-        return _node(self._call("PromoteNode", pb.NodeRef(node=ref)))
+        return _node(self._call(lambda stub: stub.PromoteNode, pb.NodeRef(node=ref)))
 
     def demote_node(self, ref: str, force: bool = False) -> Node:
-        return _node(self._call("DemoteNode", pb.DemoteNodeRequest(node=ref, force=force)))
+        return _node(
+            self._call(lambda stub: stub.DemoteNode, pb.DemoteNodeRequest(node=ref, force=force))
+        )
 
     # -- tasks -----------------------------------------------------------------
 
     def list_tasks(self, service: str = "", node: str = "") -> list[Task]:
-        reply = self._call("ListTasks", pb.ListTasksRequest(service=service, node=node))
+        reply = self._call(
+            lambda stub: stub.ListTasks, pb.ListTasksRequest(service=service, node=node)
+        )
         return [_task(message) for message in reply.tasks]
 
     def get_task(self, ref: str) -> Task:
-        return _task(self._call("GetTask", pb.TaskRef(task=ref)))
+        return _task(self._call(lambda stub: stub.GetTask, pb.TaskRef(task=ref)))
 
     # -- cluster ---------------------------------------------------------------
 
     def cluster_info(self) -> dict[str, Any]:
-        return _all_fields(self._call("GetClusterInfo", pb.Empty()))
+        return _all_fields(self._call(lambda stub: stub.GetClusterInfo, pb.Empty()))
 
     def join_token(self, role: str, rotate: bool = False) -> str:
-        reply = self._call("GetJoinToken", pb.JoinTokenRequest(role=role, rotate=rotate))
+        reply = self._call(
+            lambda stub: stub.GetJoinToken, pb.JoinTokenRequest(role=role, rotate=rotate)
+        )
         return str(reply.token)
 
     def backup(self) -> Backup:
         """A consistent copy of the cluster state plus the CA certificate and key."""
-        reply = self._call("Backup", pb.Empty())
+        reply = self._call(lambda stub: stub.Backup, pb.Empty())
         return Backup(decode_state(reply.state_json), bytes(reply.ca_cert), bytes(reply.ca_key))
 
     def events(self, kinds: Iterable[str] = ()) -> Iterator[dict[str, Any]]:
@@ -223,7 +232,7 @@ class WarrenClient:
         first event is skipped like for any other call.
         """
         request = pb.StreamEventsRequest(kinds=list(kinds))
-        with closing(self._stream("StreamEvents", request)) as messages:
+        with closing(self._stream(lambda stub: stub.StreamEvents, request)) as messages:
             for message in messages:
                 yield _event(message)
 
@@ -237,7 +246,7 @@ class WarrenClient:
         if bool(service) == bool(task):
             raise InvalidArgument("ask for the logs of one service or of one task")
         request = pb.LogsRequest(service=service, task=task, follow=follow, tail=tail)
-        with closing(self._stream("Logs", request)) as messages:
+        with closing(self._stream(lambda stub: stub.Logs, request)) as messages:
             for message in messages:
                 yield LogLine(
                     task_id=str(message.task_id),
@@ -248,7 +257,9 @@ class WarrenClient:
                     line=bytes(message.line),
                 )
 
-    def _stream(self, method: str, request: Any) -> Generator[Any, None, None]:
+    def _stream(
+        self, method: StreamMethod[Request, Reply], request: Request
+    ) -> Generator[Reply, None, None]:
         """A server stream without a deadline, cancelled when it is closed.
 
         A manager that is unavailable before the first message is skipped like
@@ -257,7 +268,7 @@ class WarrenClient:
         failures: list[str] = []
         for index in self._candidates():
             address = self._managers[index]
-            stream = getattr(self._stub(address), method)(request)
+            stream = method(self._stub(address))(request)
             received = False
             try:
                 for message in stream:
@@ -281,7 +292,7 @@ def _is_unavailable(exc: grpc.RpcError) -> bool:
 
 def _reason(exc: grpc.RpcError) -> str:
     """The server's own message, or the gist of a transport failure."""
-    if any(key == ERROR_CODE_KEY for key, _ in exc.trailing_metadata() or ()):
+    if ERROR_CODE_KEY in trailing_metadata(exc):
         return str(error_from_rpc(exc))
     return _TRANSPORT_PREFIX.sub("", str(error_from_rpc(exc))).removesuffix(": OK")
 
@@ -292,22 +303,22 @@ def _all_unavailable(failures: list[str]) -> WarrenError:
     return Unavailable("cannot reach any manager: " + "; ".join(failures))
 
 
-def _service(message: Any) -> Service:
+def _service(message: pb.Service) -> Service:
     service: Service = from_message(Service, message)
     return service
 
 
-def _node(message: Any) -> Node:
+def _node(message: pb.Node) -> Node:
     node: Node = from_message(Node, message)
     return node
 
 
-def _task(message: Any) -> Task:
+def _task(message: pb.Task) -> Task:
     task: Task = from_message(Task, message)
     return task
 
 
-def _all_fields(message: Any) -> dict[str, Any]:
+def _all_fields(message: Message) -> dict[str, Any]:
     """Every field, zero values included (``ListFields`` would drop them)."""
     out: dict[str, Any] = {}
     for field in message.DESCRIPTOR.fields:
@@ -316,16 +327,25 @@ def _all_fields(message: Any) -> dict[str, Any]:
     return out
 
 
-def _event(message: Any) -> dict[str, Any]:
-    kind = str(message.kind)
-    model = _EVENT_OBJECTS.get(kind)
-    obj = None
-    if model is not None and message.HasField(kind):
-        obj = from_message(model, getattr(message, kind))
+def _event(message: pb.Event) -> dict[str, Any]:
     return {
         "revision": int(message.revision),
         "action": str(message.action),
-        "kind": kind,
+        "kind": str(message.kind),
         "timestamp": float(message.timestamp),
-        "object": obj,
+        "object": _event_object(message),
     }
+
+
+def _event_object(message: pb.Event) -> Node | Service | Task | None:
+    """The object the event carries, when it is the one its kind names."""
+    carried = message.WhichOneof("object")
+    if carried != message.kind:
+        return None
+    if carried == "node":
+        return _node(message.node)
+    if carried == "service":
+        return _service(message.service)
+    if carried == "task":
+        return _task(message.task)
+    return None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import grpc
 
 from warren.core.errors import Unavailable, WarrenError, error_from_code
@@ -44,12 +46,23 @@ HTTP_STATUS: dict[str, int] = {
 }
 
 
+def trailing_metadata(exc: grpc.RpcError) -> dict[str, str]:
+    """The text entries of the error's trailing metadata (the last value of a key wins)."""
+    # Typed as objects with key/value attributes, grpc's entries are really
+    # (key, value) tuples (a namedtuple from sync calls): check, not assume.
+    entries: Iterable[object] = exc.trailing_metadata() or ()
+    text: dict[str, str] = {}
+    for entry in entries:
+        if isinstance(entry, tuple) and len(entry) == 2:
+            key, value = entry
+            if isinstance(key, str) and isinstance(value, str):
+                text[key] = value
+    return text
+
+
 def error_from_rpc(exc: grpc.RpcError) -> WarrenError:
     """Rebuild the Warren error a server raised, or describe a transport failure."""
-    code = None
-    for key, value in exc.trailing_metadata() or ():
-        if key == ERROR_CODE_KEY:
-            code = value
+    code = trailing_metadata(exc).get(ERROR_CODE_KEY)
     details = exc.details() or str(exc.code())
     if code is not None:
         return error_from_code(code, details)
@@ -61,10 +74,7 @@ def error_from_rpc(exc: grpc.RpcError) -> WarrenError:
 
 def leader_hint(exc: grpc.RpcError) -> str | None:
     """The leader's API address a follower named in its refusal, if any."""
-    for key, value in exc.trailing_metadata() or ():
-        if key == LEADER_KEY and value:
-            return str(value)
-    return None
+    return trailing_metadata(exc).get(LEADER_KEY) or None
 
 
 def _code_of(status: grpc.StatusCode) -> str:
