@@ -1,0 +1,94 @@
+"""Services: create, read, update, scale, delete."""
+
+from __future__ import annotations
+
+import builtins
+import time
+from dataclasses import replace
+from typing import cast
+
+from warren.core.errors import AlreadyExists, Conflict, InvalidArgument
+from warren.core.models import Service, ServiceMode, ServiceSpec, new_id
+from warren.manager.consensus import Consensus
+from warren.manager.control.resolve import DESTRUCTIVE_MIN_PREFIX, resolve
+from warren.manager.images import ImageResolver
+from warren.manager.store import MUST_NOT_EXIST, Kind, delete, put
+from warren.manager.writes import update_with_retry, write
+
+
+class ServiceControl:
+    def __init__(self, consensus: Consensus, images: ImageResolver | None = None) -> None:
+        self.consensus = consensus
+        self.store = consensus.store
+        # None: images are not pinned (the simulated runtime has no registry).
+        self.images = images
+
+    async def _pin_image(self, spec: ServiceSpec) -> ServiceSpec:
+        if self.images is None:
+            return spec
+        return replace(spec, image=await self.images.pin(spec.image))
+
+    async def create(self, spec: ServiceSpec) -> Service:
+        if self.store.service_by_name(spec.name) is not None:
+            raise AlreadyExists(f"service '{spec.name}' already exists")
+        spec = await self._pin_image(_normalise(spec))
+        now = time.time()
+        service = Service(id=new_id(), spec=spec, created_at=now, updated_at=now)
+        await write(self.consensus, [put(service, MUST_NOT_EXIST)])
+        return cast(Service, self.store.get(Kind.SERVICE, service.id))
+
+    def get(self, ref: str, min_prefix: int = 1) -> Service:
+        services: builtins.list[Service] = self.store.list(Kind.SERVICE)
+        by_name = {s.spec.name: s for s in services}
+        return resolve(ref, {s.id: s for s in services}, by_name, "service", min_prefix)
+
+    def list(self) -> builtins.list[Service]:
+        return sorted(self.store.list(Kind.SERVICE), key=lambda s: s.spec.name)
+
+    async def update(self, ref: str, spec: ServiceSpec, version: int = 0) -> Service:
+        service = self.get(ref)
+        if version and version != service.version:
+            raise Conflict(
+                f"service '{service.spec.name}' changed since it was read "
+                f"(version {service.version}, not {version}); read it again"
+            )
+        if spec.mode != service.spec.mode:
+            raise InvalidArgument("a service's mode cannot change; create a new service")
+        spec = _normalise(spec)
+        if spec.image != service.spec.image:
+            spec = await self._pin_image(spec)
+        if spec == service.spec:
+            return service
+        updated = replace(
+            service, spec=spec, spec_version=service.spec_version + 1, updated_at=time.time()
+        )
+        await write(self.consensus, [put(updated, service.version)])
+        return cast(Service, self.store.get(Kind.SERVICE, service.id))
+
+    async def scale(self, ref: str, replicas: int) -> Service:
+        def scaled(service: Service) -> Service | None:
+            if service.spec.mode != ServiceMode.REPLICATED:
+                raise InvalidArgument(
+                    f"service '{service.spec.name}' is global; only replicated services scale"
+                )
+            if service.spec.replicas == replicas:
+                return None
+            # Scaling is not a new spec version: running tasks stay as they are.
+            # (replace() re-validates the spec, so a bad count is refused here.)
+            return replace(
+                service, spec=replace(service.spec, replicas=replicas), updated_at=time.time()
+            )
+
+        return await update_with_retry(self.consensus, Kind.SERVICE, self.get(ref).id, scaled)
+
+    async def delete(self, ref: str) -> None:
+        service = self.get(ref, DESTRUCTIVE_MIN_PREFIX)
+        # Its tasks are shut down by the orchestrator, which sees the delete.
+        await write(self.consensus, [delete(Kind.SERVICE, service.id, service.version)])
+
+
+def _normalise(spec: ServiceSpec) -> ServiceSpec:
+    # A global service has one task per node: a replica count means nothing.
+    if spec.mode == ServiceMode.GLOBAL:
+        return replace(spec, replicas=0)
+    return spec
