@@ -14,6 +14,7 @@ from enum import StrEnum
 
 from warren.core.constraints import parse_constraint
 from warren.core.errors import InvalidArgument
+from warren.core.formats import FIRST_FORMAT
 from warren.core.states import DESIRED_STATES, TaskState
 from warren.core.validation import (
     INT32_MAX,
@@ -326,3 +327,10 @@ class Cluster:
     # old journals, snapshots and backups: the leader seals them at start.
     worker_token_secret: str = ""
     manager_token_secret: str = ""
+    # The command format every manager reads, so the one commands are written in
+    # (warren.core.formats), and the highest each manager's code reads, by node
+    # ID. Absent (an older journal or backup): format 1.
+    command_format: int = field(
+        default=FIRST_FORMAT, metadata=bounded(minimum=FIRST_FORMAT, maximum=INT32_MAX)
+    )
+    manager_formats: dict[str, int] = field(default_factory=dict)

@@ -12,25 +12,28 @@ from collections.abc import AsyncIterator, Iterable
 
 from warren.core.errors import InvalidArgument
 from warren.core.validation import show
+from warren.manager import kinds as registry
 from warren.manager.store import Kind, Store, StoreEvent
 
 _CLOSED = None
 
-# What API clients may watch. The cluster object holds the join-token secrets:
-# it never leaves the managers through an event stream.
-PUBLIC_KINDS = frozenset({Kind.NODE, Kind.SERVICE, Kind.TASK})
+# What API clients may watch: each kind says (KindSpec.public_events). The
+# cluster object holds the join-token secrets: it never leaves the managers
+# through an event stream.
+PUBLIC_KINDS = registry.public_kinds()
 
 
 def public_kinds(names: Iterable[str]) -> frozenset[Kind]:
     """Parse event kind names from a client; none given means every public kind."""
+    public = registry.public_kinds()
     kinds: set[Kind] = set()
     for name in names:
-        kind = next((k for k in PUBLIC_KINDS if k.value == name.strip()), None)
+        kind = next((k for k in public if k.value == name.strip()), None)
         if kind is None:
-            allowed = ", ".join(sorted(k.value for k in PUBLIC_KINDS))
+            allowed = ", ".join(sorted(k.value for k in public))
             raise InvalidArgument(f"unknown event kind {show(name.strip())}: use {allowed}")
         kinds.add(kind)
-    return frozenset(kinds) or PUBLIC_KINDS
+    return frozenset(kinds) or public
 
 
 class Subscription:

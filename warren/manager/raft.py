@@ -20,6 +20,8 @@ from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replic
 from pysyncobj.journal import FileJournal, MemoryJournal
 
 from warren.core.errors import Unavailable
+from warren.core.formats import COMMAND_FORMAT
+from warren.manager.command_format import CommandEncoder
 from warren.manager.consensus import LeadershipListener, Member
 from warren.manager.join_tokens import has_plaintext, legacy_secrets
 from warren.manager.store import Store
@@ -161,8 +163,11 @@ class RaftConsensus:
         election_timeout: tuple[float, float] = (0.15, 0.3),
         password: str | None = None,
         compaction_entries: int = 20_000,
+        max_format: int = COMMAND_FORMAT,
     ) -> None:
         self.store = store
+        # Commands go into the log in the cluster's command format.
+        self._encoder = CommandEncoder(store, max_format)
         self.self_address = self_address
         self._peers = list(peers or [])
         self._data_dir = data_dir
@@ -238,7 +243,7 @@ class RaftConsensus:
             await asyncio.to_thread(syncobj.destroy_synchronous)
 
     async def propose(self, command: dict[str, Any], timeout: float = 10.0) -> Any:
-        payload = encode_command(command)
+        payload = encode_command(self._encoder.encode(command))
         return await self._call(
             lambda callback: self._consumer.apply(payload, callback=callback), timeout
         )

@@ -18,9 +18,20 @@ from enum import StrEnum
 from typing import Any
 
 from warren.core.codec import from_dict, to_dict
-from warren.core.errors import AlreadyExists, Conflict, FailedPrecondition, NotFound, WarrenError
-from warren.core.models import Cluster, Node, Service, Task, TaskStatus
-from warren.core.states import TaskState, check_transition
+from warren.core.errors import (
+    AlreadyExists,
+    Conflict,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    WarrenError,
+)
+from warren.core.formats import COMMAND_FORMAT, newest_field, newest_format
+from warren.core.models import Cluster, Service, Task, TaskStatus
+from warren.manager.kinds import Kind as Kind
+from warren.manager.kinds import kind_of, spec_of
+from warren.manager.kinds.service import BY_NAME
+from warren.manager.kinds.task import BY_NODE, BY_SERVICE
 from warren.manager.snapshot import Snapshot
 
 # ``expect`` in a put: the object must not exist yet.
@@ -29,13 +40,6 @@ MUST_NOT_EXIST = 0
 # The state hash is the sum of every object's digest modulo this: a sum does
 # not depend on order, so each put or delete updates it in O(1).
 _HASH_MODULUS = 1 << 256
-
-
-class Kind(StrEnum):
-    CLUSTER = "cluster"
-    NODE = "node"
-    SERVICE = "service"
-    TASK = "task"
 
 
 class EventAction(StrEnum):
@@ -55,20 +59,12 @@ class StoreEvent:
 
 Listener = Callable[[list[StoreEvent]], None]
 
-_MODEL_OF: dict[Kind, type[Any]] = {
-    Kind.CLUSTER: Cluster,
-    Kind.NODE: Node,
-    Kind.SERVICE: Service,
-    Kind.TASK: Task,
-}
-
 
 # Command builders: the only shapes ``apply`` accepts. Plain dicts so the Raft
 # log holds JSON-compatible data, never pickled application objects.
 def put(obj: Any, expect: int | None) -> dict[str, Any]:
     """Write ``obj``; ``expect`` is its current version (0: must not exist, None: any)."""
-    kind = next(k for k, model in _MODEL_OF.items() if isinstance(obj, model))
-    return {"put": str(kind), "object": to_dict(obj), "expect": expect}
+    return {"put": str(kind_of(obj)), "object": to_dict(obj), "expect": expect}
 
 
 def delete(kind: Kind, object_id: str, expect: int | None = None) -> dict[str, Any]:
@@ -91,13 +87,14 @@ def task_status(node_id: str, updates: dict[str, TaskStatus], at: float) -> dict
 
 
 class Store:
-    def __init__(self) -> None:
+    def __init__(self, max_format: int = COMMAND_FORMAT) -> None:
+        # The newest command format this code reads (see warren.core.formats).
+        self.max_format = max_format
         self._lock = threading.RLock()
         self._revision = 0
         self._tables: dict[Kind, dict[str, Any]] = {kind: {} for kind in Kind}
-        self._tasks_by_service: dict[str, set[str]] = {}
-        self._tasks_by_node: dict[str, set[str]] = {}
-        self._service_ids_by_name: dict[str, str] = {}
+        # Per kind, per index name: object IDs by key (see KindSpec.indexes).
+        self._indexes = _empty_indexes()
         self._listeners: list[Listener] = []
         # Each object's digest, and their sum: see ``state_hash``.
         self._digests: dict[Kind, dict[str, int]] = {kind: {} for kind in Kind}
@@ -116,9 +113,30 @@ class Store:
                 nodes=dict(self._tables[Kind.NODE]),
                 services=dict(self._tables[Kind.SERVICE]),
                 tasks=dict(self._tables[Kind.TASK]),
-                task_ids_by_service={k: frozenset(v) for k, v in self._tasks_by_service.items()},
-                task_ids_by_node={k: frozenset(v) for k, v in self._tasks_by_node.items()},
+                task_ids_by_service=self._frozen_index(Kind.TASK, BY_SERVICE),
+                task_ids_by_node=self._frozen_index(Kind.TASK, BY_NODE),
             )
+
+    def _frozen_index(self, kind: Kind, index: str) -> dict[str, frozenset[str]]:
+        return {k: frozenset(v) for k, v in self._indexes[kind][index].items()}
+
+    def tables(self) -> tuple[int, dict[Kind, builtins.list[Any]]]:
+        """(revision, every kind's objects) at one point in time."""
+        with self._lock:
+            return self._revision, {
+                kind: list(table.values()) for kind, table in self._tables.items()
+            }
+
+    def indexed(self, kind: Kind, index: str, key: str) -> frozenset[str]:
+        """IDs of the objects of ``kind`` found under ``key`` in ``index``."""
+        with self._lock:
+            return frozenset(self._indexes[kind][index].get(key, ()))
+
+    def find_indexed(self, kind: Kind, index: str, key: str) -> builtins.list[Any]:
+        """The objects of ``kind`` found under ``key`` in ``index``."""
+        with self._lock:
+            table = self._tables[kind]
+            return [table[i] for i in self._indexes[kind][index].get(key, ())]
 
     def get(self, kind: Kind, object_id: str) -> Any:
         with self._lock:
@@ -136,19 +154,15 @@ class Store:
             return list(self._tables[kind].values())
 
     def tasks_of_service(self, service_id: str) -> builtins.list[Task]:
-        with self._lock:
-            tasks = self._tables[Kind.TASK]
-            return [tasks[t] for t in self._tasks_by_service.get(service_id, ())]
+        return self.find_indexed(Kind.TASK, BY_SERVICE, service_id)
 
     def tasks_on_node(self, node_id: str) -> builtins.list[Task]:
-        with self._lock:
-            tasks = self._tables[Kind.TASK]
-            return [tasks[t] for t in self._tasks_by_node.get(node_id, ())]
+        return self.find_indexed(Kind.TASK, BY_NODE, node_id)
 
     def service_by_name(self, name: str) -> Service | None:
-        with self._lock:
-            service_id = self._service_ids_by_name.get(name)
-            return None if service_id is None else self._tables[Kind.SERVICE][service_id]
+        # Names are unique (an invariant of the service kind).
+        found: builtins.list[Service] = self.find_indexed(Kind.SERVICE, BY_NAME, name)
+        return found[0] if found else None
 
     def cluster(self) -> Cluster | None:
         with self._lock:
@@ -228,10 +242,13 @@ class Store:
         """Validate one op against the current state; return (kind, id, old, new)."""
         if "put" in op:
             kind = Kind(op["put"])
-            new = from_dict(_MODEL_OF[kind], op["object"])
+            spec = spec_of(kind)
+            self._check_readable(spec.model, op["object"])
+            new = from_dict(spec.model, op["object"])
             old = self._tables[kind].get(new.id)
             _check_version(kind, new.id, old, op["expect"])
-            self._check_invariants(kind, old, new)
+            for invariant in spec.invariants:
+                invariant(self, old, new)
             return kind, new.id, old, new
         kind = Kind(op["delete"])
         old = self._tables[kind].get(op["id"])
@@ -239,23 +256,6 @@ class Store:
             raise NotFound(f"{kind} '{op['id']}' not found")
         _check_version(kind, op["id"], old, op["expect"])
         return kind, op["id"], old, None
-
-    def _check_invariants(self, kind: Kind, old: Any, new: Any) -> None:
-        if kind is Kind.SERVICE:
-            owner = self._service_name_owner(new.spec.name)
-            if owner is not None and owner != new.id:
-                raise AlreadyExists(f"service '{new.spec.name}' already exists")
-        elif kind is Kind.TASK and old is not None:
-            check_transition(old.status.state, new.status.state)
-            if old.desired_state == TaskState.SHUTDOWN and new.desired_state == TaskState.RUNNING:
-                raise FailedPrecondition(f"task {new.id} was shut down; it cannot run again")
-            if old.node_id and new.node_id != old.node_id:
-                raise FailedPrecondition(f"task {new.id} is already assigned to another node")
-        elif kind is Kind.CLUSTER and old is None and self._tables[Kind.CLUSTER]:
-            raise AlreadyExists("the cluster is already initialised")
-
-    def _service_name_owner(self, name: str) -> str | None:
-        return self._service_ids_by_name.get(name)
 
     def _commit(self, step: tuple[Kind, str, Any, Any], at: float) -> StoreEvent:
         kind, object_id, old, new = step
@@ -275,6 +275,8 @@ class Store:
         applied: builtins.list[str] = []
         refused: dict[str, str] = {}
         # Decode everything first: a malformed report changes nothing.
+        for raw in command["updates"].values():
+            self._check_readable(TaskStatus, raw)
         updates = {tid: from_dict(TaskStatus, raw) for tid, raw in command["updates"].items()}
         for task_id, status in updates.items():
             task = tasks.get(task_id)
@@ -293,6 +295,18 @@ class Store:
             applied.append(task_id)
         return {"applied": applied, "refused": refused}
 
+    def _check_readable(self, model: type[Any], raw: Any) -> None:
+        """Refuse a field newer than this code's format, as code without the
+        field would (a proposer writing the cluster's format never sends one)."""
+        if newest_format(model) <= self.max_format:
+            return
+        needs, where = newest_field(model, raw)
+        if needs > self.max_format:
+            raise InvalidArgument(
+                f"{where}: unknown field (command format {needs}; "
+                f"this manager reads up to {self.max_format})"
+            )
+
     def _place(self, kind: Kind, object_id: str, obj: Any | None) -> None:
         """Put ``obj`` in its table (None: remove the object there), keeping
         the indexes and the state hash in step."""
@@ -309,20 +323,17 @@ class Store:
             self._hash = (self._hash + digest) % _HASH_MODULUS
 
     def _index(self, kind: Kind, obj: Any) -> None:
-        if kind is Kind.TASK:
-            self._tasks_by_service.setdefault(obj.service_id, set()).add(obj.id)
-            if obj.node_id:
-                self._tasks_by_node.setdefault(obj.node_id, set()).add(obj.id)
-        elif kind is Kind.SERVICE:
-            self._service_ids_by_name[obj.spec.name] = obj.id
+        indexes = self._indexes[kind]
+        for index in spec_of(kind).indexes:
+            entries = indexes[index.name]
+            for key in index.keys(obj):
+                entries.setdefault(key, set()).add(obj.id)
 
     def _unindex(self, kind: Kind, obj: Any) -> None:
-        if kind is Kind.TASK:
-            _discard(self._tasks_by_service, obj.service_id, obj.id)
-            if obj.node_id:
-                _discard(self._tasks_by_node, obj.node_id, obj.id)
-        elif kind is Kind.SERVICE:
-            self._service_ids_by_name.pop(obj.spec.name, None)
+        indexes = self._indexes[kind]
+        for index in spec_of(kind).indexes:
+            for key in index.keys(obj):
+                _discard(indexes[index.name], key, obj.id)
 
     # -- snapshots for log compaction ----------------------------------------
 
@@ -336,9 +347,7 @@ class Store:
             self._tables = {kind: {} for kind in Kind}
             self._digests = {kind: {} for kind in Kind}
             self._hash = 0
-            self._tasks_by_service.clear()
-            self._tasks_by_node.clear()
-            self._service_ids_by_name.clear()
+            self._indexes = _empty_indexes()
             for kind in Kind:
                 for object_id, obj in state["tables"].get(kind, {}).items():
                     self._place(kind, object_id, obj)
@@ -347,9 +356,13 @@ class Store:
         """Seed objects directly (tests and restore only; bypasses the log)."""
         with self._lock:
             for obj in objects:
-                kind = next(k for k, model in _MODEL_OF.items() if isinstance(obj, model))
+                kind = kind_of(obj)
                 self._revision += 1
                 self._place(kind, obj.id, replace(obj, version=self._revision))
+
+
+def _empty_indexes() -> dict[Kind, dict[str, dict[str, set[str]]]]:
+    return {kind: {index.name: {} for index in spec_of(kind).indexes} for kind in Kind}
 
 
 def barrier() -> dict[str, Any]:
