@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Shared benchmark plumbing: a manager process on loopback, mTLS, metrics, RSS.
 
-The manager is started straight from ``warren.manager.daemon.run_manager``
+The manager is started straight from ``warren.node.daemon.run_manager``
 (what ``warren cluster init`` runs), so the benchmarks do not depend on the
 CLI. Every child gets its own session (process group) and is stopped in
 ``finally`` blocks by the callers.
@@ -306,7 +306,8 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> Non
 
 def run_manager_process(argv: Sequence[str]) -> int:
     from warren.core.models import Availability
-    from warren.manager.daemon import ManagerOptions, run_manager
+    from warren.node.daemon import run_manager
+    from warren.node.options import ManagerOptions
 
     parser = argparse.ArgumentParser(prog="benchkit.py manager")
     parser.add_argument("--data-dir", type=Path, required=True)

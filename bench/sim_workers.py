@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 
 from warren import logs
-from warren.agent.daemon import WorkerOptions, install_stop_signals, serve_worker
+from warren.node.daemon import install_stop_signals, serve_worker
+from warren.node.options import WorkerOptions
 
 log = logging.getLogger("sim_workers")
 

@@ -130,7 +130,7 @@ def _write_legacy_cluster(c: Cluster) -> tuple[str, str]:
     import time
 
     from warren.core.models import Cluster as ClusterObject
-    from warren.manager.daemon import raft_password
+    from warren.manager.manager import raft_password
     from warren.manager.raft import RaftConsensus
     from warren.manager.store import Store, put, raise_for_result, txn
     from warren.security.ca import CertificateAuthority

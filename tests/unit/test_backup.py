@@ -15,21 +15,24 @@ from factories import make_node, make_service, make_task
 
 import warren.cli.main as cli_main
 from warren.cli.main import cli
+from warren.core.codec import to_dict
 from warren.core.errors import FailedPrecondition, InvalidArgument, Unavailable
 from warren.core.models import Cluster, NodeRole, NodeStatus
 from warren.core.states import TaskState
-from warren.manager import backup as backup_module
 from warren.manager.backup import (
     RESTORED_MESSAGE,
     capture_state,
     check_restore_target,
     prepare_restore,
     restore_ops,
+    state_objects,
     take_backup,
 )
 from warren.manager.consensus import LocalConsensus
-from warren.manager.daemon import ManagerOptions, ManagerState
+from warren.manager.manager import ManagerState
 from warren.manager.store import Kind, Store, put, raise_for_result, txn
+from warren.node.launch import Daemons
+from warren.node.options import ManagerOptions
 from warren.security.backup_file import (
     DAMAGED,
     Backup,
@@ -180,10 +183,14 @@ def test_capture_state_is_the_whole_store(ca: CertificateAuthority) -> None:
     state = capture_state(store)
     assert state.revision == store.revision
     assert state.cluster == store.cluster()
-    assert {n.id for n in state.nodes} == {"mgr-1", "w-1", "w-2"}
-    assert {s.spec.name for s in state.services} == {"web", "db"}
-    assert len(state.tasks) == 3
-    assert list(state.tasks) == sorted(state.tasks, key=lambda t: t.id)
+    objects = state_objects(state)
+    assert list(objects) == [Kind.NODE, Kind.SERVICE, Kind.TASK]
+    assert {n.id for n in objects[Kind.NODE]} == {"mgr-1", "w-1", "w-2"}
+    assert {s.spec.name for s in objects[Kind.SERVICE]} == {"web", "db"}
+    assert len(objects[Kind.TASK]) == 3
+    assert list(objects[Kind.TASK]) == sorted(objects[Kind.TASK], key=lambda t: t.id)
+    # Each object as the store holds it.
+    assert objects[Kind.NODE] == tuple(sorted(store.list(Kind.NODE), key=lambda n: n.id))
 
 
 def test_capture_state_retries_when_the_cluster_moves(
@@ -228,7 +235,42 @@ def test_invalid_state_objects_are_refused(state: BackupState) -> None:
     raw = json.loads(encode_state(state))
     raw["services"][0]["spec"]["replicas"] = -1
     with pytest.raises(InvalidArgument, match=r"invalid backup state: .*replicas"):
+        state_objects(decode_state(json.dumps(raw).encode()))
+
+
+def test_a_table_of_an_unknown_kind_is_refused(state: BackupState) -> None:
+    raw = json.loads(encode_state(state))
+    raw["gadgets"] = [{"id": "g1"}]
+    with pytest.raises(InvalidArgument, match="holds 'gadgets', which this warren does not know"):
+        state_objects(decode_state(json.dumps(raw).encode()))
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [({}, "nodes: expected a list"), (["x"], r"nodes\[0\]: expected an object")],
+)
+def test_a_malformed_table_is_refused(state: BackupState, table: Any, message: str) -> None:
+    raw = json.loads(encode_state(state))
+    raw["nodes"] = table
+    with pytest.raises(InvalidArgument, match=message):
         decode_state(json.dumps(raw).encode())
+
+
+def test_a_backup_of_the_previous_layout_loads(ca: CertificateAuthority) -> None:
+    """A backup taken before kinds were registered: the same document."""
+    store = seeded_store(ca)
+    old = {
+        "revision": store.revision,
+        "cluster": to_dict(store.cluster()),
+        "nodes": [to_dict(n) for n in sorted(store.list(Kind.NODE), key=lambda n: n.id)],
+        "services": [to_dict(s) for s in sorted(store.list(Kind.SERVICE), key=lambda s: s.id)],
+        "tasks": [to_dict(t) for t in sorted(store.list(Kind.TASK), key=lambda t: t.id)],
+    }
+    state = decode_state(json.dumps(old).encode())
+    assert state == capture_state(store)
+    assert state_objects(state)[Kind.SERVICE] == tuple(
+        sorted(store.list(Kind.SERVICE), key=lambda s: s.id)
+    )
 
 
 async def test_take_backup_writes_a_barrier_first(ca: CertificateAuthority) -> None:
@@ -301,7 +343,7 @@ def test_restore_ops_seed_a_new_store(state: BackupState) -> None:
         assert nodes[worker_id].status_message == RESTORED_MESSAGE
     assert nodes["w-1"].labels == {"zone": "a"}
     services = {s.spec.name: s for s in store.list(Kind.SERVICE)}
-    originals = {s.spec.name: s for s in state.services}
+    originals = {s.spec.name: s for s in state_objects(state)[Kind.SERVICE]}
     assert {n: s.spec for n, s in services.items()} == {n: s.spec for n, s in originals.items()}
     assert services["web"].id == originals["web"].id
     # Tasks are not restored: the orchestrator creates them afresh.
@@ -526,15 +568,19 @@ def sealed_file(tmp_path: Path, backup: Backup) -> Path:
 
 @pytest.fixture
 def restores(monkeypatch: pytest.MonkeyPatch) -> list[tuple[ManagerOptions, Backup]]:
-    started: list[tuple[ManagerOptions, Backup]] = []
+    monkeypatch.delenv("WARREN_BACKUP_PASSPHRASE", raising=False)
+    return []
+
+
+@pytest.fixture
+def daemons(restores: list[tuple[ManagerOptions, Backup]]) -> Daemons:
+    """The CLI's daemons, with a restore that only records what it was given."""
 
     def restore_manager(options: ManagerOptions, data: Backup) -> int:
-        started.append((options, data))
+        restores.append((options, data))
         return 0
 
-    monkeypatch.setattr(backup_module, "restore_manager", restore_manager)
-    monkeypatch.delenv("WARREN_BACKUP_PASSPHRASE", raising=False)
-    return started
+    return Daemons(restore_manager=restore_manager)
 
 
 def test_restore_command_builds_manager_options(
@@ -543,13 +589,14 @@ def test_restore_command_builds_manager_options(
     sealed_file: Path,
     backup: Backup,
     restores: list[tuple[ManagerOptions, Backup]],
+    daemons: Daemons,
 ) -> None:
     target = tmp_path / "restored"
     result = run(
         config_dir, "cluster", "restore", str(sealed_file), "--data-dir", str(target),
         "--api-port", "3001", "--raft-port", "3003", "--runtime", "sim",
         "--availability", "drain", "--node-name", "m2",
-        input=PASSPHRASE + "\n",
+        input=PASSPHRASE + "\n", obj=daemons,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     ((options, data),) = restores
@@ -568,12 +615,20 @@ def test_restore_with_a_wrong_passphrase_touches_nothing(
     config_dir: Path,
     sealed_file: Path,
     restores: list[tuple[ManagerOptions, Backup]],
+    daemons: Daemons,
 ) -> None:
     target = tmp_path / "restored"
     target.mkdir()
     env = {"WARREN_BACKUP_PASSPHRASE": "not the passphrase"}
     result = run(
-        config_dir, "cluster", "restore", str(sealed_file), "--data-dir", str(target), env=env
+        config_dir,
+        "cluster",
+        "restore",
+        str(sealed_file),
+        "--data-dir",
+        str(target),
+        env=env,
+        obj=daemons,
     )
     assert one_error_line(result) == f"Error: {DAMAGED}"
     assert list(target.iterdir()) == []
@@ -585,11 +640,14 @@ def test_restore_refuses_a_used_data_dir_before_asking(
     config_dir: Path,
     sealed_file: Path,
     restores: list[tuple[ManagerOptions, Backup]],
+    daemons: Daemons,
 ) -> None:
     target = tmp_path / "used"
     target.mkdir()
     (target / "manager.json").write_text("{}")
-    result = run(config_dir, "cluster", "restore", str(sealed_file), "--data-dir", str(target))
+    result = run(
+        config_dir, "cluster", "restore", str(sealed_file), "--data-dir", str(target), obj=daemons
+    )
     assert "is not empty" in one_error_line(result)
     assert "passphrase" not in result.output
     assert restores == []

@@ -51,6 +51,8 @@ from warren.core.models import (
     TaskStatus,
 )
 from warren.core.states import TaskState
+from warren.node.launch import Daemons
+from warren.node.options import ManagerOptions, WorkerOptions
 from warren.security.tls import IdentityFiles
 
 TOKEN = "WRN-1-" + "a" * 50 + "-" + "b" * 25
@@ -216,9 +218,11 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> FakeClient:
 def run(config_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Result]:
     monkeypatch.delenv("WARREN_MANAGER", raising=False)
 
-    def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
+    def invoke(
+        *args: str, env: dict[str, str] | None = None, daemons: Daemons | None = None
+    ) -> Result:
         environment = {"WARREN_CONFIG_DIR": str(config_dir), **(env or {})}
-        return CliRunner().invoke(cli, list(args), env=environment)
+        return CliRunner().invoke(cli, list(args), env=environment, obj=daemons)
 
     return invoke
 
@@ -727,52 +731,56 @@ def test_missing_credentials(run: Callable[..., Result], fake: FakeClient, tmp_p
     assert "--manager" in assert_one_error_line(result)
 
 
-# -- daemons (nothing is started: the entry points are replaced) -------------------------
+# -- daemons (nothing is started: the CLI is handed fake entry points) --------------------
+
+
+def recording_daemons(started: list[Any], exit_code: int = 0) -> Daemons:
+    """Daemons that only record the options each command would start with."""
+
+    def start(options: Any) -> int:
+        started.append(options)
+        return exit_code
+
+    return Daemons(run_manager=start, run_worker=start)
 
 
 def test_cluster_init_builds_manager_options(
-    run: Callable[..., Result], config_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    run: Callable[..., Result], config_dir: Path, tmp_path: Path
 ) -> None:
     started: list[Any] = []
-    daemon = types.ModuleType("warren.manager.daemon")
-    daemon.ManagerOptions = lambda **kwargs: kwargs  # type: ignore[attr-defined]
-
-    def run_manager(options: Any) -> int:
-        started.append(options)
-        return 3
-
-    daemon.run_manager = run_manager  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "warren.manager.daemon", daemon)
+    daemons = recording_daemons(started, exit_code=3)
     result = run(
         "cluster", "init", "--data-dir", str(tmp_path / "data"), "--advertise-addr", "10.1.2.3",
         "--api-port", "3000", "--availability", "drain", "--node-name", "m1",
         "--label", "zone=a", "--node-down-timeout", "1m",
+        daemons=daemons,
     )  # fmt: skip
     assert result.exit_code == 3, result.output
     assert started == [
-        {
-            "data_dir": tmp_path / "data",
-            "advertise_addr": "10.1.2.3",
-            "listen_addr": "0.0.0.0",
-            "api_port": 3000,
-            "rest_port": 2378,
-            "metrics_port": 9090,
-            "raft_port": 2379,
-            "runtime": "containerd",
-            "availability": Availability.DRAIN,
-            "node_down_timeout": 60.0,
-            "config_dir": config_dir,
-            "node_name": "m1",
-            "labels": {"zone": "a"},
-            "containerd_socket": "/run/containerd/containerd.sock",
-            "containerd_namespace": "warren",
-            "insecure_registries": [],
-            "registry_config": None,
-            "replace_admin_credentials": False,
-        }
+        ManagerOptions(
+            data_dir=tmp_path / "data",
+            advertise_addr="10.1.2.3",
+            listen_addr="0.0.0.0",
+            api_port=3000,
+            rest_port=2378,
+            metrics_port=9090,
+            raft_port=2379,
+            runtime="containerd",
+            availability=Availability.DRAIN,
+            node_down_timeout=60.0,
+            config_dir=config_dir,
+            node_name="m1",
+            labels={"zone": "a"},
+            containerd_socket="/run/containerd/containerd.sock",
+            containerd_namespace="warren",
+            insecure_registries=[],
+            registry_config=None,
+            replace_admin_credentials=False,
+        )
     ]
-    assert run("cluster", "init", "--data-dir", str(tmp_path / "d2"), "--force").exit_code == 3
-    assert started[-1]["replace_admin_credentials"] is True
+    forced = run("cluster", "init", "--data-dir", str(tmp_path / "d2"), "--force", daemons=daemons)
+    assert forced.exit_code == 3
+    assert started[-1].replace_admin_credentials is True
 
 
 def test_daemons_refuse_a_bad_log_level_before_starting(
@@ -797,25 +805,17 @@ def test_daemons_refuse_a_bad_log_level_before_starting(
         assert not (tmp_path / "data").exists()
 
 
-def test_worker_join_builds_worker_options(
-    run: Callable[..., Result], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import warren.agent.daemon as agent_daemon
-
-    started: list[agent_daemon.WorkerOptions] = []
-
-    def run_worker(options: agent_daemon.WorkerOptions) -> int:
-        started.append(options)
-        return 0
-
-    monkeypatch.setattr(agent_daemon, "run_worker", run_worker)
+def test_worker_join_builds_worker_options(run: Callable[..., Result], tmp_path: Path) -> None:
+    started: list[WorkerOptions] = []
+    daemons = recording_daemons(started)
     result = run(
         "worker", "join", "--token", TOKEN, "--manager", "10.0.0.1:2377,10.0.0.2:2377",
         "--data-dir", str(tmp_path / "w"), "--node-name", "w1", "-l", "ssd",
+        daemons=daemons,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert started == [
-        agent_daemon.WorkerOptions(
+        WorkerOptions(
             data_dir=tmp_path / "w",
             token=TOKEN,
             managers=["10.0.0.1:2377", "10.0.0.2:2377"],
@@ -825,7 +825,9 @@ def test_worker_join_builds_worker_options(
         )
     ]
     # Resuming: no token, managers from the global option.
-    resumed = run("--manager", "m:1", "worker", "join", "--data-dir", str(tmp_path / "w"))
+    resumed = run(
+        "--manager", "m:1", "worker", "join", "--data-dir", str(tmp_path / "w"), daemons=daemons
+    )
     assert resumed.exit_code == 0, resumed.output
     assert started[1].token is None
     assert started[1].managers == ["m:1"]
@@ -1235,19 +1237,10 @@ def test_image_import_errors(
 
 
 def test_daemons_take_runtime_and_registry_flags(
-    run: Callable[..., Result], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    run: Callable[..., Result], tmp_path: Path
 ) -> None:
-    import warren.agent.daemon as agent_daemon
-    import warren.manager.daemon as manager_daemon
-
     started: list[Any] = []
-
-    def start(options: Any) -> int:
-        started.append(options)
-        return 0
-
-    monkeypatch.setattr(agent_daemon, "run_worker", start)
-    monkeypatch.setattr(manager_daemon, "run_manager", start)
+    daemons = recording_daemons(started)
     auths = tmp_path / "auths.json"
     auths.write_text('{"auths": {}}')
     flags = [
@@ -1256,8 +1249,9 @@ def test_daemons_take_runtime_and_registry_flags(
         "--insecure-registry", "10.0.0.5:5000", "--insecure-registry", "registry.local",
         "--registry-config", str(auths),
     ]  # fmt: skip
-    assert run("cluster", "init", *flags).exit_code == 0
-    assert run("worker", "join", "--token", TOKEN, "--manager", "m:1", *flags).exit_code == 0
+    assert run("cluster", "init", *flags, daemons=daemons).exit_code == 0
+    worker = run("worker", "join", "--token", TOKEN, "--manager", "m:1", *flags, daemons=daemons)
+    assert worker.exit_code == 0
     for options in started:
         assert (options.runtime, options.containerd_socket, options.containerd_namespace) == (
             "sim",
@@ -1266,10 +1260,7 @@ def test_daemons_take_runtime_and_registry_flags(
         )
         assert options.insecure_registries == ["10.0.0.5:5000", "registry.local"]
         assert options.registry_config == auths
-    assert [type(o) for o in started] == [
-        manager_daemon.ManagerOptions,
-        agent_daemon.WorkerOptions,
-    ]
+    assert [type(o) for o in started] == [ManagerOptions, WorkerOptions]
 
 
 @pytest.mark.parametrize(
@@ -1281,13 +1272,11 @@ def test_daemons_take_runtime_and_registry_flags(
     ],
 )
 def test_bad_daemon_flags_are_refused(
-    run: Callable[..., Result], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flags: list[str]
+    run: Callable[..., Result], tmp_path: Path, flags: list[str]
 ) -> None:
-    import warren.agent.daemon as agent_daemon
-
     started: list[Any] = []
-    monkeypatch.setattr(agent_daemon, "run_worker", started.append)
-    result = run("worker", "join", "--data-dir", str(tmp_path), *flags)
+    daemons = recording_daemons(started)
+    result = run("worker", "join", "--data-dir", str(tmp_path), *flags, daemons=daemons)
     assert_one_error_line(result, exit_code=2)
     assert started == []
 

@@ -9,12 +9,9 @@ from pathlib import Path
 import pytest
 
 from warren.core.errors import FailedPrecondition
-from warren.manager.daemon import (
-    ManagerOptions,
-    ManagerState,
-    check_admin_credentials_free,
-    serve_manager,
-)
+from warren.manager.manager import ManagerState
+from warren.node.daemon import check_admin_credentials_free, serve_manager
+from warren.node.options import ManagerOptions
 from warren.security.tls import IdentityFiles
 
 

@@ -19,9 +19,9 @@ from warren.manager import join_tokens
 from warren.manager.backup import Backup, BackupState, prepare_restore
 from warren.manager.consensus import LocalConsensus
 from warren.manager.control import ControlService
-from warren.manager.daemon import ManagerOptions
 from warren.manager.raft import RaftConsensus
 from warren.manager.store import MUST_NOT_EXIST, Store, put, raise_for_result, txn
+from warren.node.options import ManagerOptions
 from warren.security.ca import CertificateAuthority
 from warren.security.tokens import (
     JoinToken,

@@ -15,17 +15,17 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from factories import make_node
 
-from warren.agent.daemon import WorkerOptions
 from warren.core.errors import FailedPrecondition, NotLeader, PermissionDenied
 from warren.core.models import NodeRole, NodeStatus
 from warren.manager.consensus import LocalConsensus
 from warren.manager.control import ControlService
-from warren.manager.daemon import ManagerOptions
 from warren.manager.dispatcher import Dispatcher
 from warren.manager.events import EventBus
+from warren.manager.grpc_api import role_update_messages
 from warren.manager.join_tokens import new_cluster
-from warren.manager.promotion import _busy_port, manager_options, worker_options
 from warren.manager.store import Store
+from warren.node.options import ManagerOptions, WorkerOptions, manager_options, worker_options
+from warren.node.roles import _busy_port
 from warren.security.ca import (
     CertificateAuthority,
     generate_key,
@@ -128,7 +128,7 @@ async def test_the_last_manager_is_not_demoted(control: ControlService) -> None:
 async def test_role_stream_follows_the_node(control: ControlService) -> None:
     bus = EventBus(control.store, asyncio.get_running_loop())
     dispatcher = Dispatcher(control.consensus, bus, 2.0, control.manager_addresses)
-    stream = dispatcher.watch_role("w1")
+    stream = role_update_messages(dispatcher, "w1")
     first = await anext(stream)
     assert (first.role, first.desired_role) == ("worker", "")
     await control.promote_node("w1")

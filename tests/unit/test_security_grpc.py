@@ -14,9 +14,9 @@ from cryptography.hazmat.primitives import serialization
 from impostor import impostor_server, legacy_leaf, new_identity
 
 from warren.agent.agent import manager_channel
-from warren.agent.daemon import JoinRequest, _join_with, request_join, request_promotion
 from warren.cli.client import WarrenClient
 from warren.core.errors import InvalidArgument, PermissionDenied, Unavailable
+from warren.node.join import JoinRequest, _join_with, request_join, request_promotion
 from warren.proto import warren_pb2 as pb
 from warren.proto import warren_pb2_grpc as pb_grpc
 from warren.security.ca import CertificateAuthority, generate_key, key_pem, make_csr

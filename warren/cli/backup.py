@@ -7,17 +7,15 @@ and this command encrypts them (see ``warren.security.backup_file`` for the form
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
 import click
 
-from warren.cli.cluster import manager_daemon_options
+from warren.cli.cluster import manager_daemon_options, manager_options
 from warren.cli.context import CliContext, pass_cli
-from warren.cli.options import RuntimeOptions, check_log_level
+from warren.cli.options import check_log_level
 from warren.core.errors import InvalidArgument
-from warren.core.models import Availability
 from warren.security.tls import write_private
 
 PASSPHRASE_ENV = "WARREN_BACKUP_PASSPHRASE"
@@ -81,7 +79,7 @@ def backup(cli: CliContext, output: Path, passphrase_file: Path | None) -> None:
     state = data.state
     click.echo(
         f"Backed up cluster {state.cluster.id} at revision {state.revision} "
-        f"({len(state.services)} services, {len(state.nodes)} nodes) to {output}."
+        f"({state.count('services')} services, {state.count('nodes')} nodes) to {output}."
     )
 
 
@@ -100,23 +98,13 @@ def restore(cli: CliContext, /, file: Path, passphrase_file: Path | None, **fiel
     init', admin credentials go to the config dir, and 'warren cluster init'
     with the same data dir restarts this manager.
     """
-    # Imported here: admin commands should not pay for loading the manager.
-    from warren.manager.backup import check_restore_target, restore_manager
-    from warren.manager.daemon import ManagerOptions
     from warren.security.backup_file import decrypt_backup
 
     # Checked before anything is asked or written.
     check_log_level()
-    check_restore_target(fields["data_dir"])
+    cli.daemons.check_restore_target(fields["data_dir"])
     sealed = file.read_bytes()
     data = decrypt_backup(sealed, read_passphrase(passphrase_file, new=False))
-    runtime: RuntimeOptions = fields.pop("runtime")
-    options = ManagerOptions(
-        availability=Availability(fields.pop("availability")),
-        config_dir=cli.config_dir,
-        node_name=fields.pop("node_name") or socket.gethostname(),
-        labels=dict(fields.pop("labels")),
-        **fields,
-        **runtime.daemon_fields(),
+    click.get_current_context().exit(
+        cli.daemons.restore_manager(manager_options(cli, **fields), data)
     )
-    click.get_current_context().exit(restore_manager(options, data))

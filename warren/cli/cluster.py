@@ -20,6 +20,7 @@ from warren.cli.options import (
 from warren.cli.output import document, key_values
 from warren.cli.parsing import DURATION
 from warren.core.models import Availability
+from warren.node.options import ManagerOptions
 
 PORT = click.IntRange(1, 65535)
 ROLES = ("worker", "manager")
@@ -88,14 +89,10 @@ def manager_daemon_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
-def run_manager_process(cli: CliContext, **fields: Any) -> None:
-    """Build the manager's options from the command line and run it until stopped."""
-    check_log_level()
-    # Imported here: admin commands should not pay for loading the manager.
-    from warren.manager.daemon import ManagerOptions, run_manager
-
+def manager_options(cli: CliContext, **fields: Any) -> ManagerOptions:
+    """A manager process's options, from its command line."""
     runtime: RuntimeOptions = fields.pop("runtime")
-    options = ManagerOptions(
+    return ManagerOptions(
         availability=Availability(fields.pop("availability")),
         config_dir=cli.config_dir,
         node_name=fields.pop("node_name") or socket.gethostname(),
@@ -103,7 +100,13 @@ def run_manager_process(cli: CliContext, **fields: Any) -> None:
         **fields,
         **runtime.daemon_fields(),
     )
-    click.get_current_context().exit(run_manager(options))
+
+
+def run_manager_process(cli: CliContext, **fields: Any) -> None:
+    """Build the manager's options from the command line and run it until stopped."""
+    check_log_level()
+    options = manager_options(cli, **fields)
+    click.get_current_context().exit(cli.daemons.run_manager(options))
 
 
 @cluster_group.command("init")

@@ -12,6 +12,7 @@ import click
 from warren.cli.client import WarrenClient
 from warren.cli.config import admin_identity, load_managers
 from warren.cli.output import FORMATS
+from warren.node.launch import Daemons
 
 ClientFactory = Callable[..., WarrenClient]
 F = TypeVar("F", bound=Callable[..., Any])
@@ -25,6 +26,8 @@ class CliContext:
     client_factory: ClientFactory
     output: str | None = None
     linearizable: bool = False
+    # What the daemon commands (cluster init, worker join, ...) start.
+    daemons: Daemons = field(default_factory=Daemons)
     _client: WarrenClient | None = field(default=None, repr=False)
 
     def managers(self) -> list[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
@@ -13,9 +12,7 @@ from warren.cli.options import (
     containerd_socket_option,
     data_dir_option,
 )
-
-if TYPE_CHECKING:
-    from warren.agent.containerd.runtime import ContainerdRuntime
+from warren.node.images import import_archive
 
 
 @click.group("image")
@@ -39,22 +36,6 @@ def import_image(
     without a registry. Docker 25+ ("docker save") and skopeo ("oci-archive:")
     write such archives.
     """
-    # Imported here: the other commands should not pay for loading the runtime.
-    from warren.agent.containerd.runtime import ContainerdRuntime
-    from warren.registry.client import RegistryConfig
-
-    runtime = ContainerdRuntime(
-        socket=containerd_socket,
-        namespace=containerd_namespace,
-        state_dir=data_dir / "containerd",
-        registry=RegistryConfig(),
-    )
-    for name in asyncio.run(_import(runtime, archive)):
+    names = asyncio.run(import_archive(archive, containerd_socket, containerd_namespace, data_dir))
+    for name in names:
         click.echo(name)
-
-
-async def _import(runtime: ContainerdRuntime, archive: Path) -> list[str]:
-    try:
-        return await runtime.import_archive(archive)
-    finally:
-        await runtime.close()

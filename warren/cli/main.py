@@ -20,6 +20,7 @@ from warren.cli.services import service_group
 from warren.cli.tasks import task_group
 from warren.cli.worker import worker_group
 from warren.core.errors import WarrenError
+from warren.node.launch import Daemons
 from warren.proto.errors import error_from_rpc
 from warren.security.tls import IdentityFiles
 
@@ -81,6 +82,8 @@ def cli(
     ctx: click.Context, manager: str | None, config_dir: str, output: str | None, consistent: bool
 ) -> None:
     """Warren: run containers across a cluster, with Docker Swarm habits."""
+    # A caller (a test) may hand in the daemons to start: ``cli.main(obj=Daemons(...))``.
+    daemons = ctx.obj if isinstance(ctx.obj, Daemons) else Daemons()
     context = CliContext(
         config_dir=expand(config_dir),
         manager_override=split_managers(manager or ""),
@@ -88,6 +91,7 @@ def cli(
         client_factory=make_client,
         output=output,
         linearizable=consistent,
+        daemons=daemons,
     )
     ctx.obj = context
     ctx.call_on_close(context.close)

@@ -20,6 +20,7 @@ from warren.cli.options import (
     node_name_option,
     runtime_options,
 )
+from warren.node.options import WorkerOptions
 
 # The options of the manager a worker runs once promoted (node promote).
 _PROMOTION_OPTIONS = frozenset(
@@ -89,9 +90,6 @@ def join(
     is promoted: it then also runs a manager, and does again when restarted.
     """
     check_log_level()
-    # Imported here: admin commands should not pay for loading the agent.
-    from warren.agent.daemon import WorkerOptions, run_worker
-
     options = WorkerOptions(
         data_dir=data_dir,
         token=token,
@@ -101,4 +99,4 @@ def join(
         **runtime.daemon_fields(),
         **promotion,
     )
-    click.get_current_context().exit(run_worker(options))
+    click.get_current_context().exit(cli.daemons.run_worker(options))

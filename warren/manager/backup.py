@@ -15,7 +15,6 @@ ran before. The old managers are left out; the new cluster has one manager.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import shutil
@@ -24,24 +23,25 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from warren.core.errors import Conflict, FailedPrecondition
+from warren.core.codec import from_dict, to_dict
+from warren.core.errors import Conflict, FailedPrecondition, InvalidArgument
 from warren.core.models import Node, NodeRole, NodeStatus, new_id
 from warren.manager import join_tokens
 from warren.manager.consensus import Consensus
+from warren.manager.kinds import Kind, kind_of_table, spec_of
+from warren.manager.kinds.node import RESTORED_MESSAGE as RESTORED_MESSAGE
 from warren.manager.store import MUST_NOT_EXIST, Store, barrier, put, raise_for_result, txn
 from warren.security.backup_file import Backup, BackupState
 from warren.security.backup_file import decode_state as decode_state  # for the client
 from warren.security.backup_file import encode_state as encode_state  # for the gRPC API
 from warren.security.ca import CertificateAuthority, generate_key, key_pem
-from warren.security.private_files import restrict_new_files
 from warren.security.tls import write_private
 
 if TYPE_CHECKING:
-    from warren.manager.daemon import ManagerOptions
+    from warren.manager.manager import ManagerSettings
 
 log = logging.getLogger(__name__)
 
-RESTORED_MESSAGE = "restored from a backup; waiting for the node to reconnect"
 # Reads of the store retried while the cluster object changes under them.
 _CAPTURE_ATTEMPTS = 5
 
@@ -50,22 +50,48 @@ _CAPTURE_ATTEMPTS = 5
 
 
 def capture_state(store: Store) -> BackupState:
-    """One point-in-time copy of the store (the snapshot plus the cluster object)."""
+    """One point-in-time copy of the store: the cluster object, and a table of
+    every kind a backup keeps (see ``KindSpec.backup``), sorted by ID."""
     for _ in range(_CAPTURE_ATTEMPTS):
-        snapshot = store.snapshot()
+        revision, tables = store.tables()
         cluster = store.cluster()
         if cluster is None:
             raise FailedPrecondition("the cluster is not initialised yet")
-        # A cluster written after the snapshot would carry a later version.
-        if cluster.version <= snapshot.revision:
-            return BackupState(
-                revision=snapshot.revision,
-                cluster=cluster,
-                nodes=tuple(sorted(snapshot.nodes.values(), key=lambda n: n.id)),
-                services=tuple(sorted(snapshot.services.values(), key=lambda s: s.id)),
-                tasks=tuple(sorted(snapshot.tasks.values(), key=lambda t: t.id)),
-            )
+        # A cluster written after the tables were read would carry a later version.
+        if cluster.version <= revision:
+            return BackupState(revision=revision, cluster=cluster, tables=_backup_tables(tables))
     raise Conflict("the cluster kept changing during the backup; try again")
+
+
+def _backup_tables(tables: dict[Kind, list[Any]]) -> dict[str, tuple[dict[str, Any], ...]]:
+    out: dict[str, tuple[dict[str, Any], ...]] = {}
+    for kind, objects in tables.items():
+        rule = spec_of(kind).backup
+        if rule is not None:
+            out[rule.table] = tuple(to_dict(o) for o in sorted(objects, key=lambda o: o.id))
+    return out
+
+
+def state_objects(state: BackupState) -> dict[Kind, tuple[Any, ...]]:
+    """Every object of the backup's tables, decoded strictly by its kind, in the
+    order kinds are registered; ``InvalidArgument`` for anything this manager
+    cannot read."""
+    decoded: dict[Kind, tuple[Any, ...]] = {}
+    for table, objects in state.tables.items():
+        kind = kind_of_table(table)
+        if kind is None:
+            raise InvalidArgument(
+                f"invalid backup state: it holds {table!r}, which this warren does not know "
+                "(restore it with the version that took it, or a later one)"
+            )
+        model = spec_of(kind).model
+        try:
+            decoded[kind] = tuple(
+                from_dict(model, raw, f"{table}[{i}]") for i, raw in enumerate(objects)
+            )
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"invalid backup state: {exc}") from None
+    return {kind: decoded[kind] for kind in Kind if kind in decoded}
 
 
 async def take_backup(consensus: Consensus, ca: CertificateAuthority) -> Backup:
@@ -92,22 +118,24 @@ def check_restore_target(data_dir: Path) -> None:
 
 
 def restore_ops(state: BackupState, manager: Node) -> list[dict[str, Any]]:
-    """The one write that seeds a new cluster: cluster, new manager, workers, services."""
+    """The one write that seeds a new cluster: the cluster, the new manager, and
+    what each kind keeps of its objects (``BackupRule.restore``: for today's
+    kinds, the workers and the services)."""
     now = manager.created_at
     ops = [put(replace(state.cluster, version=0), MUST_NOT_EXIST)]
     ops.append(put(manager, MUST_NOT_EXIST))
-    for node in state.nodes:
-        if node.role != NodeRole.WORKER:
-            continue  # the old managers are gone; the new cluster has one
-        down = replace(
-            node, status=NodeStatus.DOWN, status_message=RESTORED_MESSAGE, updated_at=now, version=0
-        )
-        ops.append(put(down, MUST_NOT_EXIST))
-    ops.extend(put(replace(s, version=0), MUST_NOT_EXIST) for s in state.services)
+    for kind, objects in state_objects(state).items():
+        rule = spec_of(kind).backup
+        if rule is None or rule.restore is None:
+            continue
+        for obj in objects:
+            restored = rule.restore(obj, now)
+            if restored is not None:
+                ops.append(put(replace(restored, version=0), MUST_NOT_EXIST))
     return ops
 
 
-def _manager_node(options: ManagerOptions, node_id: str, now: float) -> Node:
+def _manager_node(options: ManagerSettings, node_id: str, now: float) -> Node:
     return Node(
         id=node_id,
         role=NodeRole.MANAGER,
@@ -123,16 +151,17 @@ def _manager_node(options: ManagerOptions, node_id: str, now: float) -> Node:
     )
 
 
-async def prepare_restore(options: ManagerOptions, backup: Backup) -> str:
+async def prepare_restore(options: ManagerSettings, backup: Backup) -> str:
     """Turn an empty data dir into a stopped manager of the backed-up cluster.
 
     Returns the new manager's node ID. On failure the data dir is left as empty
     as it was found.
     """
-    from warren.manager.daemon import Manager, ManagerState, raft_password
+    from warren.manager.manager import Manager, ManagerState, raft_password
     from warren.manager.raft import RaftConsensus
 
     ca = backup.authority()
+    state_objects(backup.state)  # a state this manager cannot read is refused first
     data_dir = options.data_dir
     check_restore_target(data_dir)
     created = not data_dir.exists()
@@ -183,26 +212,3 @@ def _empty(data_dir: Path, remove: bool) -> None:
                 shutil.rmtree(entry)
             else:
                 entry.unlink()
-
-
-def restore_manager(options: ManagerOptions, backup: Backup) -> int:
-    """``warren cluster restore``: prepare the data dir, then run the manager on it."""
-    from warren import logs
-    from warren.manager.daemon import run_manager
-
-    # Before the data dir is made: PySyncObj creates its files with no mode of its own.
-    restrict_new_files()
-    logs.setup("manager")
-    state = backup.state
-    node_id = asyncio.run(prepare_restore(options, backup))
-    log.info(
-        "cluster restored from a backup",
-        extra={
-            "cluster_id": state.cluster.id,
-            "node_id": node_id,
-            "backup_revision": state.revision,
-            "services": len(state.services),
-            "workers": sum(1 for n in state.nodes if n.role == NodeRole.WORKER),
-        },
-    )
-    return run_manager(options)

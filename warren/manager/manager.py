@@ -1,7 +1,8 @@
-"""`warren cluster init`: a manager process (Raft member, APIs, controllers) plus
-a local agent, so a one-node cluster runs tasks.
+"""The manager: a Raft member serving the gRPC, REST and metrics APIs, and
+running the controllers while it leads.
 
-Re-running it on a data dir that already holds a node resumes that node.
+``warren.node`` runs it (``cluster init``, ``manager join``, a promoted node);
+re-running on a data dir that already holds a manager resumes it.
 """
 
 from __future__ import annotations
@@ -11,17 +12,15 @@ import contextlib
 import hashlib
 import json
 import logging
-import socket
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from warren.agent.daemon import JoinRequest, registry_config, request_join, request_promotion
 from warren.core.errors import FailedPrecondition, Unavailable, WarrenError
 from warren.core.models import Availability, Node, NodeRole, NodeStatus, new_id
-from warren.manager import join_tokens
+from warren.manager import command_format, join_tokens
 from warren.manager.consensus import Consensus, LocalConsensus
 from warren.manager.control import ControlService
 from warren.manager.controllers import Orchestrator, Scheduler
@@ -33,49 +32,54 @@ from warren.manager.metrics import Metrics, start_metrics
 from warren.manager.raft import RaftConsensus
 from warren.manager.rest import build_app, server_ssl_context, start_rest
 from warren.manager.store import MUST_NOT_EXIST, Store, barrier, put, raise_for_result, txn
+from warren.registry.client import RegistryConfig
 from warren.security.ca import CertificateAuthority, generate_key, key_pem, load_key
-from warren.security.private_files import make_private
 from warren.security.tls import IdentityFiles, write_private
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class ManagerOptions:
+class ManagerSettings(Protocol):
+    """What a manager is configured with (``warren.node.options.ManagerOptions``)."""
+
     data_dir: Path
-    advertise_addr: str = "127.0.0.1"
-    listen_addr: str = "0.0.0.0"
-    api_port: int = 2377
-    rest_port: int = 2378
-    metrics_port: int = 9090
-    raft_port: int = 2379
-    runtime: str = "containerd"
-    availability: Availability = Availability.ACTIVE
-    node_down_timeout: float = 15.0
-    config_dir: Path = field(default_factory=lambda: Path.home() / ".warren")
-    node_name: str = field(default_factory=socket.gethostname)
-    labels: dict[str, str] = field(default_factory=dict)
-    containerd_socket: str = "/run/containerd/containerd.sock"
-    containerd_namespace: str = "warren"
-    insecure_registries: list[str] = field(default_factory=list)
-    registry_config: Path | None = None
-    # `warren manager join`: join an existing cluster instead of creating one.
-    join_token: str | None = None
-    join_managers: list[str] = field(default_factory=list)
-    # A node promoted by an admin: trade its certificate (in data_dir) for a
-    # manager one at join_managers instead of joining with a token.
-    promote: bool = False
-    # `cluster init --force`: a new cluster may replace the admin credentials
-    # another cluster left in config_dir.
-    replace_admin_credentials: bool = False
+    advertise_addr: str
+    listen_addr: str
+    api_port: int
+    rest_port: int
+    metrics_port: int
+    raft_port: int
+    runtime: str
+    insecure_registries: list[str]
+    registry_config: Path | None
+    availability: Availability
+    node_down_timeout: float
+    config_dir: Path
+    node_name: str
+    labels: dict[str, str]
 
     @property
-    def api_address(self) -> str:
-        return f"{self.advertise_addr}:{self.api_port}"
+    def api_address(self) -> str: ...
 
     @property
-    def raft_address(self) -> str:
-        return f"{self.advertise_addr}:{self.raft_port}"
+    def raft_address(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class ManagerCredentials:
+    """What a manager joining a cluster is handed (``warren.node.join`` asks for it)."""
+
+    node_id: str
+    ca_certificate: bytes
+    ca_key: bytes
+    certificate: bytes
+    key: bytes
+    raft_peers: list[str]
+
+
+# Joins the cluster: given to a manager whose data dir holds no manager yet and
+# that is to join one (with a token, or promoted) instead of creating one.
+JoinCluster = Callable[[], Awaitable[ManagerCredentials]]
 
 
 def raft_password(ca: CertificateAuthority) -> str:
@@ -105,8 +109,9 @@ class ManagerState:
 
 
 class Manager:
-    def __init__(self, options: ManagerOptions) -> None:
+    def __init__(self, options: ManagerSettings, join: JoinCluster | None = None) -> None:
         self.options = options
+        self._join = join
         self.data_dir = options.data_dir
         self.identity = IdentityFiles(self.data_dir / "certs")
         self.store = Store()
@@ -195,9 +200,11 @@ class Manager:
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         state = ManagerState.load(self.data_dir)
-        joining = state is None and (self.options.join_token is not None or self.options.promote)
-        if joining:
-            ca, node_id, peers = await self._join_cluster()
+        # A manager that has run before resumes: it never joins again.
+        join = self._join if state is None else None
+        joining = join is not None
+        if join is not None:
+            ca, node_id, peers = await self._join_cluster(join)
         else:
             ca, node_id = self._load_or_create_ca(state)
             peers = self._load_peers()
@@ -214,6 +221,8 @@ class Manager:
         self._closers.append(self.consensus.stop)
         self._closers.append(self._save_peers)  # closers run last-in, first-out
         await self._wait_ready(timeout=90.0 if joining else 30.0)
+        # Before anything is recorded: a joining manager is not marked as joined.
+        command_format.check_readable(self.store)
         if joining:
             ManagerState(node_id, ca.cluster_id).save(self.data_dir)
             log.info("manager joined", extra={"node_id": node_id, "peers": peers})
@@ -224,33 +233,19 @@ class Manager:
             log.info("cluster initialised", extra={"cluster_id": ca.cluster_id, "node_id": node_id})
         else:
             log.info("manager resumed", extra={"node_id": node_id, "revision": self.store.revision})
+        await command_format.report_format(self.consensus, node_id)
+        await command_format.raise_format(self.consensus)
         await self._serve(ca)
 
-    async def _join_cluster(self) -> tuple[CertificateAuthority, str, list[str]]:
-        options = self.options
-        if options.promote:
-            reply, key = await request_promotion(
-                self.identity, options.join_managers, options.api_address, options.raft_address
-            )
-        else:
-            join = JoinRequest(
-                token=options.join_token,
-                managers=options.join_managers,
-                role="manager",
-                node_name=options.node_name,
-                labels=options.labels,
-                api_address=options.api_address,
-                raft_address=options.raft_address,
-                availability=str(options.availability),
-            )
-            reply, key, _ = await request_join(join)
-        write_private(self.data_dir / "certs" / "ca-key.pem", reply.ca_key)
-        self.identity.save(reply.ca_certificate, reply.certificate, key)
-        peers = [p for p in reply.raft_peers if p != options.raft_address]
+    async def _join_cluster(self, join: JoinCluster) -> tuple[CertificateAuthority, str, list[str]]:
+        joined = await join()
+        write_private(self.data_dir / "certs" / "ca-key.pem", joined.ca_key)
+        self.identity.save(joined.ca_certificate, joined.certificate, joined.key)
+        peers = [p for p in joined.raft_peers if p != self.options.raft_address]
         self._write_peers(peers)
         return (
-            CertificateAuthority.from_pem(reply.ca_certificate, reply.ca_key),
-            reply.node_id,
+            CertificateAuthority.from_pem(joined.ca_certificate, joined.ca_key),
+            joined.node_id,
             peers,
         )
 
@@ -281,7 +276,9 @@ class Manager:
         self.bus = EventBus(self.store, loop)
         images = None
         if options.runtime != "sim":
-            images = RegistryImageResolver(registry_config(options))
+            images = RegistryImageResolver(
+                RegistryConfig.load(options.registry_config, options.insecure_registries)
+            )
         self.control = ControlService(self.consensus, ca, images)
         self.metrics = Metrics(self.store, self.consensus)
         self.dispatcher = Dispatcher(
@@ -337,11 +334,22 @@ class Manager:
         # A new leader first applies everything committed before it acts.
         await self._wait_ready()
         await self._seal_legacy_join_tokens()
+        await self._raise_command_format()
         log.info("leading: controllers started")
         async with asyncio.TaskGroup() as group:
             group.create_task(self.dispatcher.run())
             group.create_task(Orchestrator(self.consensus, self.bus).run())
             group.create_task(Scheduler(self.consensus, self.bus).run())
+
+    async def _raise_command_format(self) -> None:
+        # Not fatal either: the format rises when the next manager reports.
+        try:
+            moved = await command_format.raise_format(self.consensus)
+        except WarrenError as exc:
+            log.warning("could not move the cluster to a newer command format: %s", exc)
+            return
+        if moved is not None:
+            log.info("the cluster moved to command format %d", moved)
 
     async def _seal_legacy_join_tokens(self) -> None:
         # Not fatal: the controllers must run, and the next leader tries again.
@@ -369,86 +377,3 @@ async def _cancel(task: asyncio.Task[None]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-
-
-def check_admin_credentials_free(options: ManagerOptions) -> None:
-    """Refuse to start a new cluster whose admin credentials would replace the
-    ones already in the config dir (another cluster's, or a copy the admin made).
-
-    A restart, a join or a promotion writes no admin credentials."""
-    from warren.agent.daemon import NodeState
-
-    if options.replace_admin_credentials or options.join_token is not None or options.promote:
-        return
-    if ManagerState.load(options.data_dir) or NodeState.load(options.data_dir):
-        return
-    identity = IdentityFiles(options.config_dir)
-    held = [
-        path.name
-        for path in (identity.ca_path, identity.cert_path, identity.key_path)
-        if path.exists()
-    ]
-    if (options.config_dir / "config.json").exists():
-        held.append("config.json")
-    if held:
-        raise FailedPrecondition(
-            f"{options.config_dir} already holds admin credentials ({', '.join(held)}); "
-            "a new cluster would replace them (pass --force to do so, "
-            "or --config-dir DIR to write the new ones elsewhere)"
-        )
-
-
-async def serve_manager(options: ManagerOptions, stop: asyncio.Event) -> None:
-    from warren.agent.agent import Agent
-    from warren.agent.daemon import (
-        NodeState,
-        make_runtime,
-        run_all,
-        run_until,
-        secure_data_dir,
-        serve_worker,
-    )
-    from warren.manager.promotion import RoleKeeper, worker_options
-
-    # Before anything is written: a refused start changes nothing.
-    check_admin_credentials_free(options)
-    secure_data_dir(options.data_dir)
-    if options.config_dir.is_dir():
-        make_private(options.config_dir, recursive=False)
-    if ManagerState.load(options.data_dir) is None and NodeState.load(options.data_dir):
-        # Demoted (node demote) by an earlier run: this data dir holds a worker.
-        log.info("this node was demoted: running it as a worker")
-        await serve_worker(worker_options(options), stop)
-        return
-    # Before the manager starts: a node refused its containerd namespace creates nothing.
-    runtime = make_runtime(options)
-    manager = Manager(options)
-    keeper: RoleKeeper | None = None
-    try:
-        await manager.start()
-        # The advertised address: the API may listen on it alone, not on loopback.
-        own = options.api_address
-        others = [m for m in manager.control.manager_addresses() if m != own]
-        agent = Agent(
-            node_id=manager.node_id,
-            # Sessions are the leader's: the agent tries each manager in turn.
-            managers=[own, *others],
-            identity=manager.identity,
-            runtime=runtime,
-            data_dir=options.data_dir / "agent",
-            hostname=options.node_name,
-            address=options.advertise_addr,
-        )
-        # Stops the manager if the node is demoted; the agent keeps running.
-        keeper = RoleKeeper(options, manager.node_id, agent, manager)
-        await run_until(run_all(agent.run(), keeper.run()), stop)
-    finally:
-        if keeper is not None:
-            await keeper.close()
-        await manager.stop()
-
-
-def run_manager(options: ManagerOptions) -> int:
-    from warren.agent.daemon import run_daemon
-
-    return run_daemon("manager", lambda stop: serve_manager(options, stop))

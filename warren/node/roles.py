@@ -1,4 +1,4 @@
-"""A node's manager side, run while the cluster wants one (node promote / demote).
+"""Role keeping: a node's manager, run while the cluster wants one (node promote / demote).
 
 Every node process keeps a stream to the leader (``Dispatcher.WatchRole``)
 saying which role the cluster wants for the node. When that is manager, the
@@ -18,15 +18,16 @@ import logging
 import random
 import shutil
 import socket
-from typing import Any
+from collections.abc import Callable
 
 import grpc
 
 from warren.agent.agent import Agent, manager_channel
-from warren.agent.daemon import NodeState, WorkerOptions
 from warren.core.errors import WarrenError
 from warren.core.models import NodeRole
-from warren.manager.daemon import Manager, ManagerOptions, ManagerState
+from warren.manager.manager import Manager, ManagerState
+from warren.node.options import ManagerOptions
+from warren.node.state import NodeState
 from warren.proto import warren_pb2 as pb
 from warren.proto import warren_pb2_grpc as pb_grpc
 from warren.proto.errors import error_from_rpc, leader_hint
@@ -41,22 +42,6 @@ _MANAGER_FILES = ("raft", "raft-peers.json", "certs/ca-key.pem", "manager.json")
 _MIN_BACKOFF = 0.2
 _MAX_BACKOFF = 5.0
 _MAX_RETRY = 30.0
-
-
-def manager_options(worker: WorkerOptions) -> ManagerOptions:
-    """The manager a worker process runs once promoted: its data dir, ports and runtime."""
-    return ManagerOptions(**_shared_fields(worker, ManagerOptions))
-
-
-def worker_options(manager: ManagerOptions) -> WorkerOptions:
-    """The worker a demoted manager process runs from then on."""
-    fields = _shared_fields(manager, WorkerOptions)
-    return WorkerOptions(token=None, managers=list(manager.join_managers), **fields)
-
-
-def _shared_fields(source: Any, target: type[Any]) -> dict[str, Any]:
-    names = {f.name for f in dataclasses.fields(target)}
-    return {f.name: getattr(source, f.name) for f in dataclasses.fields(source) if f.name in names}
 
 
 def _busy_port(options: ManagerOptions) -> str:
@@ -79,9 +64,12 @@ class RoleKeeper:
         options: ManagerOptions,
         node_id: str,
         agent: Agent,
+        new_manager: Callable[[ManagerOptions], Manager],
         manager: Manager | None = None,
     ) -> None:
         self._options = options
+        # Builds the manager a promotion starts (it joins with the node's certificate).
+        self._new_manager = new_manager
         self._data_dir = options.data_dir
         self._node_id = node_id
         self._identity = IdentityFiles(options.data_dir / "certs")
@@ -144,7 +132,7 @@ class RoleKeeper:
             await asyncio.sleep(backoff + random.uniform(0, backoff / 2))
             backoff = min(backoff * 2, _MAX_BACKOFF)
 
-    def _on_update(self, address: str, update: Any) -> None:
+    def _on_update(self, address: str, update: pb.RoleUpdate) -> None:
         self._leader = address
         self._known = list(update.managers)
         if self._known:
@@ -199,7 +187,7 @@ class RoleKeeper:
             join_token=None,
             join_managers=[m for m in dict.fromkeys([self._leader, *self._candidates()]) if m],
         )
-        manager = Manager(options)
+        manager = self._new_manager(options)
         self.manager = manager
         try:
             await manager.start()
