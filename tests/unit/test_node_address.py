@@ -12,6 +12,7 @@ from warren.core.models import Cluster
 from warren.manager.consensus import LocalConsensus
 from warren.manager.dispatcher import Dispatcher
 from warren.manager.events import EventBus
+from warren.manager.grpc_api import session_messages
 from warren.manager.store import Kind, Store
 from warren.proto import warren_pb2 as pb
 
@@ -26,7 +27,7 @@ async def _address_after_session(register: pb.Register, peer_address: str) -> st
     consensus = LocalConsensus(store)
     await consensus.start()
     dispatcher = Dispatcher(consensus, EventBus(store, asyncio.get_running_loop()), 1.0, list)
-    session = dispatcher.session("n1", _register_only(register), peer_address=peer_address)
+    session = session_messages(dispatcher, "n1", _register_only(register), peer_address)
     first = await anext(session)
     assert first.WhichOneof("message") == "session"
     await session.aclose()

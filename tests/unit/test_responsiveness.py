@@ -16,6 +16,7 @@ from warren.manager.consensus import LocalConsensus
 from warren.manager.control import ControlService
 from warren.manager.dispatcher import Dispatcher, LiveClock
 from warren.manager.events import EventBus
+from warren.manager.grpc_api import session_messages
 from warren.manager.store import Kind, Store
 from warren.proto import warren_pb2 as pb
 from warren.security.ca import CertificateAuthority
@@ -94,7 +95,7 @@ async def _heartbeats(stop_after: float | None) -> AsyncIterator[pb.WorkerMessag
 
 
 async def _run_session(dispatcher: Dispatcher, stop_after: float | None) -> None:
-    async for _ in dispatcher.session("n1", _heartbeats(stop_after)):
+    async for _ in session_messages(dispatcher, "n1", _heartbeats(stop_after)):
         pass
 
 

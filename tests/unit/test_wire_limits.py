@@ -38,6 +38,7 @@ from warren.manager import rest
 from warren.manager.consensus import LocalConsensus
 from warren.manager.dispatcher import Dispatcher, _Session
 from warren.manager.events import EventBus
+from warren.manager.grpc_api import manager_message
 from warren.manager.raft import decode_command, encode_command
 from warren.manager.store import MUST_NOT_EXIST, Kind, Store, put, txn
 from warren.proto import warren_pb2 as pb
@@ -206,7 +207,9 @@ async def test_a_poisoned_task_does_not_stop_the_assignments_of_its_node() -> No
     consensus = LocalConsensus(store)
     bus = EventBus(store, asyncio.get_running_loop())
     dispatcher = Dispatcher(consensus, bus, 10.0, list)
-    message = dispatcher._assignments_if_changed(_Session("n1"))
+    assignments = dispatcher._assignments_if_changed(_Session("n1"))
+    assert assignments is not None
+    message = manager_message(assignments)
     assert [t.id for t in message.assignments.tasks] == ["t-good"]
     assert message.assignments.full
 

@@ -3,6 +3,9 @@
 Heartbeats stay in memory (they would flood the Raft log); only what they
 change, a node going down, is written. Assignments are pushed: each session
 recomputes its node's task set when a store event touches that node.
+
+It speaks domain events (``warren.manager.sessions``); protobuf stays in the
+gRPC adapter.
 """
 
 from __future__ import annotations
@@ -11,24 +14,37 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from warren.core.errors import (
     Conflict,
-    NotLeader,
+    NotFound,
     PermissionDenied,
     RuntimeFailure,
     Unavailable,
 )
-from warren.core.models import Node, NodeStatus, Resources, Task, TaskStatus, new_id
+from warren.core.models import Node, NodeStatus, Task, TaskStatus, new_id
 from warren.core.states import TaskState
 from warren.manager.consensus import Consensus
 from warren.manager.events import EventBus
-from warren.manager.store import Kind, barrier, put, raise_for_result, task_status, txn
-from warren.proto import warren_pb2 as pb
-from warren.proto.convert import encodable, from_message
+from warren.manager.leader import require_leader
+from warren.manager.sessions import (
+    Assignments,
+    CancelLogs,
+    LogEntry,
+    LogsChunk,
+    LogsRequest,
+    ManagerEvent,
+    NodeEvent,
+    Registration,
+    RoleUpdate,
+    SessionStarted,
+    StatusReport,
+)
+from warren.manager.store import Kind, barrier, put, task_status
+from warren.manager.writes import changed, orphan_node_tasks, update_with_retry, write
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +97,7 @@ class _Session:
     # Set when the node's tasks changed or a message waits in the outbox.
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     assignments_dirty: bool = True
-    outbox: list[Any] = field(default_factory=list)
+    outbox: list[ManagerEvent] = field(default_factory=list)
     # Task ID -> version the node was last sent; None until the first full set.
     sent: dict[str, int] | None = None
 
@@ -89,7 +105,7 @@ class _Session:
         self.assignments_dirty = True
         self.wake.set()
 
-    def send(self, message: Any) -> None:
+    def send(self, message: ManagerEvent) -> None:
         self.outbox.append(message)
         self.wake.set()
 
@@ -114,7 +130,7 @@ class Dispatcher:
         self._last_seen: dict[str, float] = {}
         self._pending: dict[str, dict[str, TaskStatus]] = {}
         self._leader_since = self.clock.now()
-        self._log_streams: dict[str, asyncio.Queue[Any]] = {}
+        self._log_streams: dict[str, asyncio.Queue[LogsChunk]] = {}
         self._barrier: asyncio.Future[Any] | None = None
 
     # -- leader-only background work -------------------------------------------
@@ -185,27 +201,20 @@ class Dispatcher:
     async def _mark_ready(self, node: Node) -> None:
         ready = replace(node, status=NodeStatus.READY, status_message="", updated_at=time.time())
         try:
-            raise_for_result(
-                await self.consensus.propose(txn([put(ready, node.version)], at=time.time()))
-            )
+            await write(self.consensus, [put(ready, node.version)])
             log.info("node ready again", extra={"node_id": node.id})
         except (Conflict, Unavailable) as exc:
             log.info("marking %s ready deferred: %s", node.id, exc)
 
     async def _mark_down(self, node: Node, reason: str) -> None:
         now = time.time()
-        ops = [
-            put(
-                replace(node, status=NodeStatus.DOWN, status_message=reason, updated_at=now),
-                node.version,
-            )
-        ]
-        for task in self.store.tasks_on_node(node.id):
-            if task.status.state.is_active:
-                orphaned = TaskStatus(TaskState.ORPHANED, f"node down: {reason}", timestamp=now)
-                ops.append(put(replace(task, status=orphaned, updated_at=now), task.version))
+        down = replace(node, status=NodeStatus.DOWN, status_message=reason, updated_at=now)
+        # Their tasks stay wanted: the node may come back before they are replaced.
+        orphans = orphan_node_tasks(
+            self.store, node.id, f"node down: {reason}", now, shut_down=False
+        )
         try:
-            raise_for_result(await self.consensus.propose(txn(ops, at=now)))
+            await write(self.consensus, [put(down, node.version), *orphans])
             log.warning("node down", extra={"node_id": node.id, "reason": reason})
         except (Conflict, Unavailable) as exc:
             log.info("marking %s down deferred: %s", node.id, exc)
@@ -213,22 +222,18 @@ class Dispatcher:
     # -- sessions ----------------------------------------------------------------
 
     def _require_leader(self) -> None:
-        if not self.consensus.is_leader:
-            leader = self._leader_api_address()
-            raise NotLeader(
-                f"this manager is not the leader (leader: {leader or 'unknown'})", leader
-            )
+        require_leader(self.consensus, "this manager is not the leader")
 
     async def session(
-        self, node_id: str, requests: AsyncIterator[Any], peer_address: str = ""
-    ) -> AsyncIterator[Any]:
+        self, node_id: str, requests: AsyncIterator[NodeEvent], peer_address: str = ""
+    ) -> AsyncGenerator[ManagerEvent, None]:
         """A node's session; ``peer_address`` is the IP it connects from, its
         address in ``node ls`` unless it registers one (a manager's advertised one)."""
         self._require_leader()
         first = await anext(aiter(requests), None)
-        if first is None or first.WhichOneof("message") != "register":
+        if not isinstance(first, Registration):
             raise PermissionDenied("a session must start with register")
-        await self._register(node_id, first.register, peer_address)
+        await self._register(node_id, first, peer_address)
         session = _Session(node_id)
         previous = self._sessions.get(node_id)
         if previous is not None:
@@ -237,13 +242,7 @@ class Dispatcher:
         self._last_seen[node_id] = self.clock.now()
         reader = asyncio.create_task(self._read(node_id, requests))
         try:
-            yield pb.ManagerMessage(
-                session=pb.SessionInfo(
-                    node_id=node_id,
-                    heartbeat_period=self.heartbeat_period,
-                    managers=self._managers(),
-                )
-            )
+            yield SessionStarted(node_id, self.heartbeat_period, self._managers())
             session.mark_dirty()
             while not reader.done() and self._sessions.get(node_id) is session:
                 await _wait_either(session.wake, reader)
@@ -271,7 +270,7 @@ class Dispatcher:
             if self._sessions.get(node_id) is session:
                 del self._sessions[node_id]
 
-    async def watch_role(self, node_id: str) -> AsyncIterator[Any]:
+    async def watch_role(self, node_id: str) -> AsyncGenerator[RoleUpdate, None]:
         """The role the cluster wants for a node: at once, then on every change.
 
         Leader only, and every update follows a barrier: a demoted node drops
@@ -280,7 +279,7 @@ class Dispatcher:
         """
         self._require_leader()
         subscription = self.bus.subscribe([Kind.NODE])
-        sent: tuple[str, str, list[str]] | None = None
+        sent: RoleUpdate | None = None
         try:
             while True:
                 update = self._role_update(node_id)
@@ -288,7 +287,7 @@ class Dispatcher:
                     await self._shared_barrier()
                     update = self._role_update(node_id)
                     sent = update
-                    yield pb.RoleUpdate(role=update[0], desired_role=update[1], managers=update[2])
+                    yield update
                 # Any node event may change the manager list; wake up now and
                 # then to notice a lost leadership.
                 with contextlib.suppress(TimeoutError):
@@ -307,77 +306,55 @@ class Dispatcher:
             self._barrier.add_done_callback(lambda f: f.cancelled() or f.exception())
         await asyncio.shield(self._barrier)
 
-    def _role_update(self, node_id: str) -> tuple[str, str, list[str]]:
+    def _role_update(self, node_id: str) -> RoleUpdate:
         node = self.store.find(Kind.NODE, node_id)
         if node is None:
             raise PermissionDenied(f"node {node_id} is not part of this cluster (removed?)")
-        return str(node.role), str(node.desired_role or ""), self._managers()
+        return RoleUpdate(node.role, node.desired_role, self._managers())
 
-    def _leader_api_address(self) -> str:
-        leader = self.consensus.leader
-        for node in self.store.list(Kind.NODE):
-            if leader and node.raft_address == leader:
-                return str(node.api_address)
-        return ""
+    async def _register(self, node_id: str, register: Registration, peer_address: str) -> None:
+        if self.store.find(Kind.NODE, node_id) is None:
+            # A refused node stops for good: first be sure this store is current.
+            await self._shared_barrier()
 
-    async def _register(self, node_id: str, register: Any, peer_address: str) -> None:
-        resources = from_message(Resources, register.resources)
-        for _ in range(5):
-            node = self.store.find(Kind.NODE, node_id)
-            if node is None:
-                # A refused node stops for good: first be sure this store is current.
-                await self._shared_barrier()
-                node = self.store.find(Kind.NODE, node_id)
-            if node is None:
-                raise PermissionDenied(f"node {node_id} is not part of this cluster (removed?)")
+        def registered(node: Node) -> Node | None:
             updated = replace(
                 node,
                 hostname=register.hostname or node.hostname,
                 address=register.address or peer_address or node.address,
-                resources=resources,
+                resources=register.resources,
                 status=NodeStatus.READY,
                 status_message="",
                 updated_at=time.time(),
             )
-            if updated == replace(node, updated_at=updated.updated_at):
-                return
-            try:
-                raise_for_result(
-                    await self.consensus.propose(txn([put(updated, node.version)], at=time.time()))
-                )
-                return
-            except Conflict:
-                continue
-        raise Conflict(f"node {node_id} kept changing during registration")
+            return changed(node, updated)
 
-    async def _read(self, node_id: str, requests: AsyncIterator[Any]) -> None:
-        async for message in requests:
+        try:
+            await update_with_retry(self.consensus, Kind.NODE, node_id, registered)
+        except NotFound:
+            raise PermissionDenied(
+                f"node {node_id} is not part of this cluster (removed?)"
+            ) from None
+
+    async def _read(self, node_id: str, requests: AsyncIterator[NodeEvent]) -> None:
+        async for event in requests:
             self._last_seen[node_id] = self.clock.now()
-            kind = message.WhichOneof("message")
-            if kind == "status":
-                pending = self._pending.setdefault(node_id, {})
-                for task_id, status in message.status.statuses.items():
-                    pending[task_id] = from_message(TaskStatus, status)
-            elif kind == "logs":
-                stream = self._log_streams.get(message.logs.request_id)
+            if isinstance(event, StatusReport):
+                self._pending.setdefault(node_id, {}).update(event.statuses)
+            elif isinstance(event, LogsChunk):
+                stream = self._log_streams.get(event.request_id)
                 if stream is not None:
-                    stream.put_nowait(message.logs)
+                    stream.put_nowait(event)
 
-    async def task_logs(self, task: Task, follow: bool, tail: int) -> AsyncIterator[Any]:
+    async def task_logs(self, task: Task, follow: bool, tail: int) -> AsyncIterator[LogEntry]:
         """Stream a task's log entries from its node, over the node's session."""
         session = self._sessions.get(task.node_id)
         if session is None:
             raise Unavailable(f"the node running {task.name} is not connected")
         request_id = new_id()
-        chunks: asyncio.Queue[Any] = asyncio.Queue()
+        chunks: asyncio.Queue[LogsChunk] = asyncio.Queue()
         self._log_streams[request_id] = chunks
-        session.send(
-            pb.ManagerMessage(
-                logs=pb.TaskLogsRequest(
-                    request_id=request_id, task_id=task.id, follow=follow, tail=tail
-                )
-            )
-        )
+        session.send(LogsRequest(request_id, task.id, follow, tail))
         done = False
         try:
             while not done:
@@ -390,29 +367,23 @@ class Dispatcher:
         finally:
             del self._log_streams[request_id]
             if not done:
-                session.send(pb.ManagerMessage(cancel_logs=pb.CancelLogs(request_id=request_id)))
+                session.send(CancelLogs(request_id))
 
-    def _assignments_if_changed(self, session: _Session) -> Any | None:
+    def _assignments_if_changed(self, session: _Session) -> Assignments | None:
         # Everything placed and not yet terminal: tasks to run and tasks to
         # stop. A task that leaves the set is one the node no longer owns. A
         # global task is bound to its node before the scheduler accepts it:
         # it is not the node's until it is assigned.
         current = {t.id: t for t in self.store.tasks_on_node(session.node_id) if _shipped(t)}
         previous = session.sent
-        changed = [
+        changed_tasks = [
             t for t in current.values() if previous is None or previous.get(t.id) != t.version
         ]
         removed = sorted(previous.keys() - current.keys()) if previous is not None else []
-        if previous is not None and not changed and not removed:
+        if previous is not None and not changed_tasks and not removed:
             return None
         session.sent = {t.id: t.version for t in current.values()}
-        return pb.ManagerMessage(
-            assignments=pb.Assignments(
-                tasks=encodable(changed, pb.Task),
-                removed=removed,
-                full=previous is None,
-            )
-        )
+        return Assignments(changed_tasks, removed, full=previous is None)
 
 
 def _shipped(task: Task) -> bool:

@@ -14,7 +14,7 @@ import time
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import wraps
-from typing import Any, TypeVar
+from typing import Any, TypeVar, assert_never
 
 import grpc
 
@@ -27,7 +27,16 @@ from warren.core.errors import (
     WarrenError,
     safe_message,
 )
-from warren.core.models import Availability, Node, NodeRole, ServiceSpec, Task
+from warren.core.models import (
+    Availability,
+    Cluster,
+    Node,
+    NodeRole,
+    Resources,
+    ServiceSpec,
+    Task,
+    TaskStatus,
+)
 from warren.core.states import TaskState
 from warren.core.validation import show
 from warren.manager import join_tokens
@@ -36,10 +45,24 @@ from warren.manager.control import ControlService
 from warren.manager.dispatcher import Dispatcher
 from warren.manager.events import EventBus, public_kinds
 from warren.manager.metrics import Metrics
+from warren.manager.sessions import (
+    Assignments,
+    CancelLogs,
+    Heartbeat,
+    LogEntry,
+    LogsChunk,
+    LogsRequest,
+    ManagerEvent,
+    NodeEvent,
+    Registration,
+    RoleUpdate,
+    SessionStarted,
+    StatusReport,
+)
 from warren.manager.store import Kind, StoreEvent
 from warren.proto import warren_pb2 as pb
 from warren.proto import warren_pb2_grpc as pb_grpc
-from warren.proto.convert import encodable, message_to_dict, to_message
+from warren.proto.convert import encodable, from_message, message_to_dict, to_message
 from warren.proto.errors import (
     CONSISTENCY_KEY,
     ERROR_CODE_KEY,
@@ -56,17 +79,19 @@ ADMIN_ROLES = frozenset({"admin", "manager"})
 NODE_ROLES = frozenset({"worker", "manager"})
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+# The helpers below serve every method, whatever its request and reply messages.
+ServicerContext = grpc.aio.ServicerContext[Any, Any]
 
 
-def peer_identity(context: grpc.aio.ServicerContext) -> PeerIdentity:
+def peer_identity(context: ServicerContext) -> PeerIdentity:
     auth = context.auth_context()
-    pems = auth.get("x509_pem_cert") if auth else None
+    pems = list(auth.get("x509_pem_cert", ())) if auth else []
     if not pems:
         raise Unauthenticated("a client certificate is required")
     return identity_from_pem(pems[0])
 
 
-def peer_ip(context: grpc.aio.ServicerContext) -> str:
+def peer_ip(context: ServicerContext) -> str:
     """The caller's IP address ("" when not over IP): gRPC says ipv4:A.B.C.D:PORT
     or ipv6:[ADDRESS]:PORT, the brackets percent-encoded by recent versions."""
     family, _, rest = urllib.parse.unquote(context.peer()).partition(":")
@@ -75,7 +100,7 @@ def peer_ip(context: grpc.aio.ServicerContext) -> str:
     return rest.rpartition(":")[0].strip("[]")
 
 
-def _require(context: grpc.aio.ServicerContext, roles: frozenset[str]) -> PeerIdentity:
+def _require(context: ServicerContext, roles: frozenset[str]) -> PeerIdentity:
     identity = peer_identity(context)
     if identity.role not in roles:
         who = identity.role or "a joining node"
@@ -83,7 +108,7 @@ def _require(context: grpc.aio.ServicerContext, roles: frozenset[str]) -> PeerId
     return identity
 
 
-async def _abort(context: grpc.aio.ServicerContext, exc: WarrenError) -> None:
+async def _abort(context: ServicerContext, exc: WarrenError) -> None:
     metadata: tuple[tuple[str, str], ...] = ((ERROR_CODE_KEY, exc.code),)
     if isinstance(exc, NotLeader) and exc.leader:
         metadata += ((LEADER_KEY, exc.leader),)
@@ -94,13 +119,13 @@ async def _abort(context: grpc.aio.ServicerContext, exc: WarrenError) -> None:
     )
 
 
-async def _abort_unexpected(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:
+async def _abort_unexpected(context: ServicerContext, method: str, exc: Exception) -> None:
     # Never a Python message on the wire: the detail goes to the log.
     log.error("gRPC %s failed", method, exc_info=exc)
     await _abort(context, WarrenError("internal error; see the manager's log"))
 
 
-def _require_admin(control: ControlService, context: grpc.aio.ServicerContext) -> None:
+def _require_admin(control: ControlService, context: ServicerContext) -> None:
     identity = _require(context, ADMIN_ROLES)
     if identity.role == "manager":
         control.check_manager_caller(identity.node_id)
@@ -127,7 +152,7 @@ def _spec(request: Any) -> ServiceSpec:
     return from_dict(ServiceSpec, data, "spec")
 
 
-def _wants_linearizable(context: grpc.aio.ServicerContext) -> bool:
+def _wants_linearizable(context: ServicerContext) -> bool:
     return any(
         key == CONSISTENCY_KEY and value == LINEARIZABLE
         for key, value in context.invocation_metadata() or ()
@@ -138,7 +163,7 @@ def admin_rpc(method: F) -> F:
     """Check the caller is an admin or manager, time the call, map Warren errors."""
 
     @wraps(method)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def wrapper(self: Any, request: Any, context: ServicerContext) -> Any:
         started = time.perf_counter()
         try:
             _require_admin(self.control, context)
@@ -156,7 +181,7 @@ def admin_rpc(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-class ControlServicer(pb_grpc.ControlServicer):  # type: ignore[misc]
+class ControlServicer(pb_grpc.ControlServicer):
     def __init__(
         self,
         control: ControlService,
@@ -351,7 +376,91 @@ def event_message(event: StoreEvent) -> Any:
     return message
 
 
-class DispatcherServicer(pb_grpc.DispatcherServicer):  # type: ignore[misc]
+# -- the dispatcher's domain events <-> the session's protobuf messages ------------
+
+
+def node_event(message: pb.WorkerMessage) -> NodeEvent:
+    """A ``WorkerMessage`` as the dispatcher reads it."""
+    kind = message.WhichOneof("message")
+    if kind == "register":
+        register = message.register
+        resources = from_message(Resources, register.resources)
+        return Registration(register.hostname, register.address, resources)
+    if kind == "status":
+        statuses = message.status.statuses
+        return StatusReport(
+            {task_id: from_message(TaskStatus, s) for task_id, s in statuses.items()}
+        )
+    if kind == "logs":
+        logs = message.logs
+        entries = [LogEntry(e.timestamp, e.stream, e.line) for e in logs.entries]
+        return LogsChunk(logs.request_id, entries, logs.done, logs.error)
+    # A heartbeat, or a message this manager does not know: a sign of life still.
+    return Heartbeat()
+
+
+async def node_events(messages: AsyncIterator[pb.WorkerMessage]) -> AsyncIterator[NodeEvent]:
+    async for message in messages:
+        yield node_event(message)
+
+
+def manager_message(event: ManagerEvent) -> pb.ManagerMessage:
+    """A dispatcher event as the ``ManagerMessage`` the node reads."""
+    if isinstance(event, SessionStarted):
+        info = pb.SessionInfo(
+            node_id=event.node_id, heartbeat_period=event.heartbeat_period, managers=event.managers
+        )
+        return pb.ManagerMessage(session=info)
+    if isinstance(event, Assignments):
+        # A task protobuf cannot carry is left out (and logged), not the end of
+        # the session: the node's other tasks must still run.
+        assignments = pb.Assignments(
+            tasks=encodable(event.tasks, pb.Task), removed=event.removed, full=event.full
+        )
+        return pb.ManagerMessage(assignments=assignments)
+    if isinstance(event, LogsRequest):
+        request = pb.TaskLogsRequest(
+            request_id=event.request_id, task_id=event.task_id, follow=event.follow, tail=event.tail
+        )
+        return pb.ManagerMessage(logs=request)
+    if isinstance(event, CancelLogs):
+        return pb.ManagerMessage(cancel_logs=pb.CancelLogs(request_id=event.request_id))
+    assert_never(event)
+
+
+def role_update_message(update: RoleUpdate) -> pb.RoleUpdate:
+    return pb.RoleUpdate(
+        role=str(update.role), desired_role=str(update.desired_role or ""), managers=update.managers
+    )
+
+
+async def session_messages(
+    dispatcher: Dispatcher,
+    node_id: str,
+    requests: AsyncIterator[pb.WorkerMessage],
+    peer_address: str = "",
+) -> AsyncIterator[pb.ManagerMessage]:
+    """A node's session on the wire: ``WorkerMessage`` in, ``ManagerMessage`` out."""
+    events = dispatcher.session(node_id, node_events(requests), peer_address)
+    try:
+        async for event in events:
+            yield manager_message(event)
+    finally:
+        await events.aclose()
+
+
+async def role_update_messages(
+    dispatcher: Dispatcher, node_id: str
+) -> AsyncIterator[pb.RoleUpdate]:
+    updates = dispatcher.watch_role(node_id)
+    try:
+        async for update in updates:
+            yield role_update_message(update)
+    finally:
+        await updates.aclose()
+
+
+class DispatcherServicer(pb_grpc.DispatcherServicer):
     def __init__(self, control: ControlService, dispatcher: Dispatcher) -> None:
         self.control = control
         self.dispatcher = dispatcher
@@ -421,7 +530,7 @@ class DispatcherServicer(pb_grpc.DispatcherServicer):  # type: ignore[misc]
     async def WatchRole(self, request: Any, context: Any) -> AsyncIterator[Any]:
         try:
             identity = _require(context, NODE_ROLES)
-            async for update in self.dispatcher.watch_role(identity.node_id):
+            async for update in role_update_messages(self.dispatcher, identity.node_id):
                 yield update
         except WarrenError as exc:
             await _abort(context, exc)
@@ -429,8 +538,8 @@ class DispatcherServicer(pb_grpc.DispatcherServicer):  # type: ignore[misc]
     async def Session(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
         try:
             identity = _require(context, NODE_ROLES)
-            session = self.dispatcher.session(
-                identity.node_id, request_iterator, peer_address=peer_ip(context)
+            session = session_messages(
+                self.dispatcher, identity.node_id, request_iterator, peer_address=peer_ip(context)
             )
             async for message in session:
                 yield message
@@ -448,11 +557,15 @@ class ServerCredentials:
         self._tokens: tuple[str, ...] | None = None
 
     def _current(self) -> grpc.ServerCertificateConfiguration | None:
+        """A new configuration when the join tokens changed; None keeps the current one."""
         cluster = self._control.store.cluster()
         tokens = join_tokens.verification_key(cluster) if cluster else ()
         if tokens == self._tokens:
             return None
         self._tokens = tokens
+        return self._configuration(cluster)
+
+    def _configuration(self, cluster: Cluster | None) -> grpc.ServerCertificateConfiguration:
         roots = self._ca_pem
         if cluster is not None:
             for role in join_tokens.ROLES:
@@ -461,9 +574,13 @@ class ServerCredentials:
         return grpc.ssl_server_certificate_configuration(self._chain, root_certificates=roots)
 
     def credentials(self) -> grpc.ServerCredentials:
-        initial = self._current()
+        cluster = self._control.store.cluster()
+        self._tokens = join_tokens.verification_key(cluster) if cluster else ()
         return grpc.dynamic_ssl_server_credentials(
-            initial, self._current, require_client_authentication=True
+            self._configuration(cluster),
+            # grpc documents None from the fetcher as "no change"; its type stubs omit it.
+            self._current,  # type: ignore[arg-type]
+            require_client_authentication=True,
         )
 
 
