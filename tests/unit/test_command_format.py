@@ -3,6 +3,7 @@ came with format 2, stores and encoders whose code reads up to format 1 or 2."""
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -13,17 +14,18 @@ from factories import make_node
 from warren.core.codec import from_dict, to_dict
 from warren.core.errors import FailedPrecondition
 from warren.core.formats import FieldTooNew, for_format, newest_format, since
-from warren.core.models import Cluster, NodeRole
+from warren.core.models import Cluster, ManagerFormat, NodeRole
 from warren.manager import kinds
 from warren.manager.command_format import (
     CommandEncoder,
     check_readable,
+    manager_formats,
     raise_format,
     report_format,
 )
 from warren.manager.consensus import LocalConsensus
 from warren.manager.kinds import Kind, KindSpec
-from warren.manager.store import MUST_NOT_EXIST, Store, put, raise_for_result, txn
+from warren.manager.store import MUST_NOT_EXIST, Store, object_digest, put, raise_for_result, txn
 
 
 @dataclass(frozen=True)
@@ -90,9 +92,8 @@ def test_a_write_that_needs_the_newer_format_names_the_managers_to_upgrade(
     _seed(old, new)
     cluster = new.cluster()
     assert cluster is not None
-    raise_for_result(
-        new.apply(txn([put(replace(cluster, manager_formats={"m2": 2}), None)], at=2.0))
-    )
+    formats = (ManagerFormat("m2", 2),)
+    raise_for_result(new.apply(txn([put(replace(cluster, manager_formats=formats), None)], 2.0)))
     encoder = CommandEncoder(new, max_format=2)
     red = txn([put(Widget("w1", color="red"), MUST_NOT_EXIST)], at=3.0)
     with pytest.raises(FailedPrecondition) as caught:
@@ -119,12 +120,12 @@ async def test_the_format_rises_when_every_manager_reads_it(widget: Kind) -> Non
     assert await raise_format(consensus) is None  # m1 reads format 1 only
     cluster = store.cluster()
     assert cluster is not None
-    assert (cluster.command_format, cluster.manager_formats) == (1, {"m2": 2})
+    assert (cluster.command_format, manager_formats(cluster)) == (1, {"m2": 2})
     await report_format(consensus, "m1", max_format=2)
     assert await raise_format(consensus) == 2
     cluster = store.cluster()
     assert cluster is not None
-    assert (cluster.command_format, cluster.manager_formats) == (2, {"m1": 2, "m2": 2})
+    assert (cluster.command_format, manager_formats(cluster)) == (2, {"m1": 2, "m2": 2})
     assert await raise_format(consensus) is None
     # Now a format-2 write goes through as it is.
     red = txn([put(Widget("w1", color="red"), MUST_NOT_EXIST)], at=3.0)
@@ -141,7 +142,7 @@ async def test_a_removed_manager_does_not_hold_the_format_back(widget: Kind) -> 
     gone = make_node("m3", hostname="m3", role=NodeRole.MANAGER)
     cluster = store.cluster()
     assert cluster is not None
-    formats = {**cluster.manager_formats, "m3": 1}
+    formats = (*cluster.manager_formats, ManagerFormat("m3", 1))
     raise_for_result(store.apply(txn([put(replace(cluster, manager_formats=formats), None)], 1.0)))
     raise_for_result(store.apply(txn([put(gone, MUST_NOT_EXIST)], at=1.0)))
     assert await raise_format(consensus) is None
@@ -149,7 +150,7 @@ async def test_a_removed_manager_does_not_hold_the_format_back(widget: Kind) -> 
     assert await raise_format(consensus) == 2
     cluster = store.cluster()
     assert cluster is not None
-    assert cluster.manager_formats == {"m1": 2, "m2": 2}
+    assert manager_formats(cluster) == {"m1": 2, "m2": 2}
 
 
 # -- (c) a manager that cannot read the cluster's format does not run --------------
@@ -193,9 +194,24 @@ def test_newer_fields_are_dropped_at_their_defaults_at_any_depth() -> None:
 def test_today_commands_are_format_1_and_old_clusters_read_as_format_1() -> None:
     old = {"id": "c", "ca_fingerprint": "f", "created_at": 1.0, "version": 3}
     cluster = from_dict(Cluster, old)
-    assert (cluster.command_format, cluster.manager_formats) == (1, {})
+    assert (cluster.command_format, cluster.manager_formats) == (1, ())
     store = Store()
     _seed(store)
     command = txn([put(make_node("w1"), MUST_NOT_EXIST)], at=2.0)
     assert CommandEncoder(store).encode(command) is not None
     assert CommandEncoder(store).encode(command) == command
+
+
+def test_a_cluster_from_a_snapshot_older_than_formats_reads_format_1() -> None:
+    """Raft snapshots pickle objects: one taken before the format fields existed
+    has none in its attributes."""
+    cluster = Cluster(id="c", ca_fingerprint="f")
+    older = pickle.loads(pickle.dumps(cluster))
+    del older.__dict__["command_format"], older.__dict__["manager_formats"]
+    store = Store()
+    store.import_state({"revision": 1, "tables": {Kind.CLUSTER: {"c": older}}})
+    restored = store.cluster()
+    assert restored is not None
+    assert (restored.command_format, manager_formats(restored)) == (1, {})
+    assert store.state_hash()[1] == f"{object_digest(cluster):064x}"
+    check_readable(store)

@@ -307,6 +307,16 @@ class Task:
         return bool(self.node_id) and self.status.state.is_active
 
 
+@dataclass(frozen=True)
+class ManagerFormat:
+    """The highest command format a manager's code reads."""
+
+    node_id: str
+    command_format: int = field(
+        default=FIRST_FORMAT, metadata=bounded(minimum=FIRST_FORMAT, maximum=INT32_MAX)
+    )
+
+
 # Keyword-only: the fields changed, and a stale positional call must fail loudly.
 @dataclass(frozen=True, kw_only=True)
 class Cluster:
@@ -328,9 +338,11 @@ class Cluster:
     worker_token_secret: str = ""
     manager_token_secret: str = ""
     # The command format every manager reads, so the one commands are written in
-    # (warren.core.formats), and the highest each manager's code reads, by node
-    # ID. Absent (an older journal or backup): format 1.
+    # (warren.core.formats), and the highest each manager's code reads. Absent
+    # (an older journal or backup): format 1. Plain defaults, no factories: an
+    # object unpickled from a Raft snapshot taken before the fields existed
+    # reads them from the class.
     command_format: int = field(
         default=FIRST_FORMAT, metadata=bounded(minimum=FIRST_FORMAT, maximum=INT32_MAX)
     )
-    manager_formats: dict[str, int] = field(default_factory=dict)
+    manager_formats: tuple[ManagerFormat, ...] = ()

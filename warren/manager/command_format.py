@@ -20,7 +20,7 @@ from typing import Any
 
 from warren.core.errors import Conflict, FailedPrecondition
 from warren.core.formats import COMMAND_FORMAT, FIRST_FORMAT, FieldTooNew, for_format
-from warren.core.models import Cluster, NodeRole, TaskStatus
+from warren.core.models import Cluster, ManagerFormat, NodeRole, TaskStatus
 from warren.manager.consensus import Consensus
 from warren.manager.kinds import Kind, spec_of
 from warren.manager.store import Store, put, raise_for_result, txn
@@ -45,13 +45,24 @@ def check_readable(store: Store, max_format: int = COMMAND_FORMAT) -> None:
         )
 
 
+def manager_formats(cluster: Cluster) -> dict[str, int]:
+    """The highest format each manager's code reads, by node ID."""
+    return {m.node_id: m.command_format for m in cluster.manager_formats}
+
+
+def _with_formats(cluster: Cluster, formats: dict[str, int]) -> Cluster:
+    entries = tuple(ManagerFormat(i, f) for i, f in sorted(formats.items()))
+    return replace(cluster, manager_formats=entries)
+
+
 def _manager_ids(store: Store) -> list[str]:
     return sorted(n.id for n in store.list(Kind.NODE) if n.role == NodeRole.MANAGER)
 
 
 def target_format(store: Store, cluster: Cluster) -> int:
     """The newest format every manager reads (never below the current one)."""
-    reads = [cluster.manager_formats.get(i, FIRST_FORMAT) for i in _manager_ids(store)]
+    formats = manager_formats(cluster)
+    reads = [formats.get(i, FIRST_FORMAT) for i in _manager_ids(store)]
     return max(cluster.command_format, min(reads, default=cluster.command_format))
 
 
@@ -72,7 +83,7 @@ class CommandEncoder:
 
     def _too_new(self, exc: FieldTooNew, current: int) -> str:
         cluster = self.store.cluster()
-        formats = {} if cluster is None else cluster.manager_formats
+        formats = {} if cluster is None else manager_formats(cluster)
         behind = [
             self.store.get(Kind.NODE, i).hostname or i
             for i in _manager_ids(self.store)
@@ -110,10 +121,10 @@ async def report_format(
     for _ in range(_ATTEMPTS):
         cluster = consensus.store.cluster()
         # Absent means format 1: nothing is written until a format 2 exists.
-        if cluster is None or cluster.manager_formats.get(node_id, FIRST_FORMAT) == max_format:
+        if cluster is None or manager_formats(cluster).get(node_id, FIRST_FORMAT) == max_format:
             return
-        formats = {**cluster.manager_formats, node_id: max_format}
-        if await _write_cluster(consensus, replace(cluster, manager_formats=formats), cluster):
+        formats = {**manager_formats(cluster), node_id: max_format}
+        if await _write_cluster(consensus, _with_formats(cluster, formats), cluster):
             return
     raise Conflict("the cluster kept changing while recording this manager's command format")
 
@@ -131,8 +142,8 @@ async def raise_format(consensus: Consensus) -> int | None:
             return None
         # Entries of removed managers no longer hold anything back: dropped.
         managers = set(_manager_ids(store))
-        formats = {i: f for i, f in cluster.manager_formats.items() if i in managers}
-        moved = replace(cluster, command_format=target, manager_formats=formats)
+        formats = {i: f for i, f in manager_formats(cluster).items() if i in managers}
+        moved = replace(_with_formats(cluster, formats), command_format=target)
         if await _write_cluster(consensus, moved, cluster):
             return target
     raise Conflict("the cluster kept changing while moving it to a newer command format")

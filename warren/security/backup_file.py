@@ -11,7 +11,8 @@ file is a JSON envelope::
 The key is scrypt(passphrase); AES-256-GCM encrypts the payload and
 authenticates the rest of the envelope as associated data, so any change to the
 file fails like a wrong passphrase. The payload is JSON: the CA (certificate
-and key, PEM) and the state (cluster, nodes, services, tasks).
+and key, PEM) and the state: the revision, the cluster object, and one table
+(a list of objects) per kind a backup keeps ("nodes", "services", "tasks").
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import json
 import os
 import time
 import unicodedata
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -31,7 +33,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from warren.core.codec import from_dict, to_dict
 from warren.core.errors import InvalidArgument
-from warren.core.models import Cluster, Node, Service, Task
+from warren.core.models import Cluster
 from warren.security.ca import CertificateAuthority
 
 FORMAT = "warren-backup"
@@ -50,13 +52,20 @@ DAMAGED = "wrong passphrase or damaged backup"
 
 @dataclass(frozen=True)
 class BackupState:
-    """The replicated state at one revision."""
+    """The replicated state at one revision: the cluster object, and each other
+    kind's objects as JSON objects, by table name.
+
+    Only the cluster is decoded here (the CA is checked against it). The
+    managers own the kinds: they encode the tables when they take a backup and
+    decode them strictly when they restore one, so a new kind needs no change
+    here (nor in the CLI, which only carries the state)."""
 
     revision: int
     cluster: Cluster
-    nodes: tuple[Node, ...] = ()
-    services: tuple[Service, ...] = ()
-    tasks: tuple[Task, ...] = ()
+    tables: Mapping[str, tuple[dict[str, Any], ...]] = field(default_factory=dict)
+
+    def count(self, table: str) -> int:
+        return len(self.tables.get(table, ()))
 
 
 @dataclass(frozen=True)
@@ -83,9 +92,7 @@ def state_to_dict(state: BackupState) -> dict[str, Any]:
     return {
         "revision": state.revision,
         "cluster": to_dict(state.cluster),
-        "nodes": [to_dict(n) for n in state.nodes],
-        "services": [to_dict(s) for s in state.services],
-        "tasks": [to_dict(t) for t in state.tasks],
+        **{table: list(objects) for table, objects in state.tables.items()},
     }
 
 
@@ -99,9 +106,11 @@ def state_from_dict(data: Any) -> BackupState:
         return BackupState(
             revision=revision,
             cluster=from_dict(Cluster, data["cluster"]),
-            nodes=tuple(from_dict(Node, n) for n in _list(data, "nodes")),
-            services=tuple(from_dict(Service, s) for s in _list(data, "services")),
-            tasks=tuple(from_dict(Task, t) for t in _list(data, "tasks")),
+            tables={
+                table: _objects(data, table)
+                for table in data
+                if table not in ("revision", "cluster")
+            },
         )
     except KeyError as exc:
         raise InvalidArgument(f"invalid backup state: {exc.args[0]} is missing") from None
@@ -109,11 +118,14 @@ def state_from_dict(data: Any) -> BackupState:
         raise InvalidArgument(f"invalid backup state: {exc}") from None
 
 
-def _list(data: dict[str, Any], key: str) -> list[Any]:
-    value = data.get(key, [])
+def _objects(data: dict[str, Any], table: str) -> tuple[dict[str, Any], ...]:
+    value = data[table]
     if not isinstance(value, list):
-        raise InvalidArgument(f"{key}: expected a list")
-    return value
+        raise InvalidArgument(f"{table}: expected a list")
+    for index, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise InvalidArgument(f"{table}[{index}]: expected an object")
+    return tuple(value)
 
 
 def encode_state(state: BackupState) -> bytes:
