@@ -32,7 +32,6 @@ from warren.manager.kinds import Kind, kind_of_table, spec_of
 from warren.manager.kinds.node import RESTORED_MESSAGE as RESTORED_MESSAGE
 from warren.manager.store import MUST_NOT_EXIST, Store, barrier, put, raise_for_result, txn
 from warren.security.backup_file import Backup, BackupState
-from warren.security.backup_file import decode_state as decode_state  # for the client
 from warren.security.backup_file import encode_state as encode_state  # for the gRPC API
 from warren.security.ca import CertificateAuthority, generate_key, key_pem
 from warren.security.tls import write_private
