@@ -111,6 +111,37 @@ def decode_command(payload: str) -> dict[str, Any]:
 pysyncobj_core.createJournal = _create_journal
 
 
+class _DurableSyncObj(SyncObj):  # type: ignore[misc]
+    """PySyncObj, without losing the entries a snapshot does not cover.
+
+    PySyncObj writes a snapshot in a forked child and drops the entries it
+    covers from the journal later, on its own thread. A process stopped in
+    between restarts with the new snapshot and a journal that still begins at
+    the previous one; PySyncObj then clears the whole journal, and with it
+    every acknowledged entry after the snapshot. Dropping only the covered
+    entries first makes the journal begin where the snapshot ends.
+    """
+
+    # PySyncObj's private, name-mangled loader: there is no other way in.
+    def _SyncObj__loadDumpFile(self, clearJournal: bool) -> None:
+        if not clearJournal:
+            self._drop_entries_the_dump_covers()
+        super()._SyncObj__loadDumpFile(clearJournal)
+
+    def _drop_entries_the_dump_covers(self) -> None:
+        journal = self._SyncObj__raftLog
+        try:
+            dump = self._SyncObj__serializer.deserialize()
+        except Exception:  # PySyncObj's own load reports an unreadable dump
+            return
+        before_last, last = dump[2], dump[1]
+        for position in range(len(journal) - 1):
+            if journal[position] == before_last and journal[position + 1] == last:
+                if position:
+                    journal.deleteEntriesTo(position)
+                return
+
+
 class _StoreConsumer(SyncObjConsumer):  # type: ignore[misc]
     """Holds the store; PySyncObj snapshots it through ``_serialize``."""
 
@@ -208,7 +239,7 @@ class RaftConsensus:
         )
         # Loading the journal replays the log into the store, so this blocks.
         self._syncobj = await asyncio.to_thread(
-            SyncObj, self.self_address, self._peers, conf, [self._consumer]
+            _DurableSyncObj, self.self_address, self._peers, conf, [self._consumer]
         )
         self._scrubber = asyncio.create_task(self._scrub_sealed_secrets())
 
