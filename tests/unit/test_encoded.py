@@ -13,7 +13,7 @@ from warren.core.models import Service, ServiceSpec, Task
 from warren.manager.encoded import EncodedObjects
 
 
-@settings(max_examples=100)
+@settings(max_examples=100, deadline=None)
 @given(specs)
 def test_to_json_is_the_codecs_document(spec: ServiceSpec) -> None:
     task = Task("t1", "s1", spec.name, spec, 2, slot=1, version=7)
