@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 _DEBOUNCE = 0.02  # quiet time that ends a burst
 _MAX_DELAY = 0.2  # a steady stream of events still gets a pass this often
-_BATCH = 500  # operations per Raft command
+_BATCH = 100  # operations per Raft command
 
 
 async def write_ops(consensus: Consensus, ops: list[dict[str, Any]]) -> int:
