@@ -12,23 +12,26 @@ Run as a script, ``benchkit.py manager ...`` is that manager entry point.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import os
 import resource
-import signal
 import socket
 import ssl
-import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
+# Waiting and child processes are shared with the tests (tests/support.py).
+sys.path.insert(0, str(BENCH_DIR.parent / "tests"))
+
+from support import Process, cpu_seconds, rss_mib, wait_for  # noqa: E402
+
+__all__ = ["Child", "cpu_seconds", "rss_mib", "wait_for"]
+
 PYTHON = sys.executable
 # Quiet children: gRPC chatter and info logs would only fill the log files.
 CHILD_ENV = dict(os.environ, GRPC_VERBOSITY="ERROR", WARREN_LOG_LEVEL="warning")
@@ -41,98 +44,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
-
-
 # -- child processes -------------------------------------------------------------
 
 
 @dataclass
-class Child:
-    """A child process in its own process group, logging to a file."""
+class Child(Process):
+    """A benchmark child: quiet environment, and more time to stop cleanly."""
 
-    name: str
-    args: list[str]
-    log_path: Path
-    popen: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with open(self.log_path, "ab") as log:
-            self.popen = subprocess.Popen(
-                self.args,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=CHILD_ENV,
-                start_new_session=True,
-            )
-
-    @property
-    def alive(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
-
-    def check_alive(self) -> None:
-        if self.popen is not None and not self.alive:
-            raise RuntimeError(f"{self.name} exited early:\n{self.tail()}")
-
-    def stop(self) -> None:
-        """SIGTERM the process group, then SIGKILL it if it lingers."""
-        if self.popen is None:
-            return
-        for sig, grace in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
-            if self.popen.poll() is not None:
-                break
-            try:
-                os.killpg(self.popen.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                self.popen.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                continue
-        # Anything the child itself started is in its group too.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.popen.pid, signal.SIGKILL)
-
-    def rss_mib(self) -> float:
-        return rss_mib(self.popen.pid) if self.popen is not None else math.nan
-
-    def cpu_seconds(self) -> float:
-        return cpu_seconds(self.popen.pid) if self.popen is not None else math.nan
+    env: Mapping[str, str] | None = field(default_factory=lambda: CHILD_ENV)
+    term_grace: float = 15.0
+    kill_grace: float = 5.0
 
     def tail(self, lines: int = 20) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-
-def rss_mib(pid: int) -> float:
-    """Resident set size from /proc (VmRSS, reported in kB)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except FileNotFoundError:
-        pass
-    return math.nan
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time from /proc/PID/stat."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except FileNotFoundError:
-        return math.nan
-    # utime and stime are fields 14 and 15; fields[0] here is field 3 (state).
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return super().tail(lines)
 
 
 def system_busy_seconds() -> float:

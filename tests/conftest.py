@@ -1,4 +1,5 @@
-"""Shared by every test directory: the process harness and its report hook."""
+"""Shared by every test directory: the wait and process helpers (support.py),
+the integration harness and the report hook."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent / "integration"))
 
 

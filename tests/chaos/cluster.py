@@ -14,22 +14,21 @@ import signal
 import statistics
 import subprocess
 import sys
-import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import wait_for
 from netlab import Host, Lab
+from support import log_tail, wait_for
 
 WARREN = [sys.executable, "-m", "warren"]
 WRITER = [sys.executable, str(Path(__file__).with_name("writer.py"))]
 API_PORT, REST_PORT, METRICS_PORT, RAFT_PORT = 2377, 2378, 9090, 2379
 MANAGERS = ("m1", "m2", "m3")
 # Managers should listen on their host's address only, but a manager's own agent
-# dials 127.0.0.1:API_PORT (warren/manager/daemon.py, serve_manager), so the first
+# dials 127.0.0.1:API_PORT (warren/node/daemon.py, serve_manager), so the first
 # manager's node would stay "unknown" for ever. All addresses of the host's own
 # namespace come to the same thing for the partitions (they filter eth0 traffic).
 LISTEN_ADDR = "0.0.0.0"
@@ -80,16 +79,6 @@ def failover_times(kills: Sequence[float], records: Sequence[dict[str, Any]]) ->
     return times
 
 
-def poll(condition: Callable[[], Any], timeout: float, interval: float = 0.2) -> bool:
-    """Whether condition holds within timeout (wait_for without the failure)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(interval)
-    return False
-
-
 def running_containers(socket: Path, namespace: str) -> dict[str, int]:
     """Container ID -> PID of every RUNNING containerd task, as ``ctr`` sees them."""
     result = subprocess.run(
@@ -132,10 +121,7 @@ class Daemon:
         return self.proc is not None and self.proc.poll() is None
 
     def tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return ""
+        return log_tail(self.log, lines)
 
 
 class LabCluster:

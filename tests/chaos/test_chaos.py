@@ -32,12 +32,11 @@ from cluster import (
     WARREN,
     LabCluster,
     failover_times,
-    poll,
     running_containers,
     summary,
 )
-from harness import wait_for
 from netlab import Lab
+from support import holds_within, wait_for
 from writer import History, read_log
 
 from warren.devtools.containerd import LocalContainerd, missing_binaries
@@ -124,7 +123,7 @@ def assert_writes_kept(cluster: LabCluster, log: Path) -> None:
     problems = History.of(records).problems(snap[leader]["services"])
     assert not problems, "\n".join(problems)
     # The orchestrator caught up too: every service runs exactly its replicas.
-    assert poll(lambda: not cluster.replica_mismatches(), 60), cluster.replica_mismatches()
+    assert holds_within(lambda: not cluster.replica_mismatches(), 60), cluster.replica_mismatches()
 
 
 # -- the tests ------------------------------------------------------------------------
@@ -211,7 +210,7 @@ def test_partitioned_leader_is_refused_and_the_majority_goes_on(cluster: LabClus
         nodes = cluster.snapshot(managers=[leader])[leader].get("nodes", [])
         return [n["hostname"] for n in nodes if n["status"] != "ready"]
 
-    assert poll(lambda: not down(), 60), f"nodes not ready 60s after the heal: {down()}"
+    assert holds_within(lambda: not down(), 60), f"nodes not ready 60s after the heal: {down()}"
 
 
 def test_all_managers_killed_at_once_lose_no_acknowledged_write(
@@ -373,7 +372,9 @@ def test_cut_off_worker_keeps_and_restarts_its_tasks_and_converges(site: Site) -
         # Judged at the end, so that one failure does not hide the others.
         victim, pid = sorted(original.items())[0]
         os.kill(pid, signal.SIGKILL)
-        restarted_locally = poll(lambda: site.containers("w1").get(victim) not in (None, pid), 15)
+        restarted_locally = holds_within(
+            lambda: site.containers("w1").get(victim) not in (None, pid), 15
+        )
         untouched = {c: p for c, p in original.items() if c != victim}
         # The managers give up on w1 and replace its tasks on w2.
         wait_for(lambda: cluster.node_status("w1") == "down", 60, "w1 to be marked down")
@@ -407,7 +408,7 @@ def test_cut_off_worker_keeps_and_restarts_its_tasks_and_converges(site: Site) -
     problems = []
     if not restarted_locally:
         problems.append(f"container {victim}, killed on the cut-off worker, not restarted there")
-    if not poll(settled, 60, interval=1):
+    if not holds_within(settled, 60, interval=1):
         problems.append(f"60s after the heal, not {replicas} replicas on ready nodes: {seen}")
     else:
         time.sleep(3)  # room for a wrong extra task or container to show up

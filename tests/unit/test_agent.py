@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from factories import GIB, make_service, make_task
+from support import eventually
 
 from warren.agent.agent import Agent
 from warren.agent.cache import TaskCache
@@ -38,19 +37,6 @@ def _task(
     return make_task(service, id=task_id, slot=slot, node_id="n1", state=state)
 
 
-async def _eventually(check: Callable[[], bool | Awaitable[bool]], timeout: float = 2.0) -> None:
-    """Poll ``check`` (sync or async) until it holds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
-
-
 async def _no_containers(runtime: SimRuntime) -> bool:
     return await runtime.list() == []
 
@@ -73,7 +59,7 @@ class Reports:
         return self.items[-1][1]
 
     async def wait_for(self, state: S) -> TaskStatus:
-        await _eventually(lambda: state in self.states)
+        await eventually(lambda: state in self.states, 2.0, f"a {state.value} report")
         return self.last
 
 
@@ -133,7 +119,8 @@ async def test_a_killed_container_fails_with_exit_137(runtime: SimRuntime, start
     assert status.exit_code == 137
     assert status.err == "task exited with code 137"
     assert executor.done
-    await _eventually(lambda: _no_containers(runtime))  # removed once it ended
+    # Removed once it ended.
+    await eventually(lambda: _no_containers(runtime), 2.0, "_no_containers(runtime)")
 
 
 async def test_stop_shuts_a_running_task_down(runtime: SimRuntime, start: Start) -> None:
@@ -258,7 +245,11 @@ async def _containers_are(runtime: SimRuntime, expected: dict[str, ContainerStat
 async def test_assigned_tasks_start(agent: Agent, runtime: SimRuntime) -> None:
     await agent.apply_assignments([_task("a", slot=1), _task("b", slot=2)])
     assert set(agent.executors) == {"a", "b"}
-    await _eventually(lambda: _state(agent, "a") == _state(agent, "b") == S.RUNNING)
+    await eventually(
+        lambda: _state(agent, "a") == _state(agent, "b") == S.RUNNING,
+        2.0,
+        "_state(agent, 'a') == _state(agent, 'b') == S.RUNNING",
+    )
     assert await _containers(runtime) == {"a": ContainerState.RUNNING, "b": ContainerState.RUNNING}
     # No session: the reports wait to be sent.
     assert {tid: s.state for tid, s in agent._unsent.items()} == {"a": S.RUNNING, "b": S.RUNNING}
@@ -268,7 +259,9 @@ async def test_the_same_assignment_twice_starts_one_container(
     agent: Agent, runtime: SimRuntime
 ) -> None:
     await agent.apply_assignments([_task("a")])
-    await _eventually(lambda: _state(agent, "a") == S.RUNNING)
+    await eventually(
+        lambda: _state(agent, "a") == S.RUNNING, 2.0, "_state(agent, 'a') == S.RUNNING"
+    )
     await agent.apply_assignments([_task("a")])  # the manager's copy is still ASSIGNED
     await asyncio.sleep(0.02)
     assert await _containers(runtime) == {"a": ContainerState.RUNNING}
@@ -279,21 +272,37 @@ async def test_a_task_missing_from_the_next_set_is_stopped(
     agent: Agent, runtime: SimRuntime
 ) -> None:
     await agent.apply_assignments([_task("a", slot=1), _task("b", slot=2)])
-    await _eventually(lambda: _state(agent, "a") == _state(agent, "b") == S.RUNNING)
+    await eventually(
+        lambda: _state(agent, "a") == _state(agent, "b") == S.RUNNING,
+        2.0,
+        "_state(agent, 'a') == _state(agent, 'b') == S.RUNNING",
+    )
     await agent.apply_assignments([_task("b", slot=2)])
     assert set(agent.executors) == {"b"}
     assert "a" not in agent.tasks
-    await _eventually(lambda: "a" in agent._unsent and agent._unsent["a"].state == S.SHUTDOWN)
-    await _eventually(lambda: _containers_are(runtime, {"b": ContainerState.RUNNING}))
+    await eventually(
+        lambda: "a" in agent._unsent and agent._unsent["a"].state == S.SHUTDOWN,
+        2.0,
+        "'a' in agent._unsent and agent._unsent['a'].state == S.SHUTDOWN",
+    )
+    await eventually(
+        lambda: _containers_are(runtime, {"b": ContainerState.RUNNING}),
+        2.0,
+        "_containers_are(runtime, {'b': ContainerState.RUNNING})",
+    )
 
 
 async def test_a_task_told_to_shut_down_is_stopped(agent: Agent, runtime: SimRuntime) -> None:
     task = _task("a")
     await agent.apply_assignments([task])
-    await _eventually(lambda: _state(agent, "a") == S.RUNNING)
+    await eventually(
+        lambda: _state(agent, "a") == S.RUNNING, 2.0, "_state(agent, 'a') == S.RUNNING"
+    )
     await agent.apply_assignments([replace(task, desired_state=S.SHUTDOWN)])
-    await _eventually(lambda: _state(agent, "a") == S.SHUTDOWN)
-    await _eventually(lambda: _no_containers(runtime))
+    await eventually(
+        lambda: _state(agent, "a") == S.SHUTDOWN, 2.0, "_state(agent, 'a') == S.SHUTDOWN"
+    )
+    await eventually(lambda: _no_containers(runtime), 2.0, "_no_containers(runtime)")
     assert agent.tasks["a"].desired_state == S.SHUTDOWN
 
 
@@ -325,7 +334,7 @@ async def test_recover_reports_a_lost_container_as_failed_without_restarts(
     task = replace(task, spec=replace(task.spec, restart_policy=never))
     agent.cache.save({"a": task})
     await agent.recover()
-    await _eventually(lambda: _state(agent, "a") == S.FAILED)
+    await eventually(lambda: _state(agent, "a") == S.FAILED, 2.0, "_state(agent, 'a') == S.FAILED")
     status = agent._unsent["a"]
     assert status.state == S.FAILED
     assert status.err == "container lost while the worker was down"
@@ -343,7 +352,7 @@ async def test_recover_reattaches_to_a_running_container(agent: Agent, runtime: 
     assert agent.executors["a"].state == S.RUNNING
     agent.connected.set()  # a manager hears of the exit and replaces the task
     runtime.kill("a")
-    await _eventually(lambda: _state(agent, "a") == S.FAILED)
+    await eventually(lambda: _state(agent, "a") == S.FAILED, 2.0, "_state(agent, 'a') == S.FAILED")
     assert agent.tasks["a"].status.exit_code == 137
 
 

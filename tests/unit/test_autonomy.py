@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from factories import GIB, make_service, make_task
+from support import eventually
 
 from warren.agent.agent import Agent
 from warren.agent.executor import Ending, may_restart_locally
@@ -44,18 +44,6 @@ def _task(
     service = make_service("web", restart_policy=policy)
     service = replace(service, spec=replace(service.spec, args=args))
     return make_task(service, id=task_id, node_id="n1", state=state)
-
-
-async def _eventually(check: Callable[[], bool | Awaitable[bool]], timeout: float = 2.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
 
 
 @pytest.fixture
@@ -136,7 +124,11 @@ async def _no_container(runtime: SimRuntime) -> bool:
 
 async def _running(agent: Agent, task: Task) -> None:
     await agent.apply_assignments([task])
-    await _eventually(lambda: _queued_is(agent, S.RUNNING, task_id=task.id))
+    await eventually(
+        lambda: _queued_is(agent, S.RUNNING, task_id=task.id),
+        2.0,
+        "_queued_is(agent, S.RUNNING, task_id=task.id)",
+    )
 
 
 async def _restarted(agent: Agent, runtime: SimRuntime, count: int, task_id: str = "t1") -> bool:
@@ -184,7 +176,7 @@ async def test_a_crashed_task_runs_again_under_the_same_id(
 ) -> None:
     await _running(agent, _task())
     runtime.kill("t1")
-    await _eventually(lambda: _restarted(agent, runtime, 1))
+    await eventually(lambda: _restarted(agent, runtime, 1), 2.0, "_restarted(agent, runtime, 1)")
     info = await runtime.inspect("t1")
     assert info.exit is None  # a new container: the old one exited with 137
     assert set(agent.executors) == {"t1"}
@@ -196,7 +188,7 @@ async def test_a_crashed_task_runs_again_under_the_same_id(
         f"{RESTARTED} (1)",
     ]
     runtime.kill("t1")  # and again
-    await _eventually(lambda: _restarted(agent, runtime, 2))
+    await eventually(lambda: _restarted(agent, runtime, 2), 2.0, "_restarted(agent, runtime, 2)")
     assert agent.tasks["t1"].status.state == S.RUNNING  # what the cache keeps
 
 
@@ -205,10 +197,12 @@ async def test_the_restart_delay_is_honoured(agent: Agent, runtime: SimRuntime) 
     runtime.kill("t1")
     killed = time.monotonic()
     message = "task exited with code 137; restarting locally in 0.3s"
-    await _eventually(lambda: _queued_is(agent, S.RUNNING, message))
+    await eventually(
+        lambda: _queued_is(agent, S.RUNNING, message), 2.0, "_queued_is(agent, S.RUNNING, message)"
+    )
     await asyncio.sleep(0.15)
     assert await _container(runtime) is None  # removed, not restarted yet
-    await _eventually(lambda: _restarted(agent, runtime, 1))
+    await eventually(lambda: _restarted(agent, runtime, 1), 2.0, "_restarted(agent, runtime, 1)")
     assert time.monotonic() - killed >= 0.3
 
 
@@ -218,14 +212,18 @@ async def test_max_attempts_within_the_window_then_failed(
     await _running(agent, _task(max_attempts=2, window=60.0))
     for attempt in (1, 2):
         runtime.kill("t1")
-        await _eventually(lambda: _restarted(agent, runtime, attempt))  # noqa: B023
+        await eventually(
+            lambda: _restarted(agent, runtime, attempt),  # noqa: B023
+            2.0,
+            f"restart {attempt}",
+        )
     runtime.kill("t1")
-    await _eventually(lambda: _queued_is(agent, S.FAILED))
+    await eventually(lambda: _queued_is(agent, S.FAILED), 2.0, "_queued_is(agent, S.FAILED)")
     status = _queued(agent)
     assert status is not None
     assert (status.exit_code, status.err) == (137, "task exited with code 137")
     assert agent.executors["t1"].done
-    await _eventually(lambda: _no_container(runtime))
+    await eventually(lambda: _no_container(runtime), 2.0, "_no_container(runtime)")
 
 
 async def test_attempts_that_left_the_window_no_longer_count(
@@ -233,17 +231,17 @@ async def test_attempts_that_left_the_window_no_longer_count(
 ) -> None:
     await _running(agent, _task(max_attempts=1, window=0.3))
     runtime.kill("t1")
-    await _eventually(lambda: _restarted(agent, runtime, 1))
+    await eventually(lambda: _restarted(agent, runtime, 1), 2.0, "_restarted(agent, runtime, 1)")
     await asyncio.sleep(0.35)
     runtime.kill("t1")
-    await _eventually(lambda: _restarted(agent, runtime, 2))
+    await eventually(lambda: _restarted(agent, runtime, 2), 2.0, "_restarted(agent, runtime, 2)")
 
 
 async def test_condition_none_reports_failed(agent: Agent, runtime: SimRuntime) -> None:
     await _running(agent, _task(condition=C.NONE))
     runtime.kill("t1")
-    await _eventually(lambda: _queued_is(agent, S.FAILED))
-    await _eventually(lambda: _no_container(runtime))
+    await eventually(lambda: _queued_is(agent, S.FAILED), 2.0, "_queued_is(agent, S.FAILED)")
+    await eventually(lambda: _no_container(runtime), 2.0, "_no_container(runtime)")
     assert agent.executors["t1"].local_restarts == 0
 
 
@@ -251,24 +249,32 @@ async def test_on_failure_completes_a_task_that_exits_0(
     agent: Agent, runtime: SimRuntime, recorded: Recorded
 ) -> None:
     await agent.apply_assignments([_task(condition=C.ON_FAILURE, args=("exit", "0", "0.05"))])
-    await _eventually(lambda: _queued_is(agent, S.COMPLETE))
+    await eventually(lambda: _queued_is(agent, S.COMPLETE), 2.0, "_queued_is(agent, S.COMPLETE)")
     assert recorded.states() == [S.PREPARING, S.STARTING, S.RUNNING, S.COMPLETE]
-    await _eventually(lambda: _no_container(runtime))
+    await eventually(lambda: _no_container(runtime), 2.0, "_no_container(runtime)")
 
 
 async def test_on_failure_restarts_a_crash(agent: Agent, runtime: SimRuntime) -> None:
     await _running(agent, _task(condition=C.ON_FAILURE))
     runtime.kill("t1")
-    await _eventually(lambda: _restarted(agent, runtime, 1))
+    await eventually(lambda: _restarted(agent, runtime, 1), 2.0, "_restarted(agent, runtime, 1)")
 
 
 async def test_a_rejected_restart_is_reported(agent: Agent, runtime: SimRuntime) -> None:
     await _running(agent, _task(delay=0.1))
     runtime.kill("t1")
-    await _eventually(lambda: _queued_is(agent, S.RUNNING, "task exited"))
+    await eventually(
+        lambda: _queued_is(agent, S.RUNNING, "task exited"),
+        2.0,
+        "_queued_is(agent, S.RUNNING, 'task exited')",
+    )
     # The ID is taken when the restart creates the container.
     await runtime.create(ContainerConfig(container_id="t1", image="x"))
-    await _eventually(lambda: _queued_is(agent, S.REJECTED, "could not restart"))
+    await eventually(
+        lambda: _queued_is(agent, S.REJECTED, "could not restart"),
+        2.0,
+        "_queued_is(agent, S.REJECTED, 'could not restart')",
+    )
 
 
 # --- connected, reconnecting, reconciling ------------------------------------------------
@@ -280,7 +286,7 @@ async def test_a_connected_agent_reports_the_failure_and_does_not_restart(
     agent.connected.set()  # the manager replaces the task
     await _running(agent, _task())
     runtime.kill("t1")
-    await _eventually(lambda: _queued_is(agent, S.FAILED))
+    await eventually(lambda: _queued_is(agent, S.FAILED), 2.0, "_queued_is(agent, S.FAILED)")
     assert recorded.states() == [S.PREPARING, S.STARTING, S.RUNNING, S.FAILED]
     await asyncio.sleep(0.05)
     assert await _no_container(runtime)
@@ -292,9 +298,13 @@ async def test_reconnecting_during_the_delay_still_restarts(
 ) -> None:
     await _running(agent, _task(delay=0.2))
     runtime.kill("t1")
-    await _eventually(lambda: _queued_is(agent, S.RUNNING, "task exited"))
+    await eventually(
+        lambda: _queued_is(agent, S.RUNNING, "task exited"),
+        2.0,
+        "_queued_is(agent, S.RUNNING, 'task exited')",
+    )
     agent.connected.set()  # decided at exit time: the restart goes on
-    await _eventually(lambda: _restarted(agent, runtime, 1))
+    await eventually(lambda: _restarted(agent, runtime, 1), 2.0, "_restarted(agent, runtime, 1)")
 
 
 async def test_a_task_the_managers_replaced_is_stopped(
@@ -302,11 +312,11 @@ async def test_a_task_the_managers_replaced_is_stopped(
 ) -> None:
     await _running(agent, _task())
     runtime.kill("t1")
-    await _eventually(lambda: _restarted(agent, runtime, 1))
+    await eventually(lambda: _restarted(agent, runtime, 1), 2.0, "_restarted(agent, runtime, 1)")
     agent.connected.set()
     # The node was marked down meanwhile: its tasks were replaced elsewhere.
     await agent.apply_assignments([])
-    await _eventually(lambda: _queued_is(agent, S.SHUTDOWN))
+    await eventually(lambda: _queued_is(agent, S.SHUTDOWN), 2.0, "_queued_is(agent, S.SHUTDOWN)")
     assert await _no_container(runtime)
     assert agent.executors == {}
     assert recorded.states()[-1] == S.SHUTDOWN
@@ -317,9 +327,13 @@ async def test_a_task_the_managers_replaced_during_the_delay_is_not_restarted(
 ) -> None:
     await _running(agent, _task(delay=0.2))
     runtime.kill("t1")
-    await _eventually(lambda: _queued_is(agent, S.RUNNING, "task exited"))
+    await eventually(
+        lambda: _queued_is(agent, S.RUNNING, "task exited"),
+        2.0,
+        "_queued_is(agent, S.RUNNING, 'task exited')",
+    )
     await agent.apply_assignments([])
-    await _eventually(lambda: _queued_is(agent, S.SHUTDOWN))
+    await eventually(lambda: _queued_is(agent, S.SHUTDOWN), 2.0, "_queued_is(agent, S.SHUTDOWN)")
     await asyncio.sleep(0.3)
     assert await _no_container(runtime)
 
@@ -332,7 +346,7 @@ async def test_recover_restarts_a_task_whose_container_is_gone(
 ) -> None:
     agent.cache.save({"t1": _task(state=S.RUNNING)})
     await agent.recover()
-    await _eventually(lambda: _restarted(agent, runtime, 1))
+    await eventually(lambda: _restarted(agent, runtime, 1), 2.0, "_restarted(agent, runtime, 1)")
     status = _queued(agent)
     assert status is not None and status.err == ""
 
@@ -343,7 +357,7 @@ async def test_a_lost_task_the_managers_replaced_is_shut_down_not_restarted(
     agent.cache.save({"t1": _task(state=S.RUNNING)})
     await agent.recover()
     await agent.apply_assignments([])  # before the executor even ran
-    await _eventually(lambda: _queued_is(agent, S.SHUTDOWN))
+    await eventually(lambda: _queued_is(agent, S.SHUTDOWN), 2.0, "_queued_is(agent, S.SHUTDOWN)")
     await asyncio.sleep(0.05)
     assert await _no_container(runtime)
 
@@ -357,7 +371,7 @@ async def test_recover_restarts_a_task_that_exited_while_the_agent_was_down(
     await runtime.start("t1")
     runtime.kill("t1")
     await agent.recover()
-    await _eventually(lambda: _restarted(agent, runtime, 1))
+    await eventually(lambda: _restarted(agent, runtime, 1), 2.0, "_restarted(agent, runtime, 1)")
 
 
 async def test_recover_reports_a_task_that_completed_while_down_under_on_failure(
@@ -369,8 +383,8 @@ async def test_recover_reports_a_task_that_completed_while_down_under_on_failure
     await runtime.start("t1")
     await runtime.stop("t1", 0)  # exit 0
     await agent.recover()
-    await _eventually(lambda: _queued_is(agent, S.COMPLETE))
-    await _eventually(lambda: _no_container(runtime))
+    await eventually(lambda: _queued_is(agent, S.COMPLETE), 2.0, "_queued_is(agent, S.COMPLETE)")
+    await eventually(lambda: _no_container(runtime), 2.0, "_no_container(runtime)")
 
 
 async def test_a_restarted_agent_keeps_restarting_and_reports_running(
@@ -385,9 +399,13 @@ async def test_a_restarted_agent_keeps_restarting_and_reports_running(
     second = _make_agent(tmp_path, runtime)
     try:
         await second.recover()
-        await _eventually(lambda: _restarted(second, runtime, 1))
+        await eventually(
+            lambda: _restarted(second, runtime, 1), 2.0, "_restarted(second, runtime, 1)"
+        )
         runtime.kill("t1")
-        await _eventually(lambda: _restarted(second, runtime, 2))
+        await eventually(
+            lambda: _restarted(second, runtime, 2), 2.0, "_restarted(second, runtime, 2)"
+        )
     finally:
         for executor in second.executors.values():
             await executor.close()
@@ -407,10 +425,10 @@ async def test_an_end_reported_just_before_the_link_died_is_restarted_locally(
     agent.connected.set()  # the exit happens while the agent still believes it is connected
     await _running(agent, task)
     runtime.kill("t1")
-    await _eventually(lambda: _queued_is(agent, S.FAILED))
+    await eventually(lambda: _queued_is(agent, S.FAILED), 2.0, "_queued_is(agent, S.FAILED)")
     agent.connected.clear()  # the keepalive noticed the cut a moment later
     agent._revive_unacknowledged_ends()
-    await _eventually(lambda: _restarted(agent, runtime, 1))
+    await eventually(lambda: _restarted(agent, runtime, 1), 2.0, "_restarted(agent, runtime, 1)")
 
 
 async def test_an_old_end_is_not_revived(agent: Agent, runtime: SimRuntime) -> None:
@@ -418,7 +436,7 @@ async def test_an_old_end_is_not_revived(agent: Agent, runtime: SimRuntime) -> N
     agent.connected.set()
     await _running(agent, task)
     runtime.kill("t1")
-    await _eventually(lambda: _queued_is(agent, S.FAILED))
+    await eventually(lambda: _queued_is(agent, S.FAILED), 2.0, "_queued_is(agent, S.FAILED)")
     agent.connected.clear()
     assert not agent.executors["t1"].revive_if_recent(within=0.0)
     assert _queued_is(agent, S.FAILED)

@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
 from factories import make_node, make_service
+from support import eventually
 
 from warren.core.models import RestartCondition, RestartPolicy, Service, Task, TaskStatus
 from warren.core.states import TaskState
@@ -223,13 +224,6 @@ async def test_a_pending_task_is_placed_once_a_node_fits(manager: Manager) -> No
 # --- the background loops ------------------------------------------------------------
 
 
-async def _eventually(check: Callable[[], bool], timeout: float = 2.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
-
-
 async def test_the_running_loops_converge_a_new_service(manager: Manager) -> None:
     # Their first pass is a full resync, so no need to wait for them to subscribe.
     loops = [
@@ -243,7 +237,7 @@ async def test_the_running_loops_converge_a_new_service(manager: Manager) -> Non
             tasks = manager.tasks(service.id)
             return len(tasks) == 3 and all(t.status.state == S.ASSIGNED for t in tasks)
 
-        await _eventually(placed)
+        await eventually(placed, 2.0, "3 tasks assigned")
         assert Counter(t.node_id for t in manager.tasks(service.id)) == dict.fromkeys(NODES, 1)
 
         # A failure is noticed and replaced without anyone calling converge().
@@ -255,12 +249,14 @@ async def test_the_running_loops_converge_a_new_service(manager: Manager) -> Non
         )
         victim = manager.tasks(service.id)[0]
         await manager.report(victim, S.FAILED)
-        await _eventually(
+        await eventually(
             lambda: (
                 len(manager.running(service.id)) == 3
                 and all(t.status.state == S.ASSIGNED for t in manager.running(service.id))
                 and victim.id not in {t.id for t in manager.running(service.id)}
-            )
+            ),
+            2.0,
+            "3 assigned running tasks, the failed one replaced",
         )
     finally:
         for loop in loops:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from factories import make_service
 
 from warren.core.errors import InvalidArgument
 from warren.core.models import Cluster
@@ -28,6 +29,9 @@ async def test_a_public_subscription_does_not_see_join_token_secrets() -> None:
     store = Store()
     bus = EventBus(store, asyncio.get_running_loop())
     subscription = bus.subscribe(public_kinds([]))
+    # Positive control: an unfiltered subscription on the same bus, so the
+    # public one staying empty cannot come from the event never being published.
+    everything = bus.subscribe(None)
     cluster = Cluster(
         id="c1",
         worker_token_secret="worker-secret",
@@ -35,5 +39,12 @@ async def test_a_public_subscription_does_not_see_join_token_secrets() -> None:
         ca_fingerprint="f" * 50,
     )
     store.apply(txn([put(cluster, MUST_NOT_EXIST)], at=0.0))
+    service = make_service("web")
+    store.apply(txn([put(service, MUST_NOT_EXIST)], at=0.0))
     await asyncio.sleep(0.01)  # the bus hops onto the loop
-    assert subscription.drain() == []
+    assert [(e.kind, e.object.id) for e in everything.drain()] == [
+        (Kind.CLUSTER, "c1"),
+        (Kind.SERVICE, service.id),
+    ]
+    # The public subscription works (it saw the service) and left the cluster out.
+    assert [(e.kind, e.object.id) for e in subscription.drain()] == [(Kind.SERVICE, service.id)]

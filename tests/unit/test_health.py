@@ -11,10 +11,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 
 import pytest
 from aiohttp import web
+from support import eventually
 
 from warren.agent.health import HealthMonitor, probe
 from warren.agent.runtime import ContainerConfig, ExecResult
@@ -49,14 +50,6 @@ class ScriptedRuntime(SimRuntime):
         return self.netns
 
 
-async def _eventually(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.005)
-
-
 class Harness:
     """A running HealthMonitor whose probes complete one by one on demand."""
 
@@ -80,7 +73,7 @@ class Harness:
         calls = self.runtime.calls
         self.runtime.outcomes.put_nowait(outcome)
         # The next probe started, so this one's result was recorded.
-        await _eventually(lambda: self.runtime.calls > calls)
+        await eventually(lambda: self.runtime.calls > calls, 5.0, "self.runtime.calls > calls")
 
 
 def _cmd_check(retries: int = 3, start_period: float = 0.0, timeout: float = 1.0) -> HealthCheck:
@@ -94,7 +87,8 @@ async def _monitoring(check: HealthCheck) -> AsyncIterator[Harness]:
     harness = Harness(check)
     task = asyncio.create_task(harness.monitor.run())
     try:
-        await _eventually(lambda: harness.runtime.calls == 1)  # the first probe is immediate
+        # The first probe is immediate.
+        await eventually(lambda: harness.runtime.calls == 1, 5.0, "the first probe")
         yield harness
     finally:
         task.cancel()
@@ -319,7 +313,7 @@ async def test_tcp_probe() -> None:
     port = server.sockets[0].getsockname()[1]
     async with server:
         assert await probe(_network_probe(tcp=port), ScriptedRuntime(), "c1") is None
-        await _eventually(lambda: accepted == [True])
+        await eventually(lambda: accepted == [True], 5.0, "accepted == [True]")
     assert await probe(_network_probe(tcp=port), ScriptedRuntime(), "c1") == (
         f"connection refused on port {port}"
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import json
 import socket
@@ -11,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from support import eventually
 
 from warren.core.codec import to_dict
 from warren.core.errors import InvalidArgument
@@ -230,13 +230,6 @@ def _raft_bytes(raft_dir: Path) -> bytes:
     return data
 
 
-async def _until(condition: object, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.05)
-
-
 async def test_sealing_scrubs_old_secrets_from_the_journal(
     tmp_path: Path, ca: CertificateAuthority
 ) -> None:
@@ -244,7 +237,7 @@ async def test_sealing_scrubs_old_secrets_from_the_journal(
     consensus = RaftConsensus(Store(), f"127.0.0.1:{_free_port()}", raft_dir)
     await consensus.start()
     try:
-        await _until(lambda: consensus.is_leader)
+        await eventually(lambda: consensus.is_leader, 10.0, "consensus.is_leader", interval=0.05)
         legacy = _legacy_cluster(ca)
         old = (legacy.worker_token_secret, legacy.manager_token_secret)
         ops = [put(legacy, MUST_NOT_EXIST)]
@@ -254,7 +247,12 @@ async def test_sealing_scrubs_old_secrets_from_the_journal(
         control = ControlService(consensus, ca)
         assert await control.seal_legacy_join_tokens()
         # A compaction follows the sealing write and zeroes the entries it drops.
-        await _until(lambda: _plaintext_in(_raft_bytes(raft_dir), *old) == [])
+        await eventually(
+            lambda: _plaintext_in(_raft_bytes(raft_dir), *old) == [],
+            10.0,
+            "_plaintext_in(_raft_bytes(raft_dir), *old) == []",
+            interval=0.05,
+        )
         assert control.join_token("worker").endswith(old[0])
     finally:
         await consensus.stop()
@@ -280,7 +278,9 @@ async def test_restoring_an_old_backup_journals_no_plain_text(
     consensus = RaftConsensus(store, options.raft_address, options.data_dir / "raft")
     await consensus.start()
     try:
-        await _until(lambda: store.cluster() is not None)
+        await eventually(
+            lambda: store.cluster() is not None, 10.0, "store.cluster() is not None", interval=0.05
+        )
         cluster = store.cluster()
         assert cluster is not None and not join_tokens.has_plaintext(cluster)
         # The backed-up tokens still work after the restore.

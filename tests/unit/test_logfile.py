@@ -7,10 +7,11 @@ import contextlib
 import os
 import stat
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from support import eventually
 
 from warren.agent.logfile import (
     MAX_LINE,
@@ -33,14 +34,6 @@ def _entry(i: int, stream: LogStream = OUT) -> LogEntry:
 
 async def _read(path: Path, follow: bool = False, tail: int | None = None) -> list[LogEntry]:
     return [entry async for entry in read_log(path, follow=follow, tail=tail)]
-
-
-async def _eventually(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 # --- RotatingLog and read_log ---
@@ -152,9 +145,9 @@ async def test_follow_yields_new_lines_until_writing_stops(tmp_path: Path) -> No
             seen.append(entry)
 
     reader = asyncio.create_task(consume())
-    await _eventually(lambda: len(seen) == 1)
+    await eventually(lambda: len(seen) == 1, 5.0, "len(seen) == 1")
     log.write(_entry(1))
-    await _eventually(lambda: len(seen) == 2)
+    await eventually(lambda: len(seen) == 2, 5.0, "len(seen) == 2")
     assert not reader.done()
 
     # Written just before the writer stops: still served before the end.
@@ -179,7 +172,7 @@ async def test_follow_with_tail_zero_serves_only_new_lines(tmp_path: Path) -> No
     reader = asyncio.create_task(consume())
     await asyncio.sleep(0.15)
     log.write(_entry(1))
-    await _eventually(lambda: len(seen) == 1)
+    await eventually(lambda: len(seen) == 1, 5.0, "len(seen) == 1")
     writing = False
     await asyncio.wait_for(reader, 2)
     log.close()
@@ -199,7 +192,7 @@ async def test_follow_waits_for_the_file_to_appear(tmp_path: Path) -> None:
     await asyncio.sleep(0.15)
     log = RotatingLog(path)
     log.write(_entry(0))
-    await _eventually(lambda: len(seen) == 1)
+    await eventually(lambda: len(seen) == 1, 5.0, "len(seen) == 1")
     writing = False
     await asyncio.wait_for(reader, 2)
     log.close()
@@ -382,8 +375,16 @@ async def test_pump_rotates_a_busy_log(tmp_path: Path) -> None:
         try:
             data = b"".join(b"line %d\n" % i for i in range(500))
             await asyncio.to_thread(os.write, fd, data)
-            await _eventually(lambda: rotated_path(log_path, 2).exists())
-            await _eventually(lambda: _last_line(log_path) == b"line 499")
+            await eventually(
+                lambda: rotated_path(log_path, 2).exists(),
+                5.0,
+                "rotated_path(log_path, 2).exists()",
+            )
+            await eventually(
+                lambda: _last_line(log_path) == b"line 499",
+                5.0,
+                "_last_line(log_path) == b'line 499'",
+            )
         finally:
             os.close(fd)
     stored = [line for _, line in await _stored(log_path)]
@@ -413,7 +414,7 @@ async def test_pump_survives_a_failing_write(tmp_path: Path) -> None:
     fd = await _open_writer(fifo)
     try:
         os.write(fd, b"lost\n")
-        await _eventually(lambda: log.failed)
+        await eventually(lambda: log.failed, 5.0, "log.failed")
         os.write(fd, b"kept\n")
         await _wait_stored(log_path, 1)
     finally:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from factories import make_service
+from support import eventually
 
 from warren.core.errors import Unavailable
 from warren.manager.consensus import Member
@@ -35,13 +36,6 @@ def _free_address() -> str:
         return f"127.0.0.1:{sock.getsockname()[1]}"
 
 
-async def _until_leader(consensus: RaftConsensus, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not consensus.is_leader:
-        assert time.monotonic() < deadline, "no leader elected"
-        await asyncio.sleep(0.01)
-
-
 async def _create(consensus: RaftConsensus, name: str) -> str:
     service = make_service(name, id=f"svc-{name}")
     raise_for_result(await consensus.propose(txn([put(service, MUST_NOT_EXIST)], at=time.time())))
@@ -60,7 +54,7 @@ class Member1:
         consensus = RaftConsensus(Store(), self.address, self.data_dir)
         self.running.append(consensus)
         await consensus.start()
-        await _until_leader(consensus)
+        await eventually(lambda: consensus.is_leader, 5.0, "a leader to be elected")
         return consensus
 
     async def stop_all(self) -> None:
@@ -83,7 +77,7 @@ async def test_a_single_member_leads_and_lists_itself(raft: Member1) -> None:
     consensus.on_leadership_change(leadership.append)
     raft.running.append(consensus)
     await consensus.start()
-    await _until_leader(consensus)
+    await eventually(lambda: consensus.is_leader, 5.0, "a leader to be elected")
     assert consensus.leader == raft.address
     assert consensus.members() == [Member(raft.address, is_leader=True, reachable=True)]
     # The listener runs on the loop, a moment after the Raft thread changed state.
