@@ -14,7 +14,13 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from warren.core.errors import InvalidArgument, PermissionDenied, Unavailable, WarrenError
+from warren.core.errors import (
+    InvalidArgument,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+    WarrenError,
+)
 from warren.manager.manager import ManagerCredentials
 from warren.node.options import ManagerOptions, WorkerOptions
 from warren.node.state import NodeState
@@ -99,11 +105,26 @@ async def _join_with(
         try:
             reply = await pb_grpc.DispatcherStub(channel).Join(request, timeout=15)
         except grpc.RpcError as exc:
-            raise error_from_rpc(exc) from None
+            raise _join_refusal(error_from_rpc(exc), manager, join.role) from None
     if reply.ca_certificate != ca_pem:
         raise PermissionDenied("the manager answered with another CA than the pinned one")
     log.info("joined the cluster", extra={"node_id": reply.node_id, "manager": manager})
     return reply, key_pem(key)
+
+
+def _join_refusal(error: WarrenError, manager: str, role: str) -> WarrenError:
+    """What a failed Join means. The manager was just reached and its
+    certificate checked, so a connection it closes during the handshake
+    (gRPC says only "Socket closed") is the manager refusing the join
+    certificate derived from this secret and role. A refusal on this side (a
+    certificate that does not verify) keeps its own message."""
+    if type(error) is not Unavailable or "Socket closed" not in error.message:
+        return error
+    return Unauthenticated(
+        f"invalid or expired join token: the manager at {manager} does not accept it "
+        f"for a {role} (rotated, mistyped or for the other role); get a current one "
+        f"with 'warren cluster join-token {role}' on a manager"
+    )
 
 
 async def request_promotion(
