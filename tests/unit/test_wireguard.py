@@ -20,12 +20,9 @@ from hypothesis import strategies as st
 from pyroute2.netlink.generic.wireguard import wgmsg
 
 from warren.agent.network import wg_devices
-from warren.agent.network.wg_devices import (
-    kernel_peer_request,
-    missing_requirements,
-    parse_kernel_info,
-)
+from warren.agent.network.wg_devices import missing_requirements
 from warren.agent.network.wg_fake import FakeDevice
+from warren.agent.network.wg_kernel import kernel_peer_request, parse_kernel_info
 from warren.agent.network.wg_uapi import (
     UapiClient,
     encode_set,

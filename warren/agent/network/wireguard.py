@@ -4,8 +4,9 @@ Every node peers with every other node; a peer's allowed IPs are that node's
 container subnets, routed through the local WireGuard interface. A sync reads
 the device, plans the smallest change (``plan_mesh``) and applies it, so peers
 that did not change keep their sessions. The devices themselves (kernel module
-or ``wireguard-go``) live in ``wg_devices``; ``wg_fake`` is the one for unit
-tests. All calls are blocking and act in the caller's network namespace.
+or ``wireguard-go``) live in ``wg_kernel`` and ``wg_devices`` (which picks one);
+``wg_fake`` is the one for unit tests. All calls are blocking and act in the
+caller's network namespace.
 """
 
 from __future__ import annotations
