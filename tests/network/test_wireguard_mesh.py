@@ -20,11 +20,13 @@ from chaos import netlab
 from network.wg_lab import (
     WG_PORT,
     MeshNode,
+    add_container,
     leftovers,
     make_nodes,
     mesh_all,
     ns_popen,
     ns_run,
+    remove_container,
     tear_down,
     wireguard_go_pids,
 )
@@ -85,9 +87,9 @@ def nodes() -> Iterator[list[MeshNode]]:
     assert lab.leftovers() == []
 
 
-def send(node: MeshNode, source: str, target: str, port: int, text: str, timeout: float = 5) -> str:
+def send(netns: str, source: str, target: str, port: int, text: str, timeout: float = 5) -> str:
     done = ns_run(
-        node.netns,
+        netns,
         [sys.executable, "-c", SENDER, source, target, str(port), str(timeout), text],
         timeout=timeout + 10,
     )
@@ -95,8 +97,8 @@ def send(node: MeshNode, source: str, target: str, port: int, text: str, timeout
     return done.stdout.strip()
 
 
-def receive(node: MeshNode, address: str, port: int) -> subprocess.Popen[str]:
-    proc = ns_popen(node.netns, [sys.executable, "-c", RECEIVER, address, str(port)])
+def receive(netns: str, address: str, port: int) -> subprocess.Popen[str]:
+    proc = ns_popen(netns, [sys.executable, "-c", RECEIVER, address, str(port)])
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "listening"
     return proc
@@ -149,36 +151,50 @@ class Capture:
         return len(done.stdout.splitlines())
 
 
-def test_traffic_between_container_subnets_is_encrypted(
-    nodes: list[MeshNode], tmp_path: Path
+@pytest.fixture
+def containers(nodes: list[MeshNode]) -> Iterator[list[tuple[str, str]]]:
+    """A "container" namespace behind each node (veth on its container bridge)."""
+    made: list[tuple[str, str]] = []
+    try:
+        for node in nodes:
+            made.append(add_container(node))
+        yield made
+    finally:
+        for netns, _address in made:
+            remove_container(netns)
+
+
+def test_traffic_between_containers_on_two_nodes_is_encrypted(
+    nodes: list[MeshNode], containers: list[tuple[str, str]], tmp_path: Path
 ) -> None:
     a, b = nodes
+    (ns_a, _addr_a), (ns_b, addr_b) = containers
     mesh_all(nodes)
     capture = Capture(a, tmp_path / "underlay.pcap")
     try:
         # Control: the same capture does see a marker sent in the clear.
         plain = f"PLAIN-{secrets.token_hex(8)}"
-        listener = receive(b, b.host.address, 7001)
-        assert send(a, "-", b.host.address, 7001, plain) == "sent"
+        listener = receive(b.netns, b.host.address, 7001)
+        assert send(a.netns, "-", b.host.address, 7001, plain) == "sent"
         assert received(listener) == plain
 
         secret = f"SECRET-{secrets.token_hex(8)}"
-        listener = receive(b, b.gateway, 7000)
-        assert send(a, a.gateway, b.gateway, 7000, secret) == "sent"
+        listener = receive(ns_b, addr_b, 7000)
+        assert send(ns_a, "-", addr_b, 7000, secret) == "sent"
         assert received(listener) == secret
     finally:
         pcap = capture.stop()
     assert plain.encode() in pcap
     assert secret.encode() not in pcap
     assert capture.count(f"udp and dst host {b.host.address} and dst port {WG_PORT}") > 0
-    assert capture.count(f"tcp and dst host {b.gateway}") == 0
+    assert capture.count(f"tcp and host {addr_b}") == 0
 
 
 def test_state_reports_handshake_and_counters(nodes: list[MeshNode]) -> None:
     a, b = nodes
     mesh_all(nodes)
-    listener = receive(b, b.gateway, 7000)
-    assert send(a, a.gateway, b.gateway, 7000, "hello") == "sent"
+    listener = receive(b.netns, b.gateway, 7000)
+    assert send(a.netns, a.gateway, b.gateway, 7000, "hello") == "sent"
     assert received(listener) == "hello"
 
     state = a.state()
@@ -200,17 +216,17 @@ def test_removing_a_peer_stops_traffic(nodes: list[MeshNode]) -> None:
     a, b = nodes
     mesh_all(nodes)
     # Nothing listens on port 7002: a refusal proves the packets got through.
-    assert send(b, b.gateway, a.gateway, 7002, "x") == "ConnectionRefusedError"
+    assert send(b.netns, b.gateway, a.gateway, 7002, "x") == "ConnectionRefusedError"
 
     assert a.sync([]) == {"changes": 1, "routes_added": []}
     state = a.state()
     assert state["peers"] == [] and state["routes"] == []
     # a has no route to b's subnet any more; b still has one, but a drops its packets.
-    assert send(a, a.gateway, b.gateway, 7002, "x") in ("OSError", "TimeoutError")
-    assert send(b, b.gateway, a.gateway, 7002, "x", timeout=2) == "TimeoutError"
+    assert send(a.netns, a.gateway, b.gateway, 7002, "x") in ("OSError", "TimeoutError")
+    assert send(b.netns, b.gateway, a.gateway, 7002, "x", timeout=2) == "TimeoutError"
 
     a.sync([b])  # and back
-    assert send(b, b.gateway, a.gateway, 7002, "x") == "ConnectionRefusedError"
+    assert send(b.netns, b.gateway, a.gateway, 7002, "x") == "ConnectionRefusedError"
 
 
 def test_down_stops_wireguard_go_and_leaves_nothing(nodes: list[MeshNode]) -> None:

@@ -169,3 +169,38 @@ def tear_down(nodes: Sequence[MeshNode]) -> None:
             os.kill(pid, 9)
     for name in names:
         (SOCKET_DIR / f"{name}.sock").unlink(missing_ok=True)
+
+
+def add_container(node: MeshNode) -> tuple[str, str]:
+    """A "container" behind ``node``: its own namespace on the node's container bridge
+    through a veth, address .2 of the node's subnet, default route via the gateway.
+    The node forwards for it. Returns (namespace, address); ``remove_container`` undoes it.
+    """
+    netns = f"{node.netns}-c"  # under the lab's prefix: its sweep and leftovers see it
+    address = node.gateway.rsplit(".", 1)[0] + ".2"
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    host = node.netns
+    for args in (
+        ["ip", "-n", host, "link", "add", "vctr", "type", "veth", "peer", "name", "eth0",
+         "netns", netns],
+        ["ip", "-n", host, "link", "set", "vctr", "master", CONTAINER_IF, "up"],
+        ["ip", "-n", netns, "addr", "add", f"{address}/24", "dev", "eth0"],
+        ["ip", "-n", netns, "link", "set", "lo", "up"],
+        ["ip", "-n", netns, "link", "set", "eth0", "up"],
+        ["ip", "-n", netns, "route", "add", "default", "via", node.gateway],
+        ["nsenter", f"--net={netlab.NETNS_DIR / host}", "sysctl", "-qw", "net.ipv4.ip_forward=1"],
+    ):  # fmt: skip
+        subprocess.run(args, check=True, capture_output=True)
+    return netns, address
+
+
+def remove_container(netns: str) -> None:
+    """Kill whatever still runs in the container namespace, then delete it."""
+    path = netlab.NETNS_DIR / netns
+    if not path.exists():
+        return
+    st = os.stat(path)
+    for pid in netlab.pids_in_netns((st.st_dev, st.st_ino)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, 9)
+    subprocess.run(["ip", "netns", "delete", netns], check=False)
