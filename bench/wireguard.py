@@ -1,10 +1,16 @@
 #!/usr/bin/env python3
 """TCP throughput between two lab hosts (network namespaces on a bridge):
 
-  raw          over the underlay veths, no tunnel;
-  wg by hand   wireguard-go started and configured by hand with `wg` (MTU 1420);
-  Warren mesh  the same wireguard-go, set up by warren.agent.network (MTU 1420),
-               between the hosts' "container subnets".
+  raw underlay          over the underlay veths, no tunnel;
+  wireguard-go by hand  wireguard-go started and configured by hand with `wg` (MTU 1420),
+                        between the hosts' tunnel addresses;
+  Warren mesh           the same wireguard-go set up by warren.agent.network (MTU 1420):
+                        node to node (the hosts' container-bridge addresses), and
+                        container to container (a namespace behind each node, through
+                        a veth, the node's bridge and forwarding).
+
+Warren's overhead is judged node to node against wireguard-go by hand (the same
+endpoints: the hosts themselves).
 
 One TCP stream per run (a Python socket sender and receiver: iperf3 is not
 installed), runs interleaved so load drift hits every path alike; the median per
@@ -24,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,10 +40,12 @@ from benchkit import print_table
 from chaos import netlab
 from network.wg_lab import (
     MeshNode,
+    add_container,
     make_nodes,
     mesh_all,
     ns_popen,
     ns_run,
+    remove_container,
     tear_down,
     wireguard_go_pids,
 )
@@ -49,6 +57,11 @@ MAX_OVERHEAD = 0.10
 PORT = 5201
 HAND_PORT = 51821
 HAND_MTU = 1420
+RAW = "raw underlay"
+BY_HAND = "wireguard-go by hand"
+MESH = "Warren mesh, node to node"
+CONTAINERS = "Warren mesh, container to container"
+LABELS = (RAW, BY_HAND, MESH, CONTAINERS)
 
 RECEIVER = """
 import socket, sys, time
@@ -88,19 +101,21 @@ sock.close()
 @dataclass(frozen=True)
 class Path_:
     label: str
+    sender: str  # network namespaces
+    receiver: str
     source: str  # "-" for any
     target: str
 
 
-def throughput(sender: str, receiver: str, path: Path_, seconds: float) -> float:
-    """Gbit/s of one TCP stream from ``sender``'s netns to ``receiver``'s."""
-    listener = ns_popen(receiver, [sys.executable, "-c", RECEIVER, path.target, str(PORT)])
+def throughput(path: Path_, seconds: float) -> float:
+    """Gbit/s of one TCP stream along ``path``."""
+    listener = ns_popen(path.receiver, [sys.executable, "-c", RECEIVER, path.target, str(PORT)])
     try:
         assert listener.stdout is not None
         if listener.stdout.readline().strip() != "listening":
             raise RuntimeError(f"receiver failed: {listener.communicate()[1]}")
         sent = ns_run(
-            sender,
+            path.sender,
             [sys.executable, "-c", SENDER, path.source, path.target, str(PORT), str(seconds)],
             timeout=seconds + 30,
         )
@@ -190,32 +205,35 @@ def _wait_for_link(netns: str, name: str) -> None:
 
 
 def run(runs: int, seconds: float) -> dict[str, list[float]]:
-    results: dict[str, list[float]] = {"raw": [], "wg by hand": [], "Warren mesh": []}
+    results: dict[str, list[float]] = {label: [] for label in LABELS}
     with netlab.Lab() as lab:
         nodes: list[MeshNode] = []
+        containers: list[tuple[str, str]] = []
         try:
             nodes = make_nodes(lab, 2)
             a, b = nodes
+            containers = [add_container(node) for node in nodes]
             mesh_all(nodes)
             with wireguard_by_hand(nodes) as hand:
-                paths: list[tuple[Path_, Callable[[], float]]] = []
-                for path in (
-                    Path_("raw", "-", b.host.address),
-                    Path_("wg by hand", hand[0], hand[1]),
-                    Path_("Warren mesh", a.gateway, b.gateway),
-                ):
-                    paths.append((path, _bind(a.netns, b.netns, path, seconds)))
+                paths = [
+                    Path_(RAW, a.netns, b.netns, "-", b.host.address),
+                    Path_(BY_HAND, a.netns, b.netns, hand[0], hand[1]),
+                    Path_(MESH, a.netns, b.netns, a.gateway, b.gateway),
+                    Path_(CONTAINERS, containers[0][0], containers[1][0], "-", containers[1][1]),
+                ]
                 for run_index in range(runs):
-                    # ABC, CBA, ...: a load drift within a round hits both tunnels alike.
+                    # ABCD, DCBA, ...: the two tunnels compared always run back to back.
                     order = paths if run_index % 2 == 0 else paths[::-1]
-                    for path, measure in order:
-                        value = measure()
+                    for path in order:
+                        value = throughput(path, seconds)
                         results[path.label].append(value)
                         print(
                             f"run {run_index + 1}/{runs} {path.label}: {value:.2f} Gbit/s",
                             flush=True,
                         )
         finally:
+            for netns, _address in containers:
+                remove_container(netns)
             tear_down(nodes)
     left = wireguard_go_pids([n.name for n in nodes])
     if left:
@@ -223,16 +241,13 @@ def run(runs: int, seconds: float) -> dict[str, list[float]]:
     return results
 
 
-def _bind(sender: str, receiver: str, path: Path_, seconds: float) -> Callable[[], float]:
-    return lambda: throughput(sender, receiver, path, seconds)
-
-
 def report(results: dict[str, list[float]], seconds: float) -> None:
     median = {label: statistics.median(values) for label, values in results.items()}
     anchors = {
-        "raw": f"{ANCHOR_RAW} (raw veth)",
-        "wg by hand": f"{ANCHOR_WG_GO} (wireguard-go)",
-        "Warren mesh": f"{ANCHOR_WG_GO} (wireguard-go)",
+        RAW: f"{ANCHOR_RAW} (raw veth)",
+        BY_HAND: f"{ANCHOR_WG_GO} (wireguard-go)",
+        MESH: f"{ANCHOR_WG_GO} (wireguard-go)",
+        CONTAINERS: f"{ANCHOR_WG_GO} (wireguard-go)",
     }
     rows = [
         [label, f"{median[label]:.2f}", f"{min(v):.2f}-{max(v):.2f}", len(v), anchors[label]]
@@ -243,10 +258,7 @@ def report(results: dict[str, list[float]], seconds: float) -> None:
     print_table(["path", "Gbit/s", "range", "runs", "anchor Gbit/s"], rows)
     # Paired per round (both tunnels measured back to back), then the median: the
     # 2-core machine is shared, and its load moves more than the tunnels differ.
-    paired = [
-        1 - mesh / hand
-        for mesh, hand in zip(results["Warren mesh"], results["wg by hand"], strict=True)
-    ]
+    paired = [1 - mesh / hand for mesh, hand in zip(results[MESH], results[BY_HAND], strict=True)]
     overhead = statistics.median(paired)
     verdict = "OK" if overhead <= MAX_OVERHEAD else "OVER TARGET"
     print(
@@ -255,10 +267,7 @@ def report(results: dict[str, list[float]], seconds: float) -> None:
         f"(target <= {MAX_OVERHEAD:.0%}): {verdict}"
     )
     print(f"1-minute load average at the end: {os.getloadavg()[0]:.2f} (2 cores)")
-    print(
-        f"tunnel/raw: {median['Warren mesh'] / median['raw']:.1%} "
-        f"(anchor {ANCHOR_WG_GO / ANCHOR_RAW:.1%})"
-    )
+    print(f"tunnel/raw: {median[MESH] / median[RAW]:.1%} (anchor {ANCHOR_WG_GO / ANCHOR_RAW:.1%})")
 
 
 def main() -> int:
