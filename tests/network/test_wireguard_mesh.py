@@ -253,7 +253,10 @@ def test_node_check_egress_mtu_and_a_name_clash_across_namespaces(
     reply = clash.request("sync", [a])
     assert reply["error"] == "already_exists"
     assert "unique across namespaces" in reply["message"]
-    assert a.state()["peers"]  # a's interface survived the attempt
+    # Removing "that" interface from b's namespace leaves a's wireguard-go alone.
+    assert clash.request("down") == {}
+    assert a.state()["peers"]
+    assert len(wireguard_go_pids([a.name])) == 1
 
 
 def test_uapi_errors_become_warren_errors(nodes: list[MeshNode]) -> None:
