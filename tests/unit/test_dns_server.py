@@ -423,6 +423,16 @@ async def test_a_query_with_two_questions_is_formerr(server: tuple) -> None:
         await loop.sock_sendall(sock, record.pack())
         reply = DNSRecord.parse(await asyncio.wait_for(loop.sock_recv(sock, 4096), 3))
     assert reply.header.rcode == dns.rcode.FORMERR
+    assert [str(q.qname) for q in reply.questions] == ["web.", "db."]
+    # None at all: FORMERR without a made-up question.
+    empty = dns.message.Message(id=77).to_wire()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.setblocking(False)
+        sock.bind((CLIENT, 0))
+        sock.connect((address, port))
+        await loop.sock_sendall(sock, empty)
+        reply = DNSRecord.parse(await asyncio.wait_for(loop.sock_recv(sock, 4096), 3))
+    assert (reply.header.id, reply.header.rcode, reply.questions) == (77, dns.rcode.FORMERR, [])
 
 
 # -- listen addresses ------------------------------------------------------------------
@@ -448,6 +458,27 @@ async def test_listen_addresses_change_at_run_time(server: tuple) -> None:
     assert dns_server.listen_addresses == frozenset()
 
 
+async def test_tcp_connections_beyond_the_limit_are_closed() -> None:
+    dns_server, address, port = await running((), max_tcp_connections=1)
+    try:
+        first = await asyncio.open_connection(address, port, local_addr=(CLIENT, 0))
+        await asyncio.sleep(0.1)  # let the server take the first one
+        second_reader, second_writer = await asyncio.open_connection(address, port)
+        assert await asyncio.wait_for(second_reader.read(), 2) == b""
+        second_writer.close()
+        # The first one still serves (several queries on one connection).
+        query = dns.message.make_query("web", "A").to_wire()
+        reader, writer = first
+        for _ in range(2):
+            writer.write(len(query).to_bytes(2, "big") + query)
+            size = int.from_bytes(await asyncio.wait_for(reader.readexactly(2), 3), "big")
+            reply = dns.message.from_wire(await reader.readexactly(size))
+            assert addresses(reply) == {"10.1.0.2"}
+        writer.close()
+    finally:
+        await dns_server.stop()
+
+
 async def test_an_open_tcp_connection_is_closed_when_its_address_goes(server: tuple) -> None:
     dns_server, address, port = server
     reader, writer = await asyncio.open_connection(address, port, local_addr=(CLIENT, 0))
@@ -468,6 +499,13 @@ async def test_an_address_it_cannot_listen_on_is_a_clear_error(server: tuple) ->
     with pytest.raises(InvalidArgument, match="not an IP address"):
         await dns_server.add_address("gateway")
     assert dns_server.listen_addresses == {address}
+    # One address it cannot have does not keep it from the others.
+    other = loopback_address()
+    with pytest.raises(FailedPrecondition, match=r"192\.0\.2\.77") as caught:
+        await dns_server.set_addresses([address, "192.0.2.77", other])
+    assert "\n" not in str(caught.value)
+    assert dns_server.listen_addresses == {address, other}
+    assert addresses(await ask(other, port, "web")) == {"10.1.0.2"}
 
 
 async def test_stop_releases_every_address() -> None:

@@ -36,6 +36,7 @@ from dnslib import (  # type: ignore[import-untyped]
     RCODE,
     RR,
     A,
+    DNSHeader,
     DNSRecord,
 )
 
@@ -230,12 +231,20 @@ class EmbeddedDnsServer:
         self._refresh_upstreams()
 
     async def set_addresses(self, addresses: Iterable[str]) -> None:
-        """Listen on exactly these addresses (the ones already bound stay bound)."""
+        """Listen on exactly these addresses (the ones already bound stay bound). An
+        address it cannot listen on does not keep it from the others: one
+        FailedPrecondition names them all at the end."""
         wanted = {_checked_address(a, "DNS listen address") for a in addresses}
         for address in self.listen_addresses - wanted:
             await self.remove_address(address)
+        failures = []
         for address in sorted(wanted - self.listen_addresses):
-            await self.add_address(address)
+            try:
+                await self.add_address(address)
+            except FailedPrecondition as exc:
+                failures.append(exc.message)
+        if failures:
+            raise FailedPrecondition("; ".join(failures))
 
     def update_view(self, view: DnsView) -> None:
         # One reference swap: a query sees the old view or the new one, never a mix.
@@ -477,9 +486,11 @@ def _udp_limit(client_edns: Any) -> int:
 
 
 def _error_reply(request: Any, rcode: int) -> bytes:
-    reply = request.reply(ra=1, aa=0)
-    reply.header.rcode = rcode
-    return bytes(reply.pack())
+    """A reply with rcode and the request's questions as they came (none, one or more;
+    dnslib's own reply() would make one up for a request without any)."""
+    header = DNSHeader(id=request.header.id, bitmap=request.header.bitmap, qr=1, ra=1, aa=0)
+    header.rcode = rcode
+    return bytes(DNSRecord(header, questions=list(request.questions)).pack())
 
 
 async def _ask_udp(upstream: Upstream, data: bytes) -> bytes:
