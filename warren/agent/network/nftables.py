@@ -1,0 +1,108 @@
+"""The node's nftables data plane for service VIPs and published ports.
+
+`ServiceProxy.sync(desired)` plans one transaction from what it last programmed
+(`vip_rules.plan`) and applies it through a `PacketFilter`. If a transaction
+fails, the proxy forgets what it knew, so the next sync replaces the whole
+table in one atomic transaction instead of patching an unknown state.
+
+Cost (bench/nft_sync.py, a loaded 2-core machine): one sync is one transaction,
+however many services it changes; applying it took 0.9 ms with 10 services,
+21 ms with 1,000 and 340 ms with 10,000, because Debian's libnftables 1.0.6
+reads every chain and set of the table before a transaction that adds a rule
+or an element. The first sync of 10,000 services (the whole table) took about
+2 minutes, most of it in the kernel.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+from warren.agent.network import vip_rules
+from warren.agent.network.libnft import LibNftables
+from warren.agent.network.nft_model import NftModel, TableModel
+from warren.agent.network.vip_rules import DataPlane, Transaction
+
+
+class PacketFilter(Protocol):
+    """Applies nftables transactions atomically, in one network namespace."""
+
+    def apply(self, transaction: Transaction) -> None:
+        """Run every command or none; raises a WarrenError with nft's message."""
+        ...
+
+    def delete_table(self) -> None:
+        """Remove Warren's table; a missing table is no error."""
+        ...
+
+
+class NftablesPacketFilter:
+    """The kernel's nftables through libnftables (netns: a /run/netns path, or here)."""
+
+    def __init__(self, netns: Path | None = None) -> None:
+        self._nft = LibNftables(netns)
+
+    def apply(self, transaction: Transaction) -> None:
+        self._nft.run(transaction)
+
+    def delete_table(self) -> None:
+        self._nft.run(vip_rules.delete_table())
+
+    def list_table(self) -> dict[str, object]:
+        """nft's JSON listing of Warren's table ({} when there is none)."""
+        listing = self._nft.run([{"list": {"table": {"family": vip_rules.FAMILY,
+                                                     "name": vip_rules.TABLE}}}])  # fmt: skip
+        return listing
+
+    def close(self) -> None:
+        self._nft.close()
+
+
+class FakePacketFilter:
+    """A strict model of the table for unit tests: refuses what the kernel refuses,
+    keeps every transaction it applied."""
+
+    def __init__(self) -> None:
+        self.model = NftModel()
+        self.transactions: list[Transaction] = []
+        self.fail_next: Exception | None = None
+
+    def apply(self, transaction: Transaction) -> None:
+        if self.fail_next is not None:
+            error, self.fail_next = self.fail_next, None
+            raise error
+        self.model.apply(transaction)
+        self.transactions.append(transaction)
+
+    def delete_table(self) -> None:
+        self.apply(vip_rules.delete_table())
+
+    @property
+    def table(self) -> TableModel | None:
+        return self.model.table(vip_rules.FAMILY, vip_rules.TABLE)
+
+
+class ServiceProxy:
+    """Keeps the packet filter's table in line with the desired data plane."""
+
+    def __init__(self, packet_filter: PacketFilter) -> None:
+        self.packet_filter = packet_filter
+        self.programmed: DataPlane | None = None
+
+    def sync(self, desired: DataPlane) -> Transaction:
+        """Apply the smallest change towards desired; returns the transaction run."""
+        transaction = vip_rules.plan(self.programmed, desired)
+        if transaction:
+            try:
+                self.packet_filter.apply(transaction)
+            except BaseException:
+                # Unknown now: the next sync rebuilds the table atomically.
+                self.programmed = None
+                raise
+        self.programmed = desired
+        return transaction
+
+    def close(self) -> None:
+        """Remove the table (and with it every VIP and published port)."""
+        self.programmed = None
+        self.packet_filter.delete_table()
