@@ -440,7 +440,7 @@ async def test_a_query_with_two_questions_is_formerr(server: tuple) -> None:
 
 async def test_listen_addresses_change_at_run_time(server: tuple) -> None:
     dns_server, first, port = server
-    udp_socket = dns_server._listeners[first].udp.get_extra_info("socket")
+    udp_socket = dns_server._listeners[first].udp.socket
     received = udp_socket.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
     # Root may go past net.core.rmem_max (the kernel doubles what it is given).
     assert received >= (2 * UDP_RECEIVE_BUFFER if os.geteuid() == 0 else 4096)
