@@ -33,6 +33,7 @@ from warren.manager.allocator import (
     allocate_network,
     allocate_service,
     allocate_task,
+    allocate_tasks,
     check_network_removable,
     release_node,
 )
@@ -592,3 +593,32 @@ def test_a_block_a_departed_nodes_stopping_task_is_in_is_not_handed_out() -> Non
     state = state.without_task("t1")
     alloc = allocate_task(state, "t2", (net.id,), "node-b")
     assert [b.subnet for b in alloc.networks[0].blocks] == ["10.32.64.0/24"]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 30), st.sampled_from(BUSY_NODES), st.booleans())))
+def test_a_batch_decides_what_one_by_one_folding_does(
+    requests: list[tuple[int, str, bool]],
+) -> None:
+    state, a = _with_network(AllocatorState(), "a", "10.9.0.0/24")
+    state, b = _with_network(state, "b")
+    state = _place(state, "t0", "node-0", a.id)
+    batch = [(f"t{n}", (a.id, b.id) if both else (a.id,), node) for n, node, both in requests]
+    one_by_one, folded, failed = [], state, False
+    try:
+        for task_id, network_ids, node in batch:
+            one_by_one.append(allocate_task(folded, task_id, network_ids, node))
+            folded = folded.with_task(one_by_one[-1])
+    except FailedPrecondition:
+        failed = True
+    if failed:
+        with pytest.raises(FailedPrecondition):
+            allocate_tasks(state, batch)
+        return
+    allocations, after = allocate_tasks(state, batch)
+    assert list(allocations) == one_by_one
+    assert sorted(after.tasks, key=lambda t: t.task_id) == sorted(
+        folded.tasks, key=lambda t: t.task_id
+    )
+    assert sorted(after.networks, key=lambda n: n.id) == sorted(folded.networks, key=lambda n: n.id)
+    assert [t.task_id for t in state.tasks] == ["t0"]  # the input is untouched

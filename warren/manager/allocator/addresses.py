@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 
 from warren.core.errors import FailedPrecondition, InvalidArgument
 from warren.core.networks import EndpointMode, Network, NetworkAttachment, NodeBlock, VirtualIP
@@ -25,13 +25,15 @@ from warren.manager.allocator.state import (
     AllocatorState,
     ServiceRequest,
     TaskAllocation,
+    TaskView,
+    WorkingState,
     check_network_ids,
 )
 from warren.manager.allocator.subnets import take_block
 
 
 def allocate_task(
-    state: AllocatorState, task_id: str, network_ids: tuple[str, ...], node_id: str
+    state: TaskView, task_id: str, network_ids: tuple[str, ...], node_id: str
 ) -> TaskAllocation:
     """Addresses for task ``task_id`` on node ``node_id``, one per network, in order.
 
@@ -64,12 +66,32 @@ def allocate_task(
     return TaskAllocation(task_id, node_id, tuple(attachments), tuple(changed.values()))
 
 
+TaskRequest = tuple[str, tuple[str, ...], str]  # task id, network ids, node id
+
+
+def allocate_tasks(
+    state: AllocatorState, requests: Iterable[TaskRequest]
+) -> tuple[tuple[TaskAllocation, ...], AllocatorState]:
+    """``allocate_task`` for each request in turn, each seeing the ones before,
+    and the state with all of them folded in. For a scheduler pass placing many
+    tasks: it costs what the batch hands out, not a copy of the state per task.
+    A network's latest version is in the last allocation that changed it.
+    All or nothing: an error (a full network) leaves nothing half-decided."""
+    working = WorkingState(state)
+    allocations = []
+    for task_id, network_ids, node_id in requests:
+        allocation = allocate_task(working, task_id, network_ids, node_id)
+        working.fold(allocation)
+        allocations.append(allocation)
+    return tuple(allocations), working.freeze()
+
+
 class _TakenAddresses:
     """Addresses other tasks hold, and those this allocation handed out so far
     (the task's own earlier addresses are not in its way). Looked up in the
     state's index rather than copied from it: a call costs what it hands out."""
 
-    def __init__(self, held: dict[int, str], task_id: str) -> None:
+    def __init__(self, held: Mapping[int, str], task_id: str) -> None:
         self._held = held
         self._task_id = task_id
         self._new: set[int] = set()
@@ -87,7 +109,7 @@ def _in_blocks(address: str, blocks: tuple[NodeBlock, ...]) -> bool:
 
 
 def _address_on(
-    state: AllocatorState, net: Network, task_id: str, node_id: str, taken: _TakenAddresses
+    state: TaskView, net: Network, task_id: str, node_id: str, taken: _TakenAddresses
 ) -> tuple[Network, ipaddress.IPv4Interface]:
     """A free address in one of the node's blocks, taking a new block if they are full."""
     for block in net.blocks_of(node_id):

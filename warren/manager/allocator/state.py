@@ -9,8 +9,10 @@ freeing is the caller no longer listing a task or a service.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Protocol
 
 from warren.core.errors import InvalidArgument, NotFound
 from warren.core.networks import Endpoint, EndpointSpec, Network, NetworkAttachment
@@ -59,6 +61,18 @@ class TaskAllocation:
     node_id: str
     attachments: tuple[NetworkAttachment, ...]
     networks: tuple[Network, ...] = ()
+
+
+class TaskView(Protocol):
+    """What giving a task its addresses reads: ``AllocatorState``, or the
+    working copy a batch (``allocate_tasks``) updates in place."""
+
+    @property
+    def task_addresses(self) -> Mapping[int, str]: ...
+
+    def network(self, network_id: str) -> Network: ...
+
+    def task(self, task_id: str) -> TaskHolding | None: ...
 
 
 @dataclass(frozen=True)
@@ -156,6 +170,47 @@ class AllocatorState:
     def without_task(self, task_id: str) -> AllocatorState:
         kept = tuple(task for task in self.tasks if task.task_id != task_id)
         return dataclasses.replace(self, tasks=kept)
+
+
+class WorkingState:
+    """A mutable copy of an ``AllocatorState``'s networks and tasks: a batch of
+    task allocations folds each one in at the cost of what it changed, where
+    ``AllocatorState.with_task`` copies the whole state each time."""
+
+    def __init__(self, state: AllocatorState) -> None:
+        self._base = state
+        self._networks = {net.id: net for net in state.networks}
+        self._tasks = dict(state._tasks_by_id)
+        self._addresses = dict(state.task_addresses)
+
+    @property
+    def task_addresses(self) -> Mapping[int, str]:
+        return self._addresses
+
+    def network(self, network_id: str) -> Network:
+        net = self._networks.get(network_id)
+        return net if net is not None else self._base.network(network_id)
+
+    def task(self, task_id: str) -> TaskHolding | None:
+        return self._tasks.get(task_id)
+
+    def fold(self, allocation: TaskAllocation) -> None:
+        for net in allocation.networks:
+            self._networks[net.id] = net
+        old = self._tasks.get(allocation.task_id)
+        for att in old.attachments if old is not None else ():
+            self._addresses.pop(address_int(att.address), None)
+        holding = TaskHolding(allocation.task_id, allocation.node_id, allocation.attachments)
+        self._tasks[holding.task_id] = holding
+        for att in holding.attachments:
+            self._addresses[address_int(att.address)] = holding.task_id
+
+    def freeze(self) -> AllocatorState:
+        return dataclasses.replace(
+            self._base,
+            networks=tuple(self._networks.values()),
+            tasks=tuple(self._tasks.values()),
+        )
 
 
 def address_int(address: str) -> int:

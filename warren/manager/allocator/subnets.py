@@ -32,7 +32,7 @@ from warren.core.networks import (
     block_prefix_for,
     parse_subnet,
 )
-from warren.manager.allocator.state import AllocatorState
+from warren.manager.allocator.state import AllocatorState, TaskView
 
 DEFAULT_POOL = "10.32.0.0/11"
 DEFAULT_NETWORK_PREFIX = 16
@@ -110,7 +110,7 @@ def _parse_pool(pool: str, prefix: int) -> ipaddress.IPv4Network:
     return area
 
 
-def take_block(state: AllocatorState, network: Network, node_id: str) -> Network:
+def take_block(state: TaskView, network: Network, node_id: str) -> Network:
     """``network`` with one more block held by ``node_id``: the lowest free one,
     else the lowest idle one another node held. Either way no listed task has
     an address in it (a node that left may have left stopping tasks behind), so
@@ -139,7 +139,7 @@ def _with_blocks(network: Network, blocks: tuple[NodeBlock, ...]) -> Network:
     return dataclasses.replace(network, blocks=blocks)
 
 
-def _busy_blocks(state: AllocatorState, network: Network) -> set[int]:
+def _busy_blocks(state: TaskView, network: Network) -> set[int]:
     """The first address of every block of ``network`` a listed task has an address in."""
     subnet = network.network
     low, high = int(subnet.network_address), int(subnet.broadcast_address)
