@@ -11,7 +11,9 @@ a time (SERVFAIL beyond) and SERVFAIL after ``forward_timeout``.
 
 Over UDP an answer longer than the client accepts (512 bytes, or its EDNS
 size) comes back empty with the TC bit, and the client asks again over TCP.
-A malformed packet is dropped with a debug log.
+A malformed packet is dropped with a debug log. Plain queries (one question,
+no EDNS) are read and answered by `dns_wire` at a tenth of dnslib's cost;
+dnslib reads everything else.
 """
 
 from __future__ import annotations
