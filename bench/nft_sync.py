@@ -7,7 +7,8 @@ table and a TCP server on two of its addresses, and a "client" routing the VIP
 range through the node over a veth pair. Every service has two backends (the
 node's two addresses); its VIP is 10.96.x.y port 80.
 
-  - sync: the first sync of N services (the whole table in one transaction);
+  - first sync: building the table of N services (no table before: in steps of
+    1,000 services, ServiceProxy.sync);
   - endpoint change: one service's backend replaced (ServiceProxy.sync: plan in
     Python, then one libnftables transaction), at 10, 1,000 and 10,000 services;
   - first connection: connect() through a VIP from the client, each a new

@@ -292,6 +292,7 @@ def test_the_kernel_accepts_every_planned_transaction(vips: VipLab) -> None:
     rng = random.Random(9)
     model = NftModel()
     vips.proxy.close()
+    assert not vips.packet_filter.table_exists()
     current: DataPlane | None = None
     for _ in range(25):
         desired = _random_plane(rng)
@@ -305,6 +306,7 @@ def test_the_kernel_accepts_every_planned_transaction(vips: VipLab) -> None:
             {name: len(elements) for name, elements in table.maps.items()},
         )
         current = desired
+    assert vips.packet_filter.table_exists()
     vips.proxy.programmed = current
     with pytest.raises(NftablesError, match="No such file or directory"):
         vips.packet_filter.apply(({"delete": {"chain": {"family": "ip", "table": "warren",

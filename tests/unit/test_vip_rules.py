@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from warren.agent.network import vip_rules
+from warren.agent.network import nftables, vip_rules
 from warren.agent.network.nft_model import ModelError, NftModel, TableModel
 from warren.agent.network.nftables import FakePacketFilter, ServiceProxy
 from warren.agent.network.vip_rules import (
@@ -93,7 +93,7 @@ def _check_content(table: TableModel, plane: DataPlane) -> None:
     assert len(table.sets["container-subnets"]) == len(plane.container_subnets)
 
 
-@settings(max_examples=150)
+@settings(max_examples=150, deadline=None)
 @given(st.lists(planes, min_size=1, max_size=6))
 def test_each_step_leaves_the_table_equal_to_a_fresh_build(steps: list[DataPlane]) -> None:
     model = NftModel()
@@ -119,7 +119,7 @@ def _touched(command: dict[str, Any]) -> tuple[str, str, list[Any]]:
     return kind, spec.get("name", ""), []
 
 
-@settings(max_examples=150)
+@settings(max_examples=150, deadline=None)
 @given(planes, backends, st.data())
 def test_a_change_to_one_service_touches_only_that_service(
     plane: DataPlane, new_backends: tuple[Backend, ...], data: st.DataObject
@@ -269,6 +269,44 @@ def test_proxy_rebuilds_the_whole_table_after_a_failed_transaction() -> None:
     proxy.close()
     assert packet_filter.table is None
     proxy.close()  # a missing table is no error
+
+
+@settings(max_examples=100, deadline=None)
+@given(planes, st.integers(1, 4))
+def test_a_table_built_in_steps_equals_one_built_at_once(plane: DataPlane, size: int) -> None:
+    model = NftModel()
+    current: DataPlane | None = None
+    for step in vip_rules.build_steps(plane, size):
+        transaction = plan(current, step)
+        added = [_touched(c) for c in transaction if "add" in c]
+        frontends = [name for kind, name, _ in added if kind == "element"
+                     and name in ("service-ips", "published-ports")]  # fmt: skip
+        assert len(frontends) <= size
+        model.apply(transaction)
+        current = step
+    assert current == plane
+    assert _table(model) == _from_scratch(plane)
+    with pytest.raises(InvalidArgument, match="not positive"):
+        next(vip_rules.build_steps(plane, 0))
+
+
+def test_proxy_builds_a_new_table_in_steps_and_replaces_an_existing_one_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(nftables, "BUILD_STEP", 2)
+    services = tuple(
+        ServiceFrontend(f"10.96.0.{i}", "tcp", 80, (Backend("10.0.0.2", 80),)) for i in range(1, 6)
+    )
+    plane = DataPlane(services, (PublishedPort(8080, "tcp", "ingress"),))
+    packet_filter = FakePacketFilter()
+    ServiceProxy(packet_filter).sync(plane)
+    assert len(packet_filter.transactions) == 3  # 2 + 2 + 2 frontends
+    assert packet_filter.table == _from_scratch(plane)
+    # A restarted agent finds the table: one atomic replacement, nothing unserved.
+    ServiceProxy(packet_filter).sync(plane)
+    assert len(packet_filter.transactions) == 4
+    assert packet_filter.transactions[-1] == plan(None, plane)
+    assert packet_filter.table == _from_scratch(plane)
 
 
 def test_delete_table_helper_works_without_a_table() -> None:
