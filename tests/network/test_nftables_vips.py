@@ -348,3 +348,11 @@ def _kernel_view(listing: dict[str, object]) -> tuple[set[str], dict[str, int]]:
         elif "map" in item:
             maps[item["map"]["name"]] = len(item["map"].get("elem", []))
     return chains, maps
+
+
+def test_the_node_itself_reaches_vips_and_published_ports(vips: VipLab) -> None:
+    published = PublishedPort(30080, "tcp", "ingress", (vips.backend("k1"),))
+    plane = _service(vips, vips.backend("k2"))
+    vips.proxy.sync(DataPlane(plane.services, (published,), plane.container_subnets))
+    assert vips.names(vips.node, VIP, 80, 5) == {"k2": 5}
+    assert vips.names(vips.node, vips.node.address, 30080, 5) == {"k1": 5}

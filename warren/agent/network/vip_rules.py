@@ -24,6 +24,11 @@ only what differs: a changed service rewrites its own chain, adds the chains of
 its new backends and deletes those of its gone ones; nothing else is touched.
 A first sync (no current state) replaces the whole table atomically, which also
 clears whatever an earlier agent left; `plan(current, None)` deletes the table.
+
+The node itself reaches VIPs and published ports on its own addresses; at
+127.0.0.1 only with net.ipv4.conf.all.route_localnet=1 (else the kernel drops
+the loopback-sourced packet once it is sent to a container), which is the
+agent's to set.
 """
 
 from __future__ import annotations
