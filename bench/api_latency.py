@@ -70,7 +70,7 @@ def request(
 
 def create_services(conn: http.client.HTTPSConnection, count: int, replicas: int) -> None:
     for i in range(count):
-        spec = {"name": f"s{i:03d}", "image": "busybox", "replicas": replicas}
+        spec = {"name": f"s{i:03d}", "container": {"image": "busybox"}, "replicas": replicas}
         status, data = request(conn, "POST", "/v1/services", spec)
         if status != 201:
             raise RuntimeError(f"creating {spec['name']}: HTTP {status} {data[:200]!r}")

@@ -74,7 +74,10 @@ async def _client(
     rng = random.Random(index)
     async with aiohttp.ClientSession(connector=connector) as session:
         status, data = await _call(
-            session, "POST", f"{base}/v1/services", {"name": name, "image": "busybox"}
+            session,
+            "POST",
+            f"{base}/v1/services",
+            {"name": name, "container": {"image": "busybox"}},
         )
         if status != 201:
             raise RuntimeError(f"creating {name}: HTTP {status} {data[:200]!r}")

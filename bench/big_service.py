@@ -51,7 +51,7 @@ def run(replicas: int, root: Path) -> None:
     try:
         manager.start()
         writer, reader = connect(manager), connect(manager)
-        spec = {"name": "big", "image": "busybox", "replicas": replicas}
+        spec = {"name": "big", "container": {"image": "busybox"}, "replicas": replicas}
         started = time.monotonic()
         writer.request("POST", "/v1/services", body=json.dumps(spec).encode())
         response = writer.getresponse()

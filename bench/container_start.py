@@ -35,7 +35,7 @@ from pathlib import Path
 from benchkit import PYTHON, Child, Manager, free_port, print_table, rss_mib, wait_for
 
 from warren.cli.client import WarrenClient
-from warren.core.models import NodeStatus, ServiceSpec
+from warren.core.models import ContainerSpec, NodeStatus, ServiceSpec
 from warren.core.states import TaskState
 from warren.devtools.containerd import LocalContainerd, missing_binaries
 from warren.devtools.image import build_busybox_image
@@ -299,7 +299,11 @@ class Bench:
         return any(node.status == NodeStatus.READY for node in self.client.list_nodes())
 
     def spec(self, name: str, replicas: int) -> ServiceSpec:
-        return ServiceSpec(name=name, image=self.image, replicas=replicas, args=COMMAND, init=True)
+        return ServiceSpec(
+            name=name,
+            container=ContainerSpec(image=self.image, args=COMMAND, init=True),
+            replicas=replicas,
+        )
 
     # -- Warren ------------------------------------------------------------------------
 

@@ -145,7 +145,11 @@ async def create_services(
     url = f"{manager.rest_url}/v1/services"
 
     async def create(i: int) -> None:
-        spec = {"name": f"svc-{i:04d}", "image": "busybox", "replicas": settings.replicas}
+        spec = {
+            "name": f"svc-{i:04d}",
+            "container": {"image": "busybox"},
+            "replicas": settings.replicas,
+        }
         async with gate:
             try:
                 async with session.post(url, json=spec) as resp:

@@ -152,10 +152,12 @@ def _client(args: argparse.Namespace, managers: list[str]) -> Any:
 
 
 def _spec(name: str, value: dict[str, Any]) -> Any:
-    from warren.core.models import ServiceSpec
+    from warren.core.models import ContainerSpec, ServiceSpec
 
     return ServiceSpec(
-        name=name, image=value["image"], replicas=value["replicas"], env=dict(value["env"])
+        name=name,
+        container=ContainerSpec(image=value["image"], env=dict(value["env"])),
+        replicas=value["replicas"],
     )
 
 
@@ -263,8 +265,8 @@ def _ask(args: argparse.Namespace, manager: str) -> dict[str, Any]:
                     "name": s.spec.name,
                     "id": s.id,
                     "replicas": s.spec.replicas,
-                    "image": s.spec.image,
-                    "env": s.spec.env,
+                    "image": s.spec.container.image,
+                    "env": s.spec.container.env,
                 }
                 for s in client.list_services()
             ]

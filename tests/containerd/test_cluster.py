@@ -105,7 +105,7 @@ def test_replicas_are_containers_with_digest_env_and_memory_limit(
              "--env", "GREETING=hello", "--limit-memory", "64m",
              "--", "sleep", "1000")  # fmt: skip
     service = node.json("service", "inspect", "web")[0]
-    pinned = service["spec"]["image"]
+    pinned = service["spec"]["container"]["image"]
     assert pinned.startswith(busybox_ref + "@sha256:")
     running = ctr.running_tasks(node.namespace)
     tasks = node.running("web")

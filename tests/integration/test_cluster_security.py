@@ -17,7 +17,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from harness import WARREN, Cluster
 from impostor import impostor_server, legacy_leaf
 
-from warren.core.models import ServiceSpec
+from warren.core.models import ContainerSpec, ServiceSpec
 from warren.proto import warren_pb2 as pb
 from warren.proto import warren_pb2_grpc as pb_grpc
 from warren.proto.convert import to_message
@@ -84,7 +84,9 @@ def test_worker_certificate_cannot_create_a_service(cluster: Cluster) -> None:
     worker_identity = IdentityFiles(c.root / "w1" / "certs")
     with _channel(worker_identity, c.manager_address) as channel:
         stub = pb_grpc.ControlStub(channel)
-        spec = to_message(ServiceSpec(name="evil", image="busybox"), pb.ServiceSpec)
+        spec = to_message(
+            ServiceSpec(name="evil", container=ContainerSpec(image="busybox")), pb.ServiceSpec
+        )
         with pytest.raises(grpc.RpcError) as refused:
             stub.CreateService(pb.CreateServiceRequest(spec=spec), timeout=10)
         assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -126,19 +128,22 @@ def test_bad_input_is_refused_and_changes_nothing(cluster: Cluster) -> None:
     c = cluster
     c.init_manager()
     rest = Rest(c)
-    status, created = rest.call("POST", "/v1/services", b'{"name": "web", "image": "busybox"}')
+    status, created = rest.call(
+        "POST", "/v1/services", b'{"name": "web", "container": {"image": "busybox"}}'
+    )
     assert status == 201
     state_before = rest.call("GET", "/v1/services")[1]
 
     bad_bodies = [
-        b'{"name": "web", "image": "busybox"}',  # duplicate name
-        b'{"name": "neg", "image": "busybox", "replicas": -1}',
-        b'{"name": "x", "image": "busybox",',  # malformed JSON
+        b'{"name": "web", "container": {"image": "busybox"}}',  # duplicate name
+        b'{"name": "neg", "container": {"image": "busybox"}, "replicas": -1}',
+        b'{"name": "x", "container": {"image": "busybox"},',  # malformed JSON
         b'["not", "an", "object"]',
-        b'{"name": "x", "image": "busybox", "replicas": "three"}',
-        b'{"name": "x", "image": "busybox", "colour": "blue"}',
-        b'{"name": "bad name!", "image": "busybox"}',
-        b'{"name": "x", "image": "busybox", "constraints": ["node.os=linux"]}',
+        b'{"name": "x", "container": {"image": "busybox"}, "replicas": "three"}',
+        b'{"name": "x", "container": {"image": "busybox"}, "colour": "blue"}',
+        b'{"name": "bad name!", "container": {"image": "busybox"}}',
+        b'{"name": "x", "container": {"image": "busybox"},'
+        b' "placement": {"constraints": ["node.os=linux"]}}',
     ]
     for body in bad_bodies:
         status, error = rest.call("POST", "/v1/services", body)

@@ -157,8 +157,8 @@ def test_update_rolls_tasks_to_the_new_spec(three_workers: Cluster) -> None:
     c.cli("service", "update", "web", "--image", "busybox:2", "--env-add", "MODE=blue")
     running = c.running("web")
     assert len(running) == 3
-    assert {t["spec"]["image"] for t in running} == {"busybox:2"}
-    assert {t["spec"]["env"]["MODE"] for t in running} == {"blue"}
+    assert {t["spec"]["container"]["image"] for t in running} == {"busybox:2"}
+    assert {t["spec"]["container"]["env"]["MODE"] for t in running} == {"blue"}
     assert len([t for t in c.tasks("web") if t["desired_state"] == "shutdown"]) == 3
 
 

@@ -36,5 +36,5 @@ def test_workers_show_an_address_and_a_rolling_update_keeps_the_spread(
     c.cli("service", "create", "web", "--image", "busybox:1", "--replicas", "6")
     assert c.placement("web") == {"w1": 2, "w2": 2, "w3": 2}
     c.cli("service", "update", "web", "--image", "busybox:2")
-    assert {t["spec"]["image"] for t in c.running("web")} == {"busybox:2"}
+    assert {t["spec"]["container"]["image"] for t in c.running("web")} == {"busybox:2"}
     assert c.placement("web") == {"w1": 2, "w2": 2, "w3": 2}

@@ -7,9 +7,12 @@ from collections.abc import Iterable
 
 from warren.core.models import (
     Availability,
+    ContainerSpec,
     Node,
     NodeRole,
     NodeStatus,
+    Placement,
+    ResourceRequirements,
     Resources,
     RestartPolicy,
     Service,
@@ -70,13 +73,14 @@ def make_service(
     """A replicated ``nginx`` service; ``cpus``/``memory_bytes`` are its reservations."""
     spec = ServiceSpec(
         name=name,
-        image="nginx:1.27",
+        container=ContainerSpec(image="nginx:1.27"),
         mode=mode,
         replicas=replicas,
-        constraints=tuple(constraints),
-        reservations=Resources(cpus, memory_bytes),
-        restart_policy=restart_policy or RestartPolicy(),
-        max_replicas_per_node=max_replicas_per_node,
+        resources=ResourceRequirements(reservations=Resources(cpus, memory_bytes)),
+        placement=Placement(
+            constraints=tuple(constraints), max_replicas_per_node=max_replicas_per_node
+        ),
+        restart=restart_policy or RestartPolicy(),
     )
     return Service(id=id or f"svc-{name}", spec=spec, spec_version=spec_version)
 

@@ -33,7 +33,8 @@ def _task(
     slot: int = 1,
 ) -> Task:
     service = make_service("web")
-    service = replace(service, spec=replace(service.spec, image=image, args=args))
+    container = replace(service.spec.container, image=image, args=args)
+    service = replace(service, spec=replace(service.spec, container=container))
     return make_task(service, id=task_id, slot=slot, node_id="n1", state=state)
 
 
@@ -331,7 +332,7 @@ async def test_recover_reports_a_lost_container_as_failed_without_restarts(
     # Restarting lost tasks in place is tests/unit/test_autonomy.py's subject.
     task = _task("a", state=S.RUNNING)
     never = RestartPolicy(condition=RestartCondition.NONE)
-    task = replace(task, spec=replace(task.spec, restart_policy=never))
+    task = replace(task, spec=replace(task.spec, restart=never))
     agent.cache.save({"a": task})
     await agent.recover()
     await eventually(lambda: _state(agent, "a") == S.FAILED, 2.0, "_state(agent, 'a') == S.FAILED")
@@ -345,7 +346,7 @@ async def test_recover_reports_a_lost_container_as_failed_without_restarts(
 async def test_recover_reattaches_to_a_running_container(agent: Agent, runtime: SimRuntime) -> None:
     task = _task("a", state=S.RUNNING)
     agent.cache.save({"a": task})
-    await runtime.create(ContainerConfig(container_id="a", image=task.spec.image))
+    await runtime.create(ContainerConfig(container_id="a", image=task.spec.container.image))
     await runtime.start("a")
     await agent.recover()
     assert agent._unsent == {}

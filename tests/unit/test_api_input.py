@@ -28,6 +28,7 @@ from warren.core.models import (
     LABEL_KEY_RE,
     MAX_REPLICAS,
     NAME_RE,
+    ContainerSpec,
     Node,
     NodeRole,
     NodeStatus,
@@ -102,7 +103,7 @@ class Apis:
 
 
 def _seed(store: Store) -> None:
-    spec = ServiceSpec(name="web", image="nginx:1.27", replicas=2)
+    spec = ServiceSpec(name="web", container=ContainerSpec(image="nginx:1.27"), replicas=2)
     store.load(
         [
             Node(NODE_ID, NodeRole.WORKER, "edge-1", status=NodeStatus.READY),
@@ -173,6 +174,8 @@ def _one_line(message: str) -> None:
 # -- gRPC: every validation error is INVALID_ARGUMENT with Warren's message -------------
 
 
+_X = pb.ContainerSpec(image="x")
+
 GRPC_BAD_CALLS = [
     pytest.param(
         "UpdateNode", pb.UpdateNodeRequest(node="edge-1", availability="off"), "availability 'off'"
@@ -186,17 +189,17 @@ GRPC_BAD_CALLS = [
     pytest.param(
         "CreateService",
         pb.CreateServiceRequest(spec=pb.ServiceSpec(name="db")),
-        "spec: missing field 'image'",
+        "spec: missing field 'container'",
     ),
     pytest.param(
         "UpdateService",
-        pb.UpdateServiceRequest(service="web", spec=pb.ServiceSpec(image="x")),
+        pb.UpdateServiceRequest(service="web", spec=pb.ServiceSpec(container=_X)),
         "spec: missing field 'name'",
     ),
     pytest.param(
         "UpdateService",
         pb.UpdateServiceRequest(
-            service="web", spec=pb.ServiceSpec(name="web", image="x"), version=-1
+            service="web", spec=pb.ServiceSpec(name="web", container=_X), version=-1
         ),
         "version",
     ),
@@ -263,7 +266,9 @@ async def test_grpc_unexpected_fault_is_generic_internal(
 async def test_a_huge_name_gives_a_small_error(apis: Apis) -> None:
     name = "n" * 500_000
     revision = apis.store.revision
-    status, body, size = await apis.rest("POST", "/v1/services", {"name": name, "image": "x"})
+    status, body, size = await apis.rest(
+        "POST", "/v1/services", {"name": name, "container": {"image": "x"}}
+    )
     assert status == 400
     assert size < 2 * MAX_MESSAGE
     message = body["error"]["message"]
@@ -272,7 +277,7 @@ async def test_a_huge_name_gives_a_small_error(apis: Apis) -> None:
     assert "use 1-63 letters" in message
     error = await _rpc_error(
         apis.stub.CreateService(
-            pb.CreateServiceRequest(spec=pb.ServiceSpec(name=name, image="x")), timeout=10
+            pb.CreateServiceRequest(spec=pb.ServiceSpec(name=name, container=_X)), timeout=10
         )
     )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -288,7 +293,9 @@ async def test_a_huge_name_gives_a_small_error(apis: Apis) -> None:
 
 
 async def test_newlines_and_nul_are_escaped_not_cut(apis: Apis) -> None:
-    status, body, _ = await apis.rest("POST", "/v1/services", {"name": "we\nb\x00x", "image": "x"})
+    status, body, _ = await apis.rest(
+        "POST", "/v1/services", {"name": "we\nb\x00x", "container": {"image": "x"}}
+    )
     assert status == 400
     message = body["error"]["message"]
     _one_line(message)
@@ -381,7 +388,7 @@ def test_openapi_states_the_limits_the_models_enforce() -> None:
     assert (
         LABEL_KEY_RE.pattern in schemas["Node"]["properties"]["labels"]["propertyNames"]["pattern"]
     )
-    assert "pattern" in spec["env"]["propertyNames"]
+    assert "pattern" in schemas["ContainerSpec"]["properties"]["env"]["propertyNames"]
     # Every integer field of a model has a range: none past what protobuf carries.
     for name, schema in schemas.items():
         if name in ("Event", "Error"):

@@ -42,7 +42,9 @@ def _task(
 ) -> Task:
     policy = RestartPolicy(condition, delay, max_attempts, window)
     service = make_service("web", restart_policy=policy)
-    service = replace(service, spec=replace(service.spec, args=args))
+    service = replace(
+        service, spec=replace(service.spec, container=replace(service.spec.container, args=args))
+    )
     return make_task(service, id=task_id, node_id="n1", state=state)
 
 
@@ -367,7 +369,7 @@ async def test_recover_restarts_a_task_that_exited_while_the_agent_was_down(
 ) -> None:
     task = _task(state=S.RUNNING, condition=C.ON_FAILURE)
     agent.cache.save({"t1": task})
-    await runtime.create(ContainerConfig(container_id="t1", image=task.spec.image))
+    await runtime.create(ContainerConfig(container_id="t1", image=task.spec.container.image))
     await runtime.start("t1")
     runtime.kill("t1")
     await agent.recover()
@@ -379,7 +381,7 @@ async def test_recover_reports_a_task_that_completed_while_down_under_on_failure
 ) -> None:
     task = _task(state=S.RUNNING, condition=C.ON_FAILURE)
     agent.cache.save({"t1": task})
-    await runtime.create(ContainerConfig(container_id="t1", image=task.spec.image))
+    await runtime.create(ContainerConfig(container_id="t1", image=task.spec.container.image))
     await runtime.start("t1")
     await runtime.stop("t1", 0)  # exit 0
     await agent.recover()

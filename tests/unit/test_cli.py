@@ -36,11 +36,14 @@ from warren.core.codec import to_dict
 from warren.core.errors import InvalidArgument, NotFound
 from warren.core.models import (
     Availability,
+    ContainerSpec,
     Health,
     HealthCheck,
     NetworkMode,
     Node,
     NodeRole,
+    Placement,
+    ResourceRequirements,
     Resources,
     RestartCondition,
     RestartPolicy,
@@ -329,16 +332,21 @@ def test_create_builds_the_full_spec(run: Callable[..., Result], fake: FakeClien
             (
                 ServiceSpec(
                     name="web",
-                    image="nginx:1.27",
+                    container=ContainerSpec(
+                        image="nginx:1.27",
+                        args=("nginx", "-g", "daemon off;"),
+                        env={"A": "1", "B": "x=y"},
+                    ),
                     replicas=3,
-                    args=("nginx", "-g", "daemon off;"),
-                    env={"A": "1", "B": "x=y"},
                     labels={"tier": "front"},
-                    constraints=("node.labels.zone==a",),
-                    reservations=Resources(0.5, 64 * 1024**2),
-                    limits=Resources(1.5, int(1.5 * 1024**3)),
-                    restart_policy=RestartPolicy(RestartCondition.ON_FAILURE, 90.0, 4, 0.5),
-                    max_replicas_per_node=2,
+                    restart=RestartPolicy(RestartCondition.ON_FAILURE, 90.0, 4, 0.5),
+                    resources=ResourceRequirements(
+                        reservations=Resources(0.5, 64 * 1024**2),
+                        limits=Resources(1.5, int(1.5 * 1024**3)),
+                    ),
+                    placement=Placement(
+                        constraints=("node.labels.zone==a",), max_replicas_per_node=2
+                    ),
                 ),
             ),
         )
@@ -483,7 +491,11 @@ def test_scale_syntax_is_checked_before_any_call(
 
 def test_update_edits_the_spec_read(run: Callable[..., Result], fake: FakeClient) -> None:
     base = make_service("web", id="svc-web", constraints=["node.role == worker"])
-    spec = dataclasses.replace(base.spec, env={"A": "1", "B": "2"}, labels={"x": "1"})
+    spec = dataclasses.replace(
+        base.spec,
+        container=dataclasses.replace(base.spec.container, env={"A": "1", "B": "2"}),
+        labels={"x": "1"},
+    )
     fake.add(dataclasses.replace(base, spec=spec, version=7))
     result = run(
         "service", "update", "web", "--image", "nginx:1.28", "--env-rm", "A", "--env-add", "C=3",
@@ -497,13 +509,16 @@ def test_update_edits_the_spec_read(run: Callable[..., Result], fake: FakeClient
     assert (ref, version) == ("svc-web", 7)
     assert new_spec == dataclasses.replace(
         spec,
-        image="nginx:1.28",
-        env={"B": "2", "C": "3"},
+        container=dataclasses.replace(
+            spec.container,
+            image="nginx:1.28",
+            env={"B": "2", "C": "3"},
+            args=("nginx", "-g", "daemon off;"),
+        ),
         labels={},
-        constraints=("node.labels.zone==a",),
-        limits=Resources(0.0, 1024**3),
-        restart_policy=dataclasses.replace(spec.restart_policy, delay=2.0),
-        args=("nginx", "-g", "daemon off;"),
+        placement=Placement(constraints=("node.labels.zone==a",)),
+        resources=ResourceRequirements(limits=Resources(0.0, 1024**3)),
+        restart=dataclasses.replace(spec.restart, delay=2.0),
     )
 
 
@@ -622,7 +637,10 @@ def test_service_ls_and_ps_shorten_digests_unless_no_trunc(
 ) -> None:
     pinned = f"docker.io/library/busybox:latest@{DIGEST}"
     service = make_service("web", id="svc-web-0123456789")
-    service = dataclasses.replace(service, spec=dataclasses.replace(service.spec, image=pinned))
+    container = dataclasses.replace(service.spec.container, image=pinned)
+    service = dataclasses.replace(
+        service, spec=dataclasses.replace(service.spec, container=container)
+    )
     fake.add(service)
     fake.tasks = [make_task(service, id="task-0123456789abcdef", state=TaskState.RUNNING)]
     fake.nodes = []
@@ -881,21 +899,23 @@ def test_create_maps_container_and_health_flags(
     (spec,) = fake.calls[0][1]
     assert spec == ServiceSpec(
         name="web",
-        image="nginx",
-        entrypoint=("/docker-entrypoint.sh", "--verbose", "a b"),
-        workdir="/srv",
-        user="1000:1000",
-        read_only=True,
-        init=True,
-        network_mode=NetworkMode.HOST,
-        stop_signal="SIGQUIT",
-        stop_grace_period=60.0,
-        health=HealthCheck(
-            cmd=("/bin/sh", "-c", "curl -f http://localhost/ || exit 1"),
-            interval=5.0,
-            timeout=2.0,
-            retries=4,
-            start_period=30.0,
+        container=ContainerSpec(
+            image="nginx",
+            entrypoint=("/docker-entrypoint.sh", "--verbose", "a b"),
+            workdir="/srv",
+            user="1000:1000",
+            read_only=True,
+            init=True,
+            network_mode=NetworkMode.HOST,
+            stop_signal="SIGQUIT",
+            stop_grace_period=60.0,
+            health=HealthCheck(
+                cmd=("/bin/sh", "-c", "curl -f http://localhost/ || exit 1"),
+                interval=5.0,
+                timeout=2.0,
+                retries=4,
+                start_period=30.0,
+            ),
         ),
     )
 
@@ -905,8 +925,8 @@ def test_create_without_new_flags_keeps_the_defaults(
 ) -> None:
     assert run("service", "create", "web", "--image", "nginx", "-d").exit_code == 0
     (spec,) = fake.calls[0][1]
-    assert spec == ServiceSpec(name="web", image="nginx")
-    assert spec.health is None and spec.network_mode == NetworkMode.PRIVATE
+    assert spec == ServiceSpec(name="web", container=ContainerSpec(image="nginx"))
+    assert spec.container.health is None and spec.container.network_mode == NetworkMode.PRIVATE
 
 
 @pytest.mark.parametrize(
@@ -925,7 +945,7 @@ def test_create_http_and_tcp_probes(
 ) -> None:
     result = run("service", "create", "web", "--image", "nginx", "-d", *flags)
     assert result.exit_code == 0, result.output
-    assert fake.calls[0][1][0].health == check
+    assert fake.calls[0][1][0].container.health == check
 
 
 @pytest.mark.parametrize(
@@ -959,11 +979,13 @@ def test_bad_container_or_health_flags_are_refused(
     assert fake.calls == []
 
 
-def _service_with(fake: FakeClient, **changes: Any) -> Service:
+def _service_with(fake: FakeClient, **container: Any) -> Service:
+    """Service web with these container settings."""
     base = make_service("web", id="svc-web")
-    return fake.add(
-        dataclasses.replace(base, spec=dataclasses.replace(base.spec, **changes), version=3)
+    spec = dataclasses.replace(
+        base.spec, container=dataclasses.replace(base.spec.container, **container)
     )
+    return fake.add(dataclasses.replace(base, spec=spec, version=3))
 
 
 def _updated_spec(fake: FakeClient) -> ServiceSpec:
@@ -988,8 +1010,8 @@ def test_update_container_flags(run: Callable[..., Result], fake: FakeClient) ->
         "--stop-grace-period", "500ms",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert _updated_spec(fake) == dataclasses.replace(
-        service.spec,
+    container = dataclasses.replace(
+        service.spec.container,
         entrypoint=(),
         workdir="",
         user="0",
@@ -999,6 +1021,7 @@ def test_update_container_flags(run: Callable[..., Result], fake: FakeClient) ->
         stop_signal="SIGINT",
         stop_grace_period=0.5,
     )
+    assert _updated_spec(fake) == dataclasses.replace(service.spec, container=container)
 
 
 def test_update_without_container_flags_keeps_them(
@@ -1008,7 +1031,8 @@ def test_update_without_container_flags_keeps_them(
         fake, entrypoint=("/init",), read_only=True, network_mode=NetworkMode.HOST
     )
     assert run("service", "update", "web", "-d", "--image", "nginx:2").exit_code == 0
-    assert _updated_spec(fake) == dataclasses.replace(service.spec, image="nginx:2")
+    container = dataclasses.replace(service.spec.container, image="nginx:2")
+    assert _updated_spec(fake) == dataclasses.replace(service.spec, container=container)
 
 
 def test_update_interval_alone_keeps_the_probe(
@@ -1018,28 +1042,28 @@ def test_update_interval_alone_keeps_the_probe(
     _service_with(fake, health=check)
     result = run("service", "update", "web", "-d", "--health-interval", "2s")
     assert result.exit_code == 0, result.output
-    assert _updated_spec(fake).health == dataclasses.replace(check, interval=2.0)
+    assert _updated_spec(fake).container.health == dataclasses.replace(check, interval=2.0)
 
 
 def test_update_new_probe_keeps_the_timing(run: Callable[..., Result], fake: FakeClient) -> None:
     _service_with(fake, health=HealthCheck(http="8080/healthz", interval=10.0, retries=5))
     result = run("service", "update", "web", "-d", "--health-tcp", "8080")
     assert result.exit_code == 0, result.output
-    assert _updated_spec(fake).health == HealthCheck(tcp=8080, interval=10.0, retries=5)
+    assert _updated_spec(fake).container.health == HealthCheck(tcp=8080, interval=10.0, retries=5)
 
 
 def test_update_adds_a_health_check(run: Callable[..., Result], fake: FakeClient) -> None:
     _service_with(fake)
     result = run("service", "update", "web", "-d", "--health-cmd", "pg_isready")
     assert result.exit_code == 0, result.output
-    assert _updated_spec(fake).health == HealthCheck(cmd=("/bin/sh", "-c", "pg_isready"))
+    assert _updated_spec(fake).container.health == HealthCheck(cmd=("/bin/sh", "-c", "pg_isready"))
 
 
 def test_update_no_healthcheck_removes_it(run: Callable[..., Result], fake: FakeClient) -> None:
     _service_with(fake, health=HealthCheck(tcp=80))
     result = run("service", "update", "web", "-d", "--no-healthcheck")
     assert result.exit_code == 0, result.output
-    assert _updated_spec(fake).health is None
+    assert _updated_spec(fake).container.health is None
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import pytest
 
 from warren.cli.client import LogLine, WarrenClient
 from warren.core.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from warren.core.models import Service, ServiceMode, ServiceSpec
+from warren.core.models import ContainerSpec, Service, ServiceMode, ServiceSpec
 from warren.proto import warren_pb2 as pb
 from warren.proto import warren_pb2_grpc as pb_grpc
 from warren.proto.convert import from_message, to_message
@@ -23,7 +23,9 @@ from warren.security.tls import IdentityFiles
 
 SERVICE = Service(
     id="svc-1",
-    spec=ServiceSpec(name="web", image="nginx:1.27", replicas=3, args=("nginx",)),
+    spec=ServiceSpec(
+        name="web", container=ContainerSpec(image="nginx:1.27", args=("nginx",)), replicas=3
+    ),
     spec_version=2,
     version=5,
 )
@@ -114,7 +116,9 @@ def test_models_round_trip(
     server: tuple[str, Control], tls: tuple[CertificateAuthority, IdentityFiles]
 ) -> None:
     address, control = server
-    spec = ServiceSpec(name="agent", image="busybox", mode=ServiceMode.GLOBAL, replicas=0)
+    spec = ServiceSpec(
+        name="agent", container=ContainerSpec(image="busybox"), mode=ServiceMode.GLOBAL, replicas=0
+    )
     with WarrenClient([address], tls[1], timeout=5) as client:
         assert client.get_service("web") == SERVICE
         created = client.create_service(spec)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,12 +13,16 @@ from factories import make_node, make_service, make_task
 from hypothesis import given
 from hypothesis import strategies as st
 
+from warren.core import flat_spec
 from warren.core.codec import from_dict, to_dict
 from warren.core.errors import InvalidArgument
 from warren.core.models import (
     Availability,
     Cluster,
+    ContainerSpec,
     NodeStatus,
+    Placement,
+    ResourceRequirements,
     Resources,
     RestartCondition,
     RestartPolicy,
@@ -48,17 +54,19 @@ def _json_round_trip(obj: Any) -> Any:
 
 _SPEC = ServiceSpec(
     name="api",
-    image="registry.local/api:2",
+    container=ContainerSpec(
+        image="registry.local/api:2", args=("serve", "--port", "80"), env={"LOG_LEVEL": "debug"}
+    ),
     mode=ServiceMode.REPLICATED,
     replicas=3,
-    args=("serve", "--port", "80"),
-    env={"LOG_LEVEL": "debug"},
     labels={"team": "edge"},
-    constraints=("node.labels.zone==a", "node.role!=manager"),
-    reservations=Resources(0.5, 256 * 1024**2),
-    limits=Resources(1.0, 512 * 1024**2),
-    restart_policy=RestartPolicy(RestartCondition.ON_FAILURE, 1.5, 3, 60.0),
-    max_replicas_per_node=2,
+    restart=RestartPolicy(RestartCondition.ON_FAILURE, 1.5, 3, 60.0),
+    resources=ResourceRequirements(
+        reservations=Resources(0.5, 256 * 1024**2), limits=Resources(1.0, 512 * 1024**2)
+    ),
+    placement=Placement(
+        constraints=("node.labels.zone==a", "node.role!=manager"), max_replicas_per_node=2
+    ),
 )
 
 MODELS = [
@@ -102,19 +110,19 @@ def test_every_model_round_trips(obj: Any) -> None:
 def test_to_dict_gives_plain_json_values() -> None:
     data = to_dict(_SPEC)
     assert data["mode"] == "replicated"
-    assert data["args"] == ["serve", "--port", "80"]
-    assert data["reservations"] == {"cpus": 0.5, "memory_bytes": 256 * 1024**2}
-    assert data["restart_policy"]["condition"] == "on-failure"
+    assert data["container"]["args"] == ["serve", "--port", "80"]
+    assert data["resources"]["reservations"] == {"cpus": 0.5, "memory_bytes": 256 * 1024**2}
+    assert data["restart"]["condition"] == "on-failure"
     assert json.loads(json.dumps(data)) == data
 
 
 def test_missing_fields_take_their_defaults() -> None:
-    spec = from_dict(ServiceSpec, {"name": "web", "image": "nginx"})
-    assert spec == ServiceSpec(name="web", image="nginx")
+    spec = from_dict(ServiceSpec, {"name": "web", "container": {"image": "nginx"}})
+    assert spec == ServiceSpec(name="web", container=ContainerSpec(image="nginx"))
 
 
 def test_enum_values_decode_to_members() -> None:
-    spec = from_dict(ServiceSpec, {"name": "web", "image": "x", "mode": "global"})
+    spec = from_dict(ServiceSpec, {**_WEB, "mode": "global"})
     assert spec.mode is ServiceMode.GLOBAL
 
 
@@ -122,7 +130,7 @@ def test_enum_values_decode_to_members() -> None:
 
 
 def test_an_integral_float_is_accepted_for_an_int() -> None:
-    spec = from_dict(ServiceSpec, {"name": "web", "image": "x", "replicas": 3.0})
+    spec = from_dict(ServiceSpec, {**_WEB, "replicas": 3.0})
     assert spec.replicas == 3
     assert type(spec.replicas) is int
 
@@ -152,7 +160,11 @@ def test_optional_still_checks_the_type() -> None:
 
 # --- refusals, each with a path ---------------------------------------------
 
-_WEB = {"name": "web", "image": "nginx"}
+_WEB: dict[str, Any] = {"name": "web", "container": {"image": "nginx"}}
+
+
+def _web(**container: Any) -> dict[str, Any]:
+    return {"name": "web", "container": {"image": "nginx", **container}}
 
 
 @pytest.mark.parametrize(
@@ -164,11 +176,12 @@ _WEB = {"name": "web", "image": "nginx"}
         (ServiceSpec, {**_WEB, "replicas": "3"}, "servicespec.replicas: expected an integer"),
         (ServiceSpec, {**_WEB, "replicas": 2.5}, "servicespec.replicas: expected an integer"),
         (ServiceSpec, {**_WEB, "replicas": None}, "servicespec.replicas: expected an integer"),
-        (ServiceSpec, {**_WEB, "image": 7}, "servicespec.image: expected a string"),
-        (ServiceSpec, {**_WEB, "args": "serve"}, "servicespec.args: expected a list"),
-        (ServiceSpec, {**_WEB, "args": ["a", 1]}, "servicespec.args[1]: expected a string"),
-        (ServiceSpec, {**_WEB, "env": ["A=1"]}, "servicespec.env: expected an object"),
-        (ServiceSpec, {**_WEB, "env": {"A": 1}}, "servicespec.env.A: expected a string"),
+        (ServiceSpec, _web(image=7), "servicespec.container.image: expected a string"),
+        (ServiceSpec, _web(args="serve"), "servicespec.container.args: expected a list"),
+        (ServiceSpec, _web(args=["a", 1]), "servicespec.container.args[1]: expected a string"),
+        (ServiceSpec, _web(env=["A=1"]), "servicespec.container.env: expected an object"),
+        (ServiceSpec, _web(env={"A": 1}), "servicespec.container.env.A: expected a string"),
+        (ServiceSpec, {"name": "web", "container": "nginx"}, "servicespec.container: expected an"),
         (
             ServiceSpec,
             {**_WEB, "mode": "batch"},
@@ -176,23 +189,23 @@ _WEB = {"name": "web", "image": "nginx"}
         ),
         (
             ServiceSpec,
-            {**_WEB, "reservations": {"cpus": "1"}},
-            "servicespec.reservations.cpus: expected a number",
+            {**_WEB, "resources": {"reservations": {"cpus": "1"}}},
+            "servicespec.resources.reservations.cpus: expected a number",
         ),
         (
             ServiceSpec,
-            {**_WEB, "reservations": {"cpus": False}},
-            "servicespec.reservations.cpus: expected a number",
+            {**_WEB, "resources": {"reservations": {"cpus": False}}},
+            "servicespec.resources.reservations.cpus: expected a number",
         ),
         (
             ServiceSpec,
-            {**_WEB, "restart_policy": {"condition": "sometimes"}},
-            "servicespec.restart_policy.condition: 'sometimes' is not one of: none, on-failure,",
+            {**_WEB, "restart": {"condition": "sometimes"}},
+            "servicespec.restart.condition: 'sometimes' is not one of: none, on-failure,",
         ),
         (
             ServiceSpec,
-            {**_WEB, "restart_policy": {"delay": 1, "tries": 3}},
-            "servicespec.restart_policy: unknown field 'tries'",
+            {**_WEB, "restart": {"delay": 1, "tries": 3}},
+            "servicespec.restart: unknown field 'tries'",
         ),
         (Resources, {"memory_bytes": 1.5}, "resources.memory_bytes: expected an integer"),
         (TaskStatus, {"state": "sleeping"}, "taskstatus.state: 'sleeping' is not one of:"),
@@ -212,9 +225,9 @@ def test_bad_input_is_refused_with_its_path(cls: type[Any], data: Any, message: 
 
 def test_errors_deep_in_a_task_name_the_full_path() -> None:
     data = to_dict(make_task())
-    data["spec"]["reservations"]["cpus"] = "lots"
+    data["spec"]["resources"]["reservations"]["cpus"] = "lots"
     with pytest.raises(
-        InvalidArgument, match=r"^task\.spec\.reservations\.cpus: expected a number"
+        InvalidArgument, match=r"^task\.spec\.resources\.reservations\.cpus: expected a number"
     ):
         from_dict(Task, data)
     data = to_dict(make_task())
@@ -229,8 +242,10 @@ def test_the_caller_can_name_the_root_of_the_path() -> None:
 
 
 def test_a_missing_required_field_is_refused_with_the_path() -> None:
-    with pytest.raises(InvalidArgument, match=r"^servicespec: .*'image'"):
+    with pytest.raises(InvalidArgument, match=r"^servicespec: .*'container'"):
         from_dict(ServiceSpec, {"name": "web"})
+    with pytest.raises(InvalidArgument, match=r"^servicespec\.container: .*'image'"):
+        from_dict(ServiceSpec, {"name": "web", "container": {}})
 
 
 def test_model_validation_still_runs() -> None:
@@ -249,9 +264,9 @@ def test_the_scalars_helper_decodes_good_values() -> None:
 @pytest.mark.parametrize(
     "data",
     [
-        {"name": "web\n", "image": "x"},
-        {"name": "web", "image": "x", "labels": {"team\n": "a"}},
-        {"name": "web", "image": "x", "env": {"PATH\n": "/bin"}},
+        {"name": "web\n", "container": {"image": "x"}},
+        {**_WEB, "labels": {"team\n": "a"}},
+        _web(env={"PATH\n": "/bin"}),
     ],
     ids=["name", "label-key", "env-key"],
 )
@@ -287,7 +302,8 @@ _restart_policy = st.fixed_dictionaries(
         "window": _seconds,
     },
 )
-spec_dicts = st.fixed_dictionaries(
+# The flat form of command format 1 (what older journals and backups hold)...
+flat_spec_dicts = st.fixed_dictionaries(
     {
         "name": _name,
         "image": _text.filter(str.strip),
@@ -305,6 +321,8 @@ spec_dicts = st.fixed_dictionaries(
         "max_replicas_per_node": st.integers(0, 5),
     },
 )
+# ...and the same specs as they are written since.
+spec_dicts = flat_spec_dicts.map(flat_spec.nest)
 status_dicts = st.fixed_dictionaries(
     {},
     optional={
@@ -360,7 +378,17 @@ def test_random_tasks_round_trip(data: dict[str, Any]) -> None:
     assert _json_round_trip(task) == task
 
 
-@given(spec_dicts, st.sampled_from(["replicas", "args", "env", "reservations", "mode"]))
-def test_random_specs_refuse_a_bool_anywhere(data: dict[str, Any], field: str) -> None:
-    with pytest.raises(InvalidArgument, match=rf"^servicespec\.{field}\b"):
-        from_dict(ServiceSpec, {**data, field: True})
+@given(
+    spec_dicts,
+    st.sampled_from(
+        ["replicas", "container.args", "container.env", "resources.reservations", "mode"]
+    ),
+)
+def test_random_specs_refuse_a_bool_anywhere(data: dict[str, Any], path: str) -> None:
+    *groups, name = path.split(".")
+    target = data = copy.deepcopy(data)
+    for group in groups:
+        target = target.setdefault(group, {})
+    target[name] = True
+    with pytest.raises(InvalidArgument, match=rf"^servicespec\.{re.escape(path)}\b"):
+        from_dict(ServiceSpec, data)

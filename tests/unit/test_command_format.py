@@ -13,7 +13,7 @@ from factories import make_node
 
 from warren.core.codec import from_dict, to_dict
 from warren.core.errors import FailedPrecondition
-from warren.core.formats import FieldTooNew, for_format, newest_format, since
+from warren.core.formats import COMMAND_FORMAT, FieldTooNew, for_format, newest_format, since
 from warren.core.models import Cluster, ManagerFormat, NodeRole
 from warren.manager import kinds
 from warren.manager.command_format import (
@@ -191,7 +191,9 @@ def test_newer_fields_are_dropped_at_their_defaults_at_any_depth() -> None:
         for_format(Widget, to_dict(replace(obj, extra=Paint(gloss=True))), 1)
 
 
-def test_today_commands_are_format_1_and_old_clusters_read_as_format_1() -> None:
+def test_old_clusters_read_as_format_1_and_get_unchanged_commands_without_specs() -> None:
+    # Format 2 nested ServiceSpec (see test_flat_spec.py); a node has no spec.
+    assert COMMAND_FORMAT == 2
     old = {"id": "c", "ca_fingerprint": "f", "created_at": 1.0, "version": 3}
     cluster = from_dict(Cluster, old)
     assert (cluster.command_format, cluster.manager_formats) == (1, ())

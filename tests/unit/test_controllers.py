@@ -243,7 +243,7 @@ async def test_the_running_loops_converge_a_new_service(manager: Manager) -> Non
         # A failure is noticed and replaced without anyone calling converge().
         await manager.write(
             put(
-                replace(service, spec=replace(service.spec, restart_policy=NO_DELAY)),
+                replace(service, spec=replace(service.spec, restart=NO_DELAY)),
                 service.version,
             )
         )

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from wire_strategies import specs
 
 from warren.core.codec import to_dict, to_json
-from warren.core.models import Service, ServiceSpec, Task
+from warren.core.models import ContainerSpec, Service, ServiceSpec, Task
 from warren.manager.encoded import EncodedObjects
 
 
@@ -21,7 +21,11 @@ def test_to_json_is_the_codecs_document(spec: ServiceSpec) -> None:
 
 
 def _service(name: str, version: int) -> Service:
-    return Service(id=f"id-{name}", spec=ServiceSpec(name=name, image="busybox"), version=version)
+    return Service(
+        id=f"id-{name}",
+        spec=ServiceSpec(name=name, container=ContainerSpec(image="busybox")),
+        version=version,
+    )
 
 
 def test_a_listing_is_a_json_array_of_every_object() -> None:

@@ -5,6 +5,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
 from warren.core.models import (
+    ContainerSpec,
     Node,
     NodeRole,
     NodeStatus,
@@ -38,14 +39,14 @@ def _samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], 
 
 
 def _seed(consensus: LocalConsensus) -> None:
-    spec = ServiceSpec(name="web", image="nginx:1.27")
+    spec = ServiceSpec(name="web", container=ContainerSpec(image="nginx:1.27"))
     consensus.store.load(
         [
             Node("m1", NodeRole.MANAGER, "core-1", status=NodeStatus.READY),
             Node("w1", NodeRole.WORKER, "edge-1", status=NodeStatus.DOWN),
             Node("w2", NodeRole.WORKER, "edge-2", status=NodeStatus.DOWN),
             Service("svc-1", spec),
-            Service("svc-2", ServiceSpec(name="db", image="postgres:16")),
+            Service("svc-2", ServiceSpec(name="db", container=ContainerSpec(image="postgres:16"))),
             Task("t1", "svc-1", "web", spec, 1, slot=1, status=TaskStatus(TaskState.RUNNING)),
             Task("t2", "svc-1", "web", spec, 1, slot=2, status=TaskStatus(TaskState.RUNNING)),
             Task("t3", "svc-1", "web", spec, 1, slot=3),

@@ -135,7 +135,7 @@ _CHILD = """
 import asyncio, sys, time
 from pathlib import Path
 
-from warren.core.models import Service, ServiceSpec
+from warren.core.models import ContainerSpec, Service, ServiceSpec
 from warren.manager.raft import RaftConsensus
 from warren.manager.store import MUST_NOT_EXIST, Store, put, raise_for_result, txn
 
@@ -146,7 +146,8 @@ async def main(address, data_dir, count):
     while not consensus.is_leader:
         await asyncio.sleep(0.01)
     for i in range(count):
-        service = Service(id=f"svc-{i:04d}", spec=ServiceSpec(name=f"s{i}", image="x"))
+        spec = ServiceSpec(name=f"s{i}", container=ContainerSpec(image="x"))
+        service = Service(id=f"svc-{i:04d}", spec=spec)
         command = txn([put(service, MUST_NOT_EXIST)], at=time.time())
         raise_for_result(await consensus.propose(command))
         print(service.id, flush=True)  # acknowledged

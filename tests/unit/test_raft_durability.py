@@ -34,7 +34,7 @@ async def test_snapshots_keep_the_journal_bounded_and_restore_everything(tmp_pat
     import time
 
     from warren.core.errors import Unavailable
-    from warren.core.models import Service, ServiceSpec
+    from warren.core.models import ContainerSpec, Service, ServiceSpec
     from warren.manager.store import Kind, Store, barrier, put, txn
 
     with socket.socket() as sock:
@@ -55,7 +55,13 @@ async def test_snapshots_keep_the_journal_bounded_and_restore_everything(tmp_pat
     try:
         await ready(consensus)
         writes = [
-            put(Service(id=f"s{i}", spec=ServiceSpec(name=f"s{i}", image="busybox")), 0)
+            put(
+                Service(
+                    id=f"s{i}",
+                    spec=ServiceSpec(name=f"s{i}", container=ContainerSpec(image="busybox")),
+                ),
+                0,
+            )
             for i in range(600)
         ]
         for op in writes:
@@ -87,7 +93,7 @@ async def test_entries_after_a_snapshot_survive_a_stop_before_the_journal_was_tr
     import time
 
     from warren.core.errors import Unavailable
-    from warren.core.models import Service, ServiceSpec
+    from warren.core.models import ContainerSpec, Service, ServiceSpec
     from warren.manager.store import Kind, Store, barrier, put, txn
 
     with socket.socket() as sock:
@@ -104,7 +110,9 @@ async def test_entries_after_a_snapshot_survive_a_stop_before_the_journal_was_tr
 
     async def write(consensus: raft.RaftConsensus, numbers: range) -> None:
         for i in numbers:
-            service = Service(id=f"s{i}", spec=ServiceSpec(name=f"s{i}", image="busybox"))
+            service = Service(
+                id=f"s{i}", spec=ServiceSpec(name=f"s{i}", container=ContainerSpec(image="busybox"))
+            )
             await consensus.propose(txn([put(service, 0)], at=time.time()))
 
     # The stop comes before any trim: the journal keeps every entry.

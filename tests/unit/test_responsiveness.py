@@ -11,7 +11,7 @@ import pytest
 from factories import make_node, make_service, make_task
 
 from warren.core.errors import InvalidArgument
-from warren.core.models import MAX_REPLICAS, Cluster, NodeStatus, ServiceSpec
+from warren.core.models import MAX_REPLICAS, Cluster, ContainerSpec, NodeStatus, ServiceSpec
 from warren.manager.consensus import LocalConsensus
 from warren.manager.control import ControlService
 from warren.manager.dispatcher import Dispatcher, LiveClock
@@ -144,7 +144,7 @@ async def test_a_replica_count_over_the_cap_is_refused_naming_the_limit() -> Non
     with pytest.raises(InvalidArgument, match="replicas must be between 0 and 1000, not 1001"):
         await control.scale_service(service.id, MAX_REPLICAS + 1)
     with pytest.raises(InvalidArgument, match="between 0 and 1000"):
-        ServiceSpec(name="big", image="busybox", replicas=100_000)
+        ServiceSpec(name="big", container=ContainerSpec(image="busybox"), replicas=100_000)
     assert store.state_hash() == before
     scaled = await control.scale_service(service.id, MAX_REPLICAS)
     assert scaled.spec.replicas == MAX_REPLICAS

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from warren.core.errors import InvalidArgument
 from warren.core.models import (
+    ContainerSpec,
     Node,
     NodeRole,
     NodeStatus,
@@ -102,7 +103,9 @@ class Api:
 
     async def create(self, name: str = "web", replicas: int = 2) -> dict[str, Any]:
         status, body = await self.call(
-            "POST", "/v1/services", {"name": name, "image": "nginx:1.27", "replicas": replicas}
+            "POST",
+            "/v1/services",
+            {"name": name, "container": {"image": "nginx:1.27"}, "replicas": replicas},
         )
         assert status == 201, body
         return body  # type: ignore[no-any-return]
@@ -159,12 +162,13 @@ async def test_service_lifecycle(api: Api) -> None:
         assert status == 200
         assert got["id"] == service_id
 
-    spec = dict(created["spec"], image="nginx:1.28")
+    spec = dict(created["spec"])
+    spec["container"] = dict(spec["container"], image="nginx:1.28")
     status, updated = await api.call(
         "PUT", "/v1/services/web", {"spec": spec, "version": created["version"]}
     )
     assert status == 200
-    assert updated["spec"]["image"] == "nginx:1.28"
+    assert updated["spec"]["container"]["image"] == "nginx:1.28"
     assert updated["spec_version"] == 2
 
     status, body = await api.call("PUT", "/v1/services/web", {"spec": spec, "version": 1})
@@ -185,16 +189,19 @@ async def test_service_lifecycle(api: Api) -> None:
 
 async def test_update_without_version_applies_to_current(api: Api) -> None:
     created = await api.create("web")
-    spec = dict(created["spec"], env={"MODE": "prod"})
+    spec = dict(created["spec"])
+    spec["container"] = dict(spec["container"], env={"MODE": "prod"})
     status, updated = await api.call("PUT", "/v1/services/web", {"spec": spec})
     assert status == 200
-    assert updated["spec"]["env"] == {"MODE": "prod"}
+    assert updated["spec"]["container"]["env"] == {"MODE": "prod"}
 
 
 async def test_duplicate_service_name_conflicts_and_changes_nothing(api: Api) -> None:
     first = await api.create("web")
     revision = api.store.revision
-    status, body = await api.call("POST", "/v1/services", {"name": "web", "image": "redis:7"})
+    status, body = await api.call(
+        "POST", "/v1/services", {"name": "web", "container": {"image": "redis:7"}}
+    )
     assert status == 409
     assert _error_code(body) == "already_exists"
     assert api.store.revision == revision
@@ -205,7 +212,9 @@ async def test_negative_replicas_rejected_and_change_nothing(api: Api) -> None:
     await api.create("web", replicas=2)
     revision = api.store.revision
     status, body = await api.call(
-        "POST", "/v1/services", {"name": "db", "image": "postgres:16", "replicas": -1}
+        "POST",
+        "/v1/services",
+        {"name": "db", "container": {"image": "postgres:16"}, "replicas": -1},
     )
     assert status == 400
     assert _error_code(body) == "invalid_argument"
@@ -255,14 +264,26 @@ async def test_bad_bodies_are_400_and_change_nothing(
     ("method", "path", "body"),
     [
         ("POST", "/v1/services", {"name": "db"}),
-        ("POST", "/v1/services", {"name": "db", "image": "x", "env": {"A": 1}}),
-        ("POST", "/v1/services", {"name": "db", "image": "x", "mode": "sideways"}),
-        ("POST", "/v1/services", {"name": "db", "image": "x", "args": "ls"}),
-        ("POST", "/v1/services", {"name": "bad name!", "image": "x"}),
+        ("POST", "/v1/services", {"name": "db", "container": {"image": "x", "env": {"A": 1}}}),
+        ("POST", "/v1/services", {"name": "db", "container": {"image": "x"}, "mode": "sideways"}),
+        ("POST", "/v1/services", {"name": "db", "container": {"image": "x", "args": "ls"}}),
+        ("POST", "/v1/services", {"name": "bad name!", "container": {"image": "x"}}),
         ("PUT", "/v1/services/web", {"version": 1}),
-        ("PUT", "/v1/services/web", {"spec": {"name": "web", "image": "x"}, "version": -1}),
-        ("PUT", "/v1/services/web", {"spec": {"name": "web", "image": "x"}, "extra": True}),
-        ("PUT", "/v1/services/web", {"spec": {"name": "web", "image": "x", "mode": "global"}}),
+        (
+            "PUT",
+            "/v1/services/web",
+            {"spec": {"name": "web", "container": {"image": "x"}}, "version": -1},
+        ),
+        (
+            "PUT",
+            "/v1/services/web",
+            {"spec": {"name": "web", "container": {"image": "x"}}, "extra": True},
+        ),
+        (
+            "PUT",
+            "/v1/services/web",
+            {"spec": {"name": "web", "container": {"image": "x"}, "mode": "global"}},
+        ),
         ("POST", "/v1/services/web/scale", {}),
         ("POST", "/v1/services/web/scale", {"replicas": 1.5}),
         ("POST", "/v1/services/web/scale", {"replicas": True}),
@@ -330,8 +351,8 @@ async def test_nodes(api: Api) -> None:
 
 
 async def test_tasks(api: Api) -> None:
-    spec = ServiceSpec(name="web", image="nginx:1.27", replicas=2)
-    other = ServiceSpec(name="db", image="postgres:16")
+    spec = ServiceSpec(name="web", container=ContainerSpec(image="nginx:1.27"), replicas=2)
+    other = ServiceSpec(name="db", container=ContainerSpec(image="postgres:16"))
     api.store.load(
         [
             Node("node-1", NodeRole.WORKER, "edge-1"),
@@ -376,7 +397,7 @@ async def test_worker_certificate_is_forbidden(api: Api, pki: Pki, worker: Path)
     connector = aiohttp.TCPConnector(ssl=pki.client(worker))
     async with aiohttp.ClientSession(connector=connector) as session:
         for method, path in (("GET", "/v1/services"), ("POST", "/v1/services")):
-            spec = {"name": "web", "image": "nginx"}
+            spec = {"name": "web", "container": {"image": "nginx"}}
             async with session.request(method, api.url + path, json=spec) as response:
                 assert response.status == 403
                 assert _error_code(await response.json()) == "permission_denied"
@@ -537,7 +558,8 @@ async def test_openapi_matches_the_router(api: Api) -> None:
     assert {"ServiceSpec", "Service", "Node", "Task", "Error"} <= set(schemas)
     for ref in _refs(doc):
         assert ref.removeprefix("#/components/schemas/") in schemas, ref
-    assert schemas["ServiceSpec"]["required"] == ["name", "image"]
+    assert schemas["ServiceSpec"]["required"] == ["name", "container"]
+    assert schemas["ContainerSpec"]["required"] == ["image"]
     assert schemas["ServiceSpec"]["additionalProperties"] is False
     assert schemas["ServiceSpec"]["properties"]["mode"]["enum"] == ["replicated", "global"]
 

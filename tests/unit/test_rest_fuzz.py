@@ -34,7 +34,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from warren.core.errors import MAX_MESSAGE
-from warren.core.models import Node, NodeRole, NodeStatus, Service, ServiceSpec, Task
+from warren.core.models import ContainerSpec, Node, NodeRole, NodeStatus, Service, ServiceSpec, Task
 from warren.manager.consensus import LocalConsensus
 from warren.manager.control import ControlService
 from warren.manager.events import EventBus
@@ -62,7 +62,7 @@ schema.config.checks.negative_data_rejection.expected_statuses = ["4XX"]
 
 def _seed(store: Store) -> None:
     """Something for references to find: a node, a service and its task."""
-    spec = ServiceSpec(name="web", image="nginx:1.27", replicas=1)
+    spec = ServiceSpec(name="web", container=ContainerSpec(image="nginx:1.27"), replicas=1)
     store.load(
         [
             Node("node0abcdefghijklmnopqrst", NodeRole.WORKER, "edge-1", status=NodeStatus.READY),

@@ -346,19 +346,24 @@ def test_placements_respect_every_filter(cluster: tuple[Snapshot, list[Task]]) -
         node = snapshot.nodes[node_id]
         assert node.schedulable
         on_node = [t for t in committed if t.node_id == node_id]
-        assert sum(t.spec.reservations.cpus for t in on_node) <= node.resources.cpus + 1e-9
-        assert sum(t.spec.reservations.memory_bytes for t in on_node) <= node.resources.memory_bytes
+        assert (
+            sum(t.spec.resources.reservations.cpus for t in on_node) <= node.resources.cpus + 1e-9
+        )
+        assert (
+            sum(t.spec.resources.reservations.memory_bytes for t in on_node)
+            <= node.resources.memory_bytes
+        )
     for placement in result.placements:
         task = snapshot.tasks[placement.task_id]
         node = snapshot.nodes[placement.node_id]
-        assert all(parse_constraint(c).matches(node) for c in task.spec.constraints)
-        if task.spec.max_replicas_per_node:
+        assert all(parse_constraint(c).matches(node) for c in task.spec.placement.constraints)
+        if task.spec.placement.max_replicas_per_node:
             same = [
                 t
                 for t in committed
                 if t.service_id == task.service_id and t.node_id == placement.node_id
             ]
-            assert len(same) <= task.spec.max_replicas_per_node
+            assert len(same) <= task.spec.placement.max_replicas_per_node
 
 
 @settings(max_examples=200, deadline=None)

@@ -23,6 +23,7 @@ from warren.core.codec import from_dict, to_dict
 from warren.core.errors import InvalidArgument
 from warren.core.models import (
     MAX_REPLICAS,
+    ContainerSpec,
     Node,
     NodeRole,
     Resources,
@@ -94,37 +95,47 @@ def test_every_accepted_node_and_status_round_trips(node: Node, status: TaskStat
 # -- what the models refuse: past every bound, in every spelling that reaches them ---
 
 _TOO_BIG = [
-    ("max_replicas_per_node", MAX_REPLICAS + 1),
-    ("max_replicas_per_node", 2**31),
+    ("placement.max_replicas_per_node", MAX_REPLICAS + 1),
+    ("placement.max_replicas_per_node", 2**31),
     ("replicas", 2**31),
-    ("restart_policy", {"max_attempts": 2**31}),
-    ("restart_policy", {"delay": MAX_SECONDS + 1}),
-    ("health", {"cmd": ["true"], "retries": 2**31}),
-    ("health", {"cmd": ["true"], "interval": 1e300}),
-    ("limits", {"memory_bytes": 2**63}),
-    ("limits", {"memory_bytes": 10**30}),
-    ("reservations", {"cpus": 10**400}),
-    ("limits", {"cpus": 4097}),
-    ("stop_grace_period", 10**400),
-    ("stop_grace_period", MAX_SECONDS + 1),
+    ("restart", {"max_attempts": 2**31}),
+    ("restart", {"delay": MAX_SECONDS + 1}),
+    ("container.health", {"cmd": ["true"], "retries": 2**31}),
+    ("container.health", {"cmd": ["true"], "interval": 1e300}),
+    ("resources.limits", {"memory_bytes": 2**63}),
+    ("resources.limits", {"memory_bytes": 10**30}),
+    ("resources.reservations", {"cpus": 10**400}),
+    ("resources.limits", {"cpus": 4097}),
+    ("container.stop_grace_period", 10**400),
+    ("container.stop_grace_period", MAX_SECONDS + 1),
 ]
 
 _BAD_TEXT = [
-    ("image", "busybox\udc80"),
-    ("image", "busy\x00box"),
-    ("env", {"A": "\ud800"}),
-    ("env", {"A": "x\x00y"}),
+    ("container.image", "busybox\udc80"),
+    ("container.image", "busy\x00box"),
+    ("container.env", {"A": "\ud800"}),
+    ("container.env", {"A": "x\x00y"}),
     ("labels", {"team": "\udfff"}),
-    ("args", ["ok", "\ud83d"]),
-    ("entrypoint", ["\x00"]),
-    ("user", "\udc00"),
-    ("image", "i" * 1025),
+    ("container.args", ["ok", "\ud83d"]),
+    ("container.entrypoint", ["\x00"]),
+    ("container.user", "\udc00"),
+    ("container.image", "i" * 1025),
 ]
+
+
+def _spec_with(spec: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """``spec`` (a JSON object) with the field at a dotted path set."""
+    *groups, name = path.split(".")
+    target = spec
+    for group in groups:
+        target = target.setdefault(group, {})
+    target[name] = value
+    return spec
 
 
 @pytest.mark.parametrize(("name", "value"), _TOO_BIG + _BAD_TEXT)
 def test_a_value_no_wire_can_carry_is_refused_everywhere(name: str, value: Any) -> None:
-    data = {"name": "poison", "image": "busybox", name: value}
+    data = _spec_with({"name": "poison", "container": {"image": "busybox"}}, name, value)
     # REST and the Raft log decode with the codec; gRPC too, after protobuf.
     with pytest.raises(InvalidArgument) as refused:
         from_dict(ServiceSpec, data)
@@ -132,8 +143,10 @@ def test_a_value_no_wire_can_carry_is_refused_everywhere(name: str, value: Any) 
     assert "\n" not in message and "\x00" not in message and len(message) < 200
     # A command carrying it (written by hand: no proposer would build one) is
     # refused when applied, and changes nothing.
-    good = to_dict(Service(id="s1", spec=ServiceSpec(name="poison", image="busybox")))
-    good["spec"].update({name: value})
+    good = to_dict(
+        Service(id="s1", spec=ServiceSpec(name="poison", container=ContainerSpec(image="busybox")))
+    )
+    _spec_with(good["spec"], name, value)
     store = Store()
     command = {"op": "txn", "ops": [{"put": "service", "object": good, "expect": 0}]}
     command.update(at=1.0, atomic=True)
@@ -144,9 +157,12 @@ def test_a_value_no_wire_can_carry_is_refused_everywhere(name: str, value: Any) 
 
 def test_huge_numbers_are_refused_with_the_field_named() -> None:
     with pytest.raises(InvalidArgument, match="max_replicas_per_node must be between 0 and"):
-        from_dict(ServiceSpec, {"name": "p", "image": "b", "max_replicas_per_node": 2**31})
+        spec = {"name": "p", "container": {"image": "b"}}
+        from_dict(ServiceSpec, {**spec, "placement": {"max_replicas_per_node": 2**31}})
     with pytest.raises(InvalidArgument, match="stop_grace_period: number out of range"):
-        from_dict(ServiceSpec, {"name": "p", "image": "b", "stop_grace_period": 10**400})
+        from_dict(
+            ServiceSpec, {"name": "p", "container": {"image": "b", "stop_grace_period": 10**400}}
+        )
     with pytest.raises(InvalidArgument, match="a number too large to show"):
         Resources(memory_bytes=10**60)
 
@@ -177,9 +193,9 @@ def test_a_stored_object_that_cannot_be_encoded_is_left_out_not_fatal(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # As an older version could have stored it: built around validation.
-    good = ServiceSpec(name="good", image="busybox")
-    poison = ServiceSpec(name="poison", image="busybox")
-    object.__setattr__(poison, "max_replicas_per_node", 2**31)
+    good = ServiceSpec(name="good", container=ContainerSpec(image="busybox"))
+    poison = ServiceSpec(name="poison", container=ContainerSpec(image="busybox"))
+    object.__setattr__(poison.placement, "max_replicas_per_node", 2**31)
     tasks = [Task("t-good", "s1", "good", good, 1), Task("t-bad", "s2", "poison", poison, 1)]
     messages = encodable(tasks, pb.Task)
     assert [m.id for m in messages] == ["t-good"]
@@ -198,9 +214,11 @@ def test_restart_policy_bounds_come_from_the_model() -> None:
 async def test_a_poisoned_task_does_not_stop_the_assignments_of_its_node() -> None:
     # The bug this guards against: one task that protobuf could not carry ended
     # its node's session every 0.3 s, so no task on that node ever started.
-    good = ServiceSpec(name="good", image="busybox")
-    poison = ServiceSpec(name="poison", image="busybox")
-    object.__setattr__(poison, "max_replicas_per_node", 2**31)  # as an older version stored it
+    good = ServiceSpec(name="good", container=ContainerSpec(image="busybox"))
+    poison = ServiceSpec(name="poison", container=ContainerSpec(image="busybox"))
+    object.__setattr__(
+        poison.placement, "max_replicas_per_node", 2**31
+    )  # as an older version stored it
     assigned = TaskStatus(state=TaskState.ASSIGNED)
     store = Store()
     store.load(
@@ -221,8 +239,8 @@ async def test_a_poisoned_task_does_not_stop_the_assignments_of_its_node() -> No
 
 def test_a_missing_required_field_is_named_not_a_python_message() -> None:
     with pytest.raises(InvalidArgument, match=r"^spec: missing field 'name'$"):
-        from_dict(ServiceSpec, {"image": "busybox"}, "spec")
-    with pytest.raises(InvalidArgument, match=r"^task.spec: missing field 'image'$"):
+        from_dict(ServiceSpec, {"container": {"image": "busybox"}}, "spec")
+    with pytest.raises(InvalidArgument, match=r"^task.spec: missing field 'container'$"):
         from_dict(
             Task,
             {

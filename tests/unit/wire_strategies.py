@@ -16,7 +16,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 from warren.core.errors import InvalidArgument
-from warren.core.models import HealthCheck, Node, ServiceSpec
+from warren.core.models import ContainerSpec, HealthCheck, Node, Placement, ServiceSpec
 from warren.core.validation import INT32_MAX, MAX_SECONDS, field_limits
 
 # Text as models take it: any Unicode scalar value but NUL (surrogates are not
@@ -28,20 +28,20 @@ _labels = st.dictionaries(st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9_./-]{0,15}\Z")
 
 _OVERRIDES: dict[tuple[type[Any], str], st.SearchStrategy[Any]] = {
     (ServiceSpec, "name"): st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z"),
-    (ServiceSpec, "image"): st.text(_char, min_size=1, max_size=8).filter(str.strip)
+    (ContainerSpec, "image"): st.text(_char, min_size=1, max_size=8).filter(str.strip)
     | st.just("r" * 1024),
-    (ServiceSpec, "env"): st.dictionaries(
+    (ContainerSpec, "env"): st.dictionaries(
         st.from_regex(r"\A[A-Za-z_][A-Za-z0-9_]{0,10}\Z"), _text, max_size=3
     ),
     (ServiceSpec, "labels"): _labels,
     (Node, "labels"): _labels,
-    (ServiceSpec, "constraints"): st.lists(
+    (Placement, "constraints"): st.lists(
         st.sampled_from(["node.role==worker", "node.labels.zone!=a", "node.hostname==h1"]),
         max_size=2,
     ).map(tuple),
-    (ServiceSpec, "stop_signal"): st.sampled_from(["SIGTERM", "SIGINT", "SIGKILL", "SIGUSR1"]),
-    (ServiceSpec, "workdir"): st.sampled_from(["", "/", "/srv/\u00e9t\u00e9", "/" + "d" * 4095]),
-    (ServiceSpec, "health"): st.none()
+    (ContainerSpec, "stop_signal"): st.sampled_from(["SIGTERM", "SIGINT", "SIGKILL", "SIGUSR1"]),
+    (ContainerSpec, "workdir"): st.sampled_from(["", "/", "/srv/\u00e9t\u00e9", "/" + "d" * 4095]),
+    (ContainerSpec, "health"): st.none()
     | st.builds(
         HealthCheck,
         cmd=st.lists(_text, min_size=1, max_size=3).map(tuple),

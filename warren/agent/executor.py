@@ -74,7 +74,8 @@ def may_restart_locally(
 
 
 def container_config(task: Task) -> ContainerConfig:
-    spec = task.spec
+    spec = task.spec.container
+    limits = task.spec.resources.limits
     return ContainerConfig(
         container_id=task.id,
         image=spec.image,
@@ -90,8 +91,8 @@ def container_config(task: Task) -> ContainerConfig:
         },
         workdir=spec.workdir,
         user=spec.user,
-        cpu_limit=spec.limits.cpus,
-        memory_limit_bytes=spec.limits.memory_bytes,
+        cpu_limit=limits.cpus,
+        memory_limit_bytes=limits.memory_bytes,
         read_only=spec.read_only,
         init=spec.init,
         host_network=spec.network_mode == NetworkMode.HOST,
@@ -166,7 +167,7 @@ class TaskExecutor:
     async def _run(self) -> None:
         try:
             self._set(TaskState.PREPARING, "pulling image")
-            await self.runtime.pull(self.task.spec.image)
+            await self.runtime.pull(self.task.spec.container.image)
             if self._stopping:
                 self._set(TaskState.SHUTDOWN, "stopped before start")
                 return
@@ -207,7 +208,7 @@ class TaskExecutor:
                 return
 
     def _watch_health(self) -> None:
-        check = self.task.spec.health
+        check = self.task.spec.container.health
         if check is None:
             if self.state != TaskState.RUNNING or self.local_restarts:
                 self._set(TaskState.RUNNING, self._running_message)
@@ -231,7 +232,7 @@ class TaskExecutor:
 
     async def _stop_container(self) -> None:
         with contextlib.suppress(NotFound):
-            await self.runtime.stop(self.task.id, self.task.spec.stop_grace_period)
+            await self.runtime.stop(self.task.id, self.task.spec.container.stop_grace_period)
 
     async def _wait_for_exit(self) -> Ending:
         try:
@@ -294,7 +295,7 @@ class TaskExecutor:
     def _may_restart(self, ending: Ending) -> bool:
         if self._stopping or not self._can_restart_locally():
             return False
-        policy = self.task.spec.restart_policy
+        policy = self.task.spec.restart
         now = time.monotonic()
         if policy.window:
             self._restart_times = [t for t in self._restart_times if now - t < policy.window]
@@ -303,9 +304,9 @@ class TaskExecutor:
     async def _restart(self, ending: Ending) -> bool:
         """Delay, then a new container for the same task; False if it ended instead."""
         self.local_restarts += 1
-        if self.task.spec.restart_policy.max_attempts:
+        if self.task.spec.restart.max_attempts:
             self._restart_times.append(time.monotonic())
-        delay = self.task.spec.restart_policy.delay
+        delay = self.task.spec.restart.delay
         # Still RUNNING: a terminal report would make the manager replace the task.
         why = ending.err or ending.message
         self._set(TaskState.RUNNING, f"{why}; restarting locally in {delay:g}s")
@@ -315,7 +316,7 @@ class TaskExecutor:
             self._set(TaskState.SHUTDOWN, "shut down")
             return False
         try:
-            await self.runtime.pull(self.task.spec.image)
+            await self.runtime.pull(self.task.spec.container.image)
             await self._create_and_start()
         except WarrenError as exc:
             await self._remove()
@@ -342,7 +343,7 @@ class TaskExecutor:
             self._set(TaskState.SHUTDOWN, "shut down before start")
             return
         with contextlib.suppress(NotFound):
-            await self.runtime.stop(self.task.id, self.task.spec.stop_grace_period)
+            await self.runtime.stop(self.task.id, self.task.spec.container.stop_grace_period)
 
     async def _remove(self) -> None:
         try:

@@ -73,7 +73,7 @@ def measure(service: Service, tasks: Sequence[Task], eligible_nodes: Callable[[]
 
 def eligible_count(service: Service, nodes: Sequence[Node]) -> int:
     """Nodes a global service would place a task on right now."""
-    constraints = [parse_constraint(expr) for expr in service.spec.constraints]
+    constraints = [parse_constraint(expr) for expr in service.spec.placement.constraints]
     return sum(1 for n in nodes if n.schedulable and all(c.matches(n) for c in constraints))
 
 

@@ -30,7 +30,7 @@ from warren.cli.specs import (
     apply_changes,
     build_spec,
 )
-from warren.core.models import Service, ServiceMode, ServiceSpec, Task
+from warren.core.models import Placement, Service, ServiceMode, ServiceSpec, Task
 from warren.core.states import TaskState
 
 
@@ -74,7 +74,7 @@ def _wait(cli: CliContext, services: Sequence[Service], wait: WaitOptions) -> No
 @restart_options
 @click.option(
     "--max-replicas-per-node",
-    type=model_range(ServiceSpec, "max_replicas_per_node"),
+    type=model_range(Placement, "max_replicas_per_node"),
     metavar="N",
     help="0 (default): unlimited.",
 )
@@ -160,7 +160,7 @@ def list_services(cli: CliContext, quiet: bool, no_trunc: bool) -> None:
             s.spec.name,
             str(s.spec.mode),
             _replicas(s, by_service.get(s.id, [])),
-            s.spec.image if no_trunc else short_image(s.spec.image),
+            s.spec.container.image if no_trunc else short_image(s.spec.container.image),
         ]
         for s in services
     ]
@@ -199,7 +199,7 @@ def task_rows(
             [
                 cut_id(task.id),
                 task.name if slot not in seen else f" \\_ {task.name}",
-                cut_image(task.spec.image),
+                cut_image(task.spec.container.image),
                 hostnames.get(task.node_id, cut_id(task.node_id)),
                 str(task.desired_state),
                 _current_state(task, now),
@@ -277,7 +277,7 @@ def scale(cli: CliContext, scales: tuple[tuple[str, int], ...], wait: WaitOption
 @restart_options
 @click.option(
     "--max-replicas-per-node",
-    type=model_range(ServiceSpec, "max_replicas_per_node"),
+    type=model_range(Placement, "max_replicas_per_node"),
     metavar="N",
     help="0: unlimited.",
 )

@@ -13,8 +13,11 @@ from typing import Any, TypeVar
 from warren.core.constraints import parse_constraint
 from warren.core.errors import InvalidArgument
 from warren.core.models import (
+    ContainerSpec,
     HealthCheck,
     NetworkMode,
+    Placement,
+    ResourceRequirements,
     Resources,
     RestartCondition,
     RestartPolicy,
@@ -32,10 +35,10 @@ class ResourceOptions:
     limit_cpu: float | None = None
     limit_memory: int | None = None
 
-    def apply(self, reservations: Resources, limits: Resources) -> tuple[Resources, Resources]:
-        return (
-            _resources(reservations, self.reserve_cpu, self.reserve_memory),
-            _resources(limits, self.limit_cpu, self.limit_memory),
+    def apply(self, current: ResourceRequirements) -> ResourceRequirements:
+        return ResourceRequirements(
+            reservations=_resources(current.reservations, self.reserve_cpu, self.reserve_memory),
+            limits=_resources(current.limits, self.limit_cpu, self.limit_memory),
         )
 
 
@@ -77,7 +80,7 @@ class ContainerOptions:
     stop_signal: str | None = None
     stop_grace_period: float | None = None
 
-    def apply(self, spec: ServiceSpec) -> ServiceSpec:
+    def apply(self, spec: ContainerSpec) -> ContainerSpec:
         return replace(
             spec,
             entrypoint=_either(self.entrypoint, spec.entrypoint),
@@ -173,25 +176,26 @@ def build_spec(options: CreateOptions) -> ServiceSpec:
     mode = ServiceMode(options.mode)
     if mode == ServiceMode.GLOBAL and options.replicas is not None:
         raise InvalidArgument("--replicas cannot be used with --mode global")
-    reservations, limits = options.resources.apply(Resources(), Resources())
-    health = options.health.apply(None)
-    spec = ServiceSpec(
-        name=options.name,
+    container = ContainerSpec(
         image=options.image,
+        args=options.args,
+        env=options.env,
+        health=options.health.apply(None),
+    )
+    return ServiceSpec(
+        name=options.name,
+        container=options.container.apply(container),
         mode=mode,
         # Global services have no replica count; the manager stores 0 for them.
         replicas=_either(options.replicas, 0 if mode == ServiceMode.GLOBAL else 1),
-        args=options.args,
-        env=options.env,
         labels=options.labels,
-        constraints=options.constraints,
-        reservations=reservations,
-        limits=limits,
-        restart_policy=options.restart.apply(RestartPolicy()),
-        max_replicas_per_node=options.max_replicas_per_node or 0,
-        health=health,
+        resources=options.resources.apply(ResourceRequirements()),
+        placement=Placement(
+            constraints=options.constraints,
+            max_replicas_per_node=options.max_replicas_per_node or 0,
+        ),
+        restart=options.restart.apply(RestartPolicy()),
     )
-    return options.container.apply(spec)
 
 
 @dataclass(frozen=True)
@@ -221,25 +225,31 @@ def apply_changes(spec: ServiceSpec, changes: SpecChanges) -> ServiceSpec:
         raise InvalidArgument(f"service '{spec.name}' is global: --replicas does not apply")
     if changes.no_healthcheck and changes.health.given:
         raise InvalidArgument("--no-healthcheck cannot be combined with --health-* options")
-    health = None if changes.no_healthcheck else changes.health.apply(spec.health)
-    reservations, limits = changes.resources.apply(spec.reservations, spec.limits)
-    edited = replace(
-        spec,
-        image=_either(changes.image, spec.image),
-        replicas=_either(changes.replicas, spec.replicas),
-        args=_either(changes.args, spec.args),
-        env=_edit_map(spec.env, changes.env_rm, changes.env_add),
-        labels=_edit_map(spec.labels, changes.label_rm, changes.label_add),
-        constraints=_edit_constraints(
-            spec.constraints, changes.constraint_rm, changes.constraint_add
-        ),
-        reservations=reservations,
-        limits=limits,
-        restart_policy=changes.restart.apply(spec.restart_policy),
-        max_replicas_per_node=_either(changes.max_replicas_per_node, spec.max_replicas_per_node),
-        health=health,
+    container = spec.container
+    container = replace(
+        container,
+        image=_either(changes.image, container.image),
+        args=_either(changes.args, container.args),
+        env=_edit_map(container.env, changes.env_rm, changes.env_add),
+        health=None if changes.no_healthcheck else changes.health.apply(container.health),
     )
-    return changes.container.apply(edited)
+    placement = spec.placement
+    return replace(
+        spec,
+        container=changes.container.apply(container),
+        replicas=_either(changes.replicas, spec.replicas),
+        labels=_edit_map(spec.labels, changes.label_rm, changes.label_add),
+        resources=changes.resources.apply(spec.resources),
+        placement=Placement(
+            constraints=_edit_constraints(
+                placement.constraints, changes.constraint_rm, changes.constraint_add
+            ),
+            max_replicas_per_node=_either(
+                changes.max_replicas_per_node, placement.max_replicas_per_node
+            ),
+        ),
+        restart=changes.restart.apply(spec.restart),
+    )
 
 
 def _edit_map(base: dict[str, str], remove: Iterable[str], add: dict[str, str]) -> dict[str, str]:

@@ -16,6 +16,7 @@ from typing import Any, TypeVar, Union, get_args, get_origin
 
 import msgspec
 
+from warren.core import shapes
 from warren.core.errors import InvalidArgument
 
 T = TypeVar("T")
@@ -107,6 +108,7 @@ def _required(cls: type[Any]) -> tuple[str, ...]:
 def _decode_dataclass(tp: type[Any], value: Any, path: str) -> Any:
     if not isinstance(value, dict):
         raise InvalidArgument(f"{path}: expected an object")
+    value = shapes.current_shape(tp, value, path)
     hints = _hints(tp)
     names = {f.name for f in dataclasses.fields(tp)}
     unknown = sorted(set(value) - names)

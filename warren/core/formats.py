@@ -11,6 +11,8 @@ The cluster records the format every manager understands; a manager encodes
 what it proposes for that format (``for_format``): a newer field holding its
 default is left out (it decodes to the same value), and one holding anything
 else is refused, because a manager of the older format could not apply it.
+A model whose shape changed (``warren.core.shapes``) is written in its older
+shape for a format before the change.
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any, Union, get_args, get_origin
 
+from warren.core import shapes
 from warren.core.codec import to_dict
 from warren.core.errors import InvalidArgument
 
 # The highest command format this code reads and writes. Raise it together
-# with the first field marked ``since`` the new number.
-COMMAND_FORMAT = 1
+# with the first field marked ``since`` the new number (or a new ``Reshape``).
+# 2: ServiceSpec nested (container, resources, placement, restart).
+COMMAND_FORMAT = 2
 # What the cluster and node objects hold when they predate formats.
 FIRST_FORMAT = 1
 
@@ -76,10 +80,12 @@ def _newest_uncached(tp: Any) -> int:
     if dataclasses.is_dataclass(tp):
         cls = typing.cast(type[Any], tp)
         hints = _hints(cls)
-        return max(
+        newest = max(
             (max(field_format(f), newest_format(hints[f.name])) for f in dataclasses.fields(cls)),
             default=FIRST_FORMAT,
         )
+        reshape = shapes.reshape_of(cls)
+        return newest if reshape is None else max(newest, reshape.since)
     args = [a for a in get_args(tp) if a is not Ellipsis]
     return max((newest_format(a) for a in args), default=FIRST_FORMAT)
 
@@ -96,6 +102,9 @@ def _present(tp: Any, data: Any, path: str) -> list[tuple[int, str]]:
     found: list[tuple[int, str]] = []
     tp = _strip_optional(tp)
     if dataclasses.is_dataclass(tp) and isinstance(data, dict):
+        reshape = shapes.reshape_of(typing.cast(type[Any], tp))
+        if reshape is not None and not reshape.is_old(data):
+            found.append((reshape.since, path))
         hints = _hints(typing.cast(type[Any], tp))
         for field in dataclasses.fields(tp):
             if field.name not in data:
@@ -126,6 +135,9 @@ def _downgrade(tp: Any, data: Any, command_format: int, path: str) -> Any:
                     continue  # decodes to the same value without it
                 raise FieldTooNew(where, needs, command_format)
             out[field.name] = _downgrade(hints[field.name], value, command_format, where)
+        reshape = shapes.reshape_of(cls)
+        if reshape is not None and reshape.since > command_format:
+            return reshape.downgrade(out)
         return out
     origin, args = get_origin(tp), get_args(tp)
     if origin is tuple and isinstance(data, list):

@@ -9,9 +9,12 @@ from __future__ import annotations
 import re
 import secrets
 import signal
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
+from dataclasses import fields as dataclass_fields
 from enum import StrEnum
+from typing import Any
 
+from warren.core import flat_spec, shapes
 from warren.core.constraints import parse_constraint
 from warren.core.errors import InvalidArgument
 from warren.core.formats import FIRST_FORMAT
@@ -194,21 +197,15 @@ class HealthCheck:
 
 
 @dataclass(frozen=True)
-class ServiceSpec:
-    name: str
+class ContainerSpec:
+    """What runs in each task's container; empty values keep what the image says.
+
+    Secrets, configs and mounts (what the container sees of the outside) come
+    here with their features."""
+
     image: str = field(metadata=bounded(max_length=MAX_IMAGE_LENGTH))
-    mode: ServiceMode = ServiceMode.REPLICATED
-    replicas: int = field(default=1, metadata=bounded(minimum=0, maximum=MAX_REPLICAS))
     args: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
-    labels: dict[str, str] = field(default_factory=dict)
-    constraints: tuple[str, ...] = ()
-    reservations: Resources = field(default_factory=Resources)
-    limits: Resources = field(default_factory=Resources)
-    restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
-    # 0: unlimited
-    max_replicas_per_node: int = field(default=0, metadata=bounded(minimum=0, maximum=MAX_REPLICAS))
-    # The container: empty values keep what the image says.
     entrypoint: tuple[str, ...] = ()
     workdir: str = field(default="", metadata=bounded(max_length=MAX_PATH_LENGTH))
     user: str = field(default="", metadata=bounded(max_length=MAX_HOSTNAME_LENGTH))
@@ -220,23 +217,105 @@ class ServiceSpec:
     health: HealthCheck | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not NAME_RE.fullmatch(self.name):
-            raise InvalidArgument(
-                f"invalid service name {show(self.name)}: use 1-63 letters, digits, '_', '.' or '-'"
-            )
         validate(self)
         if not self.image.strip():
             raise InvalidArgument("image must not be empty")
         for key in self.env:
             if not ENV_KEY_RE.fullmatch(key):
                 raise InvalidArgument(f"invalid environment variable name {show(key)}")
-        _check_labels(self.labels, "service label")
-        for expr in self.constraints:
-            parse_constraint(expr)
         if self.stop_signal not in signal.Signals.__members__:
             raise InvalidArgument(f"unknown stop signal {show(self.stop_signal)} (e.g. SIGTERM)")
         if self.workdir and not self.workdir.startswith("/"):
             raise InvalidArgument(f"workdir must be an absolute path, not {show(self.workdir)}")
+
+
+@dataclass(frozen=True)
+class ResourceRequirements:
+    # Counted against a node's capacity when placing a task.
+    reservations: Resources = field(default_factory=Resources)
+    # Enforced on the container (cgroups).
+    limits: Resources = field(default_factory=Resources)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where tasks may run. Volume affinity comes here with volumes."""
+
+    constraints: tuple[str, ...] = ()
+    # 0: unlimited
+    max_replicas_per_node: int = field(default=0, metadata=bounded(minimum=0, maximum=MAX_REPLICAS))
+
+    def __post_init__(self) -> None:
+        validate(self)
+        for expr in self.constraints:
+            parse_constraint(expr)
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """A service as its owner describes it, grouped as Swarm's is.
+
+    Coming features add their own groups here: ``networks`` and ``endpoint``
+    (VIP mode, published ports) with networking, ``update`` and ``rollback``
+    with deploy strategies. Command format 1 wrote this flat
+    (``warren.core.flat_spec``); that form is still read everywhere."""
+
+    name: str
+    container: ContainerSpec
+    mode: ServiceMode = ServiceMode.REPLICATED
+    replicas: int = field(default=1, metadata=bounded(minimum=0, maximum=MAX_REPLICAS))
+    labels: dict[str, str] = field(default_factory=dict)
+    resources: ResourceRequirements = field(default_factory=ResourceRequirements)
+    placement: Placement = field(default_factory=Placement)
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not NAME_RE.fullmatch(self.name):
+            raise InvalidArgument(
+                f"invalid service name {show(self.name)}: use 1-63 letters, digits, '_', '.' or '-'"
+            )
+        validate(self)
+        _check_labels(self.labels, "service label")
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Raft snapshots pickle the store: one taken by format 1 holds flat specs.
+        if flat_spec.is_flat(state):
+            state = _nested_objects(flat_spec.nest(state))
+        self.__dict__.update(state)
+
+
+_GROUP_MODELS: dict[str, Any] = {
+    "container": ContainerSpec,
+    "resources": ResourceRequirements,
+    "placement": Placement,
+}
+
+
+def _nested_objects(state: dict[str, Any]) -> dict[str, Any]:
+    """A nested spec's groups (dicts of model objects, from an unpickled flat
+    spec) made into their models, with the defaults of what was absent."""
+    out = dict(state)
+    for group, model in _GROUP_MODELS.items():
+        out[group] = model(**state.get(group, {}))
+    defaults = {f.name: f for f in dataclass_fields(ServiceSpec)}
+    for name, fld in defaults.items():
+        if name not in out and fld.default_factory is not MISSING:
+            out[name] = fld.default_factory()
+    return out
+
+
+shapes.register(
+    ServiceSpec,
+    shapes.Reshape(
+        since=2,
+        is_old=flat_spec.is_flat,
+        upgrade=flat_spec.nest,
+        downgrade=flat_spec.flatten,
+    ),
+)
 
 
 @dataclass(frozen=True)

@@ -246,9 +246,7 @@ async def list_services(request: web.Request) -> web.Response:
 
 
 async def create_service(request: web.Request) -> web.Response:
-    data = await _json_object(request)
-    _require(data, "name", "image")
-    spec = from_dict(ServiceSpec, data, "spec")
+    spec = from_dict(ServiceSpec, await _json_object(request), "spec")
     return _ok(await _control(request).create_service(spec), status=201)
 
 
@@ -558,7 +556,7 @@ class Limits:
 # Rules the models check in code rather than in field metadata.
 _PATTERNS: dict[tuple[str, str], re.Pattern[str]] = {("ServiceSpec", "name"): NAME_RE}
 _KEY_PATTERNS: dict[tuple[str, str], re.Pattern[str]] = {
-    ("ServiceSpec", "env"): ENV_KEY_RE,
+    ("ContainerSpec", "env"): ENV_KEY_RE,
     ("ServiceSpec", "labels"): LABEL_KEY_RE,
     ("Node", "labels"): LABEL_KEY_RE,
     ("NodeUpdate", "label_add"): LABEL_KEY_RE,

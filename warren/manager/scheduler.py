@@ -88,7 +88,13 @@ class TaskGroup:
     @classmethod
     def of(cls, task: Task) -> TaskGroup:
         spec = task.spec
-        return cls(task.service_id, spec.constraints, spec.reservations, spec.max_replicas_per_node)
+        placement = spec.placement
+        return cls(
+            task.service_id,
+            placement.constraints,
+            spec.resources.reservations,
+            placement.max_replicas_per_node,
+        )
 
 
 class Filter(Protocol):

@@ -138,7 +138,7 @@ class HealthCheck(_message.Message):
 Global___HealthCheck: _TypeAlias = HealthCheck  # noqa: Y015
 
 @_typing.final
-class ServiceSpec(_message.Message):
+class ContainerSpec(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -161,6 +161,113 @@ class ServiceSpec(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    IMAGE_FIELD_NUMBER: _builtins.int
+    ARGS_FIELD_NUMBER: _builtins.int
+    ENV_FIELD_NUMBER: _builtins.int
+    ENTRYPOINT_FIELD_NUMBER: _builtins.int
+    WORKDIR_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
+    READ_ONLY_FIELD_NUMBER: _builtins.int
+    INIT_FIELD_NUMBER: _builtins.int
+    NETWORK_MODE_FIELD_NUMBER: _builtins.int
+    STOP_SIGNAL_FIELD_NUMBER: _builtins.int
+    STOP_GRACE_PERIOD_FIELD_NUMBER: _builtins.int
+    HEALTH_FIELD_NUMBER: _builtins.int
+    image: _builtins.str
+    workdir: _builtins.str
+    user: _builtins.str
+    read_only: _builtins.bool
+    init: _builtins.bool
+    network_mode: _builtins.str
+    stop_signal: _builtins.str
+    stop_grace_period: _builtins.float
+    @_builtins.property
+    def args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def entrypoint(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def health(self) -> Global___HealthCheck: ...
+    def __init__(
+        self,
+        *,
+        image: _builtins.str = ...,
+        args: _abc.Iterable[_builtins.str] | None = ...,
+        env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        entrypoint: _abc.Iterable[_builtins.str] | None = ...,
+        workdir: _builtins.str = ...,
+        user: _builtins.str = ...,
+        read_only: _builtins.bool = ...,
+        init: _builtins.bool = ...,
+        network_mode: _builtins.str = ...,
+        stop_signal: _builtins.str = ...,
+        stop_grace_period: _builtins.float | None = ...,
+        health: Global___HealthCheck | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_stop_grace_period", b"_stop_grace_period", "health", b"health", "stop_grace_period", b"stop_grace_period"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_stop_grace_period", b"_stop_grace_period", "args", b"args", "entrypoint", b"entrypoint", "env", b"env", "health", b"health", "image", b"image", "init", b"init", "network_mode", b"network_mode", "read_only", b"read_only", "stop_grace_period", b"stop_grace_period", "stop_signal", b"stop_signal", "user", b"user", "workdir", b"workdir"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__stop_grace_period: _TypeAlias = _typing.Literal["stop_grace_period"]  # noqa: Y015
+    _WhichOneofArgType__stop_grace_period: _TypeAlias = _typing.Literal["_stop_grace_period", b"_stop_grace_period"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__stop_grace_period) -> _WhichOneofReturnType__stop_grace_period | None: ...
+
+Global___ContainerSpec: _TypeAlias = ContainerSpec  # noqa: Y015
+
+@_typing.final
+class ResourceRequirements(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESERVATIONS_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reservations(self) -> Global___Resources: ...
+    @_builtins.property
+    def limits(self) -> Global___Resources: ...
+    def __init__(
+        self,
+        *,
+        reservations: Global___Resources | None = ...,
+        limits: Global___Resources | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "reservations", b"reservations"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "reservations", b"reservations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResourceRequirements: _TypeAlias = ResourceRequirements  # noqa: Y015
+
+@_typing.final
+class Placement(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONSTRAINTS_FIELD_NUMBER: _builtins.int
+    MAX_REPLICAS_PER_NODE_FIELD_NUMBER: _builtins.int
+    max_replicas_per_node: _builtins.int
+    @_builtins.property
+    def constraints(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        constraints: _abc.Iterable[_builtins.str] | None = ...,
+        max_replicas_per_node: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["constraints", b"constraints", "max_replicas_per_node", b"max_replicas_per_node"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Placement: _TypeAlias = Placement  # noqa: Y015
+
+@_typing.final
+class ServiceSpec(_message.Message):
+    """Nested since command format 2; the flat fields of format 1 are gone."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
     @_typing.final
     class LabelsEntry(_message.Message):
         DESCRIPTOR: _descriptor.Descriptor
@@ -182,93 +289,45 @@ class ServiceSpec(_message.Message):
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     NAME_FIELD_NUMBER: _builtins.int
-    IMAGE_FIELD_NUMBER: _builtins.int
     MODE_FIELD_NUMBER: _builtins.int
     REPLICAS_FIELD_NUMBER: _builtins.int
-    ARGS_FIELD_NUMBER: _builtins.int
-    ENV_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
-    CONSTRAINTS_FIELD_NUMBER: _builtins.int
-    RESERVATIONS_FIELD_NUMBER: _builtins.int
-    LIMITS_FIELD_NUMBER: _builtins.int
-    RESTART_POLICY_FIELD_NUMBER: _builtins.int
-    MAX_REPLICAS_PER_NODE_FIELD_NUMBER: _builtins.int
-    ENTRYPOINT_FIELD_NUMBER: _builtins.int
-    WORKDIR_FIELD_NUMBER: _builtins.int
-    USER_FIELD_NUMBER: _builtins.int
-    READ_ONLY_FIELD_NUMBER: _builtins.int
-    INIT_FIELD_NUMBER: _builtins.int
-    NETWORK_MODE_FIELD_NUMBER: _builtins.int
-    STOP_SIGNAL_FIELD_NUMBER: _builtins.int
-    STOP_GRACE_PERIOD_FIELD_NUMBER: _builtins.int
-    HEALTH_FIELD_NUMBER: _builtins.int
+    CONTAINER_FIELD_NUMBER: _builtins.int
+    RESOURCES_FIELD_NUMBER: _builtins.int
+    PLACEMENT_FIELD_NUMBER: _builtins.int
+    RESTART_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    image: _builtins.str
     mode: _builtins.str
     replicas: _builtins.int
-    max_replicas_per_node: _builtins.int
-    workdir: _builtins.str
-    user: _builtins.str
-    read_only: _builtins.bool
-    init: _builtins.bool
-    network_mode: _builtins.str
-    stop_signal: _builtins.str
-    stop_grace_period: _builtins.float
-    @_builtins.property
-    def args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
-    @_builtins.property
-    def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
-    def constraints(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def container(self) -> Global___ContainerSpec: ...
     @_builtins.property
-    def reservations(self) -> Global___Resources: ...
+    def resources(self) -> Global___ResourceRequirements: ...
     @_builtins.property
-    def limits(self) -> Global___Resources: ...
+    def placement(self) -> Global___Placement: ...
     @_builtins.property
-    def restart_policy(self) -> Global___RestartPolicy: ...
-    @_builtins.property
-    def entrypoint(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
-    @_builtins.property
-    def health(self) -> Global___HealthCheck: ...
+    def restart(self) -> Global___RestartPolicy: ...
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
-        image: _builtins.str = ...,
         mode: _builtins.str = ...,
         replicas: _builtins.int | None = ...,
-        args: _abc.Iterable[_builtins.str] | None = ...,
-        env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
-        constraints: _abc.Iterable[_builtins.str] | None = ...,
-        reservations: Global___Resources | None = ...,
-        limits: Global___Resources | None = ...,
-        restart_policy: Global___RestartPolicy | None = ...,
-        max_replicas_per_node: _builtins.int = ...,
-        entrypoint: _abc.Iterable[_builtins.str] | None = ...,
-        workdir: _builtins.str = ...,
-        user: _builtins.str = ...,
-        read_only: _builtins.bool = ...,
-        init: _builtins.bool = ...,
-        network_mode: _builtins.str = ...,
-        stop_signal: _builtins.str = ...,
-        stop_grace_period: _builtins.float | None = ...,
-        health: Global___HealthCheck | None = ...,
+        container: Global___ContainerSpec | None = ...,
+        resources: Global___ResourceRequirements | None = ...,
+        placement: Global___Placement | None = ...,
+        restart: Global___RestartPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_replicas", b"_replicas", "_stop_grace_period", b"_stop_grace_period", "health", b"health", "limits", b"limits", "replicas", b"replicas", "reservations", b"reservations", "restart_policy", b"restart_policy", "stop_grace_period", b"stop_grace_period"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_replicas", b"_replicas", "container", b"container", "placement", b"placement", "replicas", b"replicas", "resources", b"resources", "restart", b"restart"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_replicas", b"_replicas", "_stop_grace_period", b"_stop_grace_period", "args", b"args", "constraints", b"constraints", "entrypoint", b"entrypoint", "env", b"env", "health", b"health", "image", b"image", "init", b"init", "labels", b"labels", "limits", b"limits", "max_replicas_per_node", b"max_replicas_per_node", "mode", b"mode", "name", b"name", "network_mode", b"network_mode", "read_only", b"read_only", "replicas", b"replicas", "reservations", b"reservations", "restart_policy", b"restart_policy", "stop_grace_period", b"stop_grace_period", "stop_signal", b"stop_signal", "user", b"user", "workdir", b"workdir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_replicas", b"_replicas", "container", b"container", "labels", b"labels", "mode", b"mode", "name", b"name", "placement", b"placement", "replicas", b"replicas", "resources", b"resources", "restart", b"restart"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__replicas: _TypeAlias = _typing.Literal["replicas"]  # noqa: Y015
     _WhichOneofArgType__replicas: _TypeAlias = _typing.Literal["_replicas", b"_replicas"]  # noqa: Y015
-    _WhichOneofReturnType__stop_grace_period: _TypeAlias = _typing.Literal["stop_grace_period"]  # noqa: Y015
-    _WhichOneofArgType__stop_grace_period: _TypeAlias = _typing.Literal["_stop_grace_period", b"_stop_grace_period"]  # noqa: Y015
-    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__replicas) -> _WhichOneofReturnType__replicas | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__stop_grace_period) -> _WhichOneofReturnType__stop_grace_period | None: ...
 
 Global___ServiceSpec: _TypeAlias = ServiceSpec  # noqa: Y015
 

@@ -26,7 +26,9 @@ class ServiceControl:
     async def _pin_image(self, spec: ServiceSpec) -> ServiceSpec:
         if self.images is None:
             return spec
-        return replace(spec, image=await self.images.pin(spec.image))
+        container = spec.container
+        pinned = await self.images.pin(container.image)
+        return replace(spec, container=replace(container, image=pinned))
 
     async def create(self, spec: ServiceSpec) -> Service:
         if self.store.service_by_name(spec.name) is not None:
@@ -55,7 +57,7 @@ class ServiceControl:
         if spec.mode != service.spec.mode:
             raise InvalidArgument("a service's mode cannot change; create a new service")
         spec = _normalise(spec)
-        if spec.image != service.spec.image:
+        if spec.container.image != service.spec.container.image:
             spec = await self._pin_image(spec)
         if spec == service.spec:
             return service

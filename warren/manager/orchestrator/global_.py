@@ -16,7 +16,7 @@ def wanted_slots(spec: ServiceSpec, nodes: Mapping[str, Node]) -> set[SlotKey]:
         (0, node.id)
         for node in nodes.values()
         if node.availability != Availability.DRAIN
-        and all(parse_constraint(expr).matches(node) for expr in spec.constraints)
+        and all(parse_constraint(expr).matches(node) for expr in spec.placement.constraints)
     }
 
 

@@ -34,7 +34,7 @@ def reconcile(service: Service, tasks: Sequence[Task], nodes: Sequence[Node], no
     nodes_by_id = {node.id: node for node in nodes}
     wanted = _wanted_slots(service, nodes_by_id)
     slots = group_by_slot(tasks)
-    policy = service.spec.restart_policy
+    policy = service.spec.restart
     plan = PlanBuilder()
     kept: list[Task] = []
     movable: list[Task] = []  # kept tasks a rolling update may replace now
