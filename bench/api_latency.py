@@ -15,12 +15,19 @@ import argparse
 import http.client
 import json
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-from benchkit import CpuMeter, Manager, percentile, print_table, scrape, task_counts, wait_for
+from benchkit import (
+    CpuMeter,
+    Manager,
+    one_node_manager,
+    percentile,
+    print_table,
+    scrape,
+    task_counts,
+    wait_for,
+)
 
 DOCKER_REFERENCE = "Docker Swarm engine API GET /services p95 0.45 ms (same kind of 2-core machine)"
 # Issue 8's targets at 100 services / 1,000 tasks, and the figures before it
@@ -127,42 +134,33 @@ def report(
     print(cpu_note)
 
 
-def run(settings: Settings, root: Path) -> None:
-    manager = Manager(root, availability="active")
+def run(settings: Settings, manager: Manager) -> None:
+    conn = connect(manager)
     try:
-        manager.start()
-        conn = connect(manager)
-        try:
-            create_services(conn, settings.services, settings.replicas)
-            total = settings.services * settings.replicas
-            wait_for(
-                lambda: running_tasks(manager) >= total,
-                300,
-                f"{total} running tasks",
-                interval=0.5,
-            )
-            assert manager.child is not None and manager.child.popen is not None
-            meter = CpuMeter([manager.child.popen.pid])
-            results = {
-                path: time_endpoint(conn, path, settings.warmup, settings.requests)
-                for path in ENDPOINTS
-            }
-            cpu_note = meter.note()
-        finally:
-            conn.close()
-        report(settings, results, manager.child.rss_mib(), cpu_note)
-    except BaseException:
-        if manager.child is not None:
-            print(f"manager log tail:\n{manager.child.tail()}", file=sys.stderr)
-        raise
+        create_services(conn, settings.services, settings.replicas)
+        total = settings.services * settings.replicas
+        wait_for(
+            lambda: running_tasks(manager) >= total,
+            300,
+            f"{total} running tasks",
+            interval=0.5,
+        )
+        meter = CpuMeter([manager.pid])
+        results = {
+            path: time_endpoint(conn, path, settings.warmup, settings.requests)
+            for path in ENDPOINTS
+        }
+        cpu_note = meter.note()
     finally:
-        manager.stop()
+        conn.close()
+    assert manager.child is not None
+    report(settings, results, manager.child.rss_mib(), cpu_note)
 
 
 def main() -> int:
     settings = parse_args()
-    with tempfile.TemporaryDirectory(prefix="warren-bench-") as tmp:
-        run(settings, Path(tmp))
+    with one_node_manager(availability="active") as manager:
+        run(settings, manager)
     return 0
 
 

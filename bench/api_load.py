@@ -19,13 +19,12 @@ import argparse
 import asyncio
 import random
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
-from benchkit import CpuMeter, Manager, percentile, print_table
+from benchkit import CpuMeter, Manager, one_node_manager, percentile, print_table
 
 READS = ("/v1/services", "/v1/tasks", "/v1/nodes", "/v1/services/{name}")
 WRITE_SHARE = 0.2
@@ -144,32 +143,23 @@ def report(settings: Settings, samples: Samples, rss: float, cpu_note: str) -> N
     print(cpu_note)
 
 
-def run(settings: Settings, root: Path) -> None:
-    python_args = (
-        [] if settings.profile is None else ["-m", "cProfile", "-o", str(settings.profile)]
-    )
-    manager = Manager(root, availability="active", python_args=python_args)
-    try:
-        manager.start()
-        assert manager.child is not None and manager.child.popen is not None
-        meter = CpuMeter([manager.child.popen.pid])
-        cpu_before, wall_before = manager.child.cpu_seconds(), time.monotonic()
-        samples = asyncio.run(load(manager, settings))
-        manager_cpu = (manager.child.cpu_seconds() - cpu_before) / (time.monotonic() - wall_before)
-        cpu_note = f"manager process: {manager_cpu:.2f} CPUs on average\n{meter.note()}"
-        report(settings, samples, manager.child.rss_mib(), cpu_note)
-    except BaseException:
-        if manager.child is not None:
-            print(f"manager log tail:\n{manager.child.tail()}", file=sys.stderr)
-        raise
-    finally:
-        manager.stop()
+def run(settings: Settings, manager: Manager) -> None:
+    assert manager.child is not None
+    meter = CpuMeter([manager.pid])
+    cpu_before, wall_before = manager.child.cpu_seconds(), time.monotonic()
+    samples = asyncio.run(load(manager, settings))
+    manager_cpu = (manager.child.cpu_seconds() - cpu_before) / (time.monotonic() - wall_before)
+    cpu_note = f"manager process: {manager_cpu:.2f} CPUs on average\n{meter.note()}"
+    report(settings, samples, manager.child.rss_mib(), cpu_note)
 
 
 def main() -> int:
     settings = parse_args()
-    with tempfile.TemporaryDirectory(prefix="warren-bench-") as tmp:
-        run(settings, Path(tmp))
+    python_args = (
+        [] if settings.profile is None else ["-m", "cProfile", "-o", str(settings.profile)]
+    )
+    with one_node_manager(availability="active", python_args=python_args) as manager:
+        run(settings, manager)
     return 0
 
 

@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """Shared benchmark plumbing: a manager process on loopback, mTLS, metrics, RSS.
 
-The manager is started straight from ``warren.node.daemon.run_manager``
-(what ``warren cluster init`` runs), so the benchmarks do not depend on the
-CLI. Every child gets its own session (process group) and is stopped in
-``finally`` blocks by the callers.
+``one_node_manager()`` starts a one-node manager in a temporary directory, waits
+until it leads and serves, and stops it (also on error, after printing its log
+tail). On the sim runtime it is started straight from
+``warren.node.daemon.run_manager`` (what ``warren cluster init`` runs), so those
+benchmarks do not depend on the CLI; with ``runtime_args`` (containerd) it is
+started as a user would, ``warren cluster init ...``. Every child gets its own
+session (process group) and is stopped in ``finally`` blocks.
 
 Run as a script, ``benchkit.py manager ...`` is that manager entry point.
 """
@@ -12,23 +15,29 @@ Run as a script, ``benchkit.py manager ...`` is that manager entry point.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import resource
 import socket
 import ssl
 import sys
+import tempfile
 import time
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 BENCH_DIR = Path(__file__).resolve().parent
 # Waiting and child processes are shared with the tests (tests/support.py).
 sys.path.insert(0, str(BENCH_DIR.parent / "tests"))
 
 from support import Process, cpu_seconds, rss_mib, wait_for  # noqa: E402
+
+if TYPE_CHECKING:
+    from warren.cli.client import WarrenClient
 
 __all__ = ["Child", "cpu_seconds", "rss_mib", "wait_for"]
 
@@ -114,6 +123,9 @@ class Manager:
     child: Child | None = None
     # Interpreter options before the script (a profiler: ["-m", "cProfile", ...]).
     python_args: list[str] = field(default_factory=list)
+    # `cluster init` runtime flags (--runtime containerd ...): when given, the
+    # manager is started through the CLI, as a user would.
+    runtime_args: list[str] = field(default_factory=list)
 
     @property
     def config_dir(self) -> Path:
@@ -131,14 +143,30 @@ class Manager:
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.ports['metrics']}/metrics"
 
+    @property
+    def pid(self) -> int:
+        assert self.child is not None and self.child.popen is not None
+        return self.child.popen.pid
+
+    def command(self) -> list[str]:
+        """`warren cluster init` with ``runtime_args``, else `benchkit.py manager` (sim)."""
+        if self.runtime_args:
+            args = [PYTHON, *self.python_args, "-m", "warren", "--config-dir", str(self.config_dir)]
+            args += ["cluster", "init", "--data-dir", str(self.root / "manager")]
+            args += ["--node-name", "bench-manager"]
+            args += ["--advertise-addr", "127.0.0.1", "--listen-addr", "127.0.0.1"]
+        else:
+            args = [PYTHON, *self.python_args, str(BENCH_DIR / "benchkit.py"), "manager"]
+            args += ["--data-dir", str(self.root / "manager")]
+            args += ["--config-dir", str(self.config_dir)]
+        args += ["--availability", self.availability]
+        args += [f"--{name}-port={port}" for name, port in self.ports.items()]
+        return args + self.runtime_args
+
     def start(self, timeout: float = 60.0) -> None:
         for name in ("api", "rest", "metrics", "raft"):
             self.ports[name] = free_port()
-        args = [PYTHON, *self.python_args, str(BENCH_DIR / "benchkit.py"), "manager"]
-        args += ["--data-dir", str(self.root / "manager"), "--config-dir", str(self.config_dir)]
-        args += ["--availability", self.availability]
-        args += [f"--{name}-port={port}" for name, port in self.ports.items()]
-        self.child = Child("manager", args, self.root / "manager.log")
+        self.child = Child("manager", self.command(), self.root / "manager.log")
         self.child.start()
         wait_for(self._ready, timeout, "the manager to lead and serve")
 
@@ -152,11 +180,14 @@ class Manager:
         except OSError:
             return False
 
-    def join_token(self) -> str:
+    def client(self) -> WarrenClient:
         from warren.cli.client import WarrenClient
         from warren.security.tls import IdentityFiles
 
-        with WarrenClient([self.api_address], IdentityFiles(self.config_dir)) as client:
+        return WarrenClient([self.api_address], IdentityFiles(self.config_dir))
+
+    def join_token(self) -> str:
+        with self.client() as client:
             return client.join_token("worker")
 
     def ssl_context(self) -> ssl.SSLContext:
@@ -165,6 +196,34 @@ class Manager:
     def stop(self) -> None:
         if self.child is not None:
             self.child.stop()
+
+
+@contextlib.contextmanager
+def one_node_manager(
+    root: Path | None = None,
+    *,
+    availability: str = "active",
+    python_args: Sequence[str] = (),
+    runtime_args: Sequence[str] = (),
+    timeout: float = 60.0,
+) -> Iterator[Manager]:
+    """A one-node manager, leading and serving; stopped on leaving, also on error
+    (then its log tail goes to stderr). Without ``root`` it lives in a temporary
+    directory, removed afterwards."""
+    with contextlib.ExitStack() as stack:
+        if root is None:
+            root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="warren-bench-")))
+        manager = Manager(
+            root, availability, python_args=list(python_args), runtime_args=list(runtime_args)
+        )
+        stack.callback(manager.stop)
+        try:
+            manager.start(timeout)
+            yield manager
+        except BaseException:
+            if manager.child is not None:
+                print(f"manager log tail:\n{manager.child.tail()}", file=sys.stderr)
+            raise
 
 
 def client_ssl_context(config_dir: Path) -> ssl.SSLContext:

@@ -16,11 +16,9 @@ import argparse
 import http.client
 import json
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-from benchkit import Manager, percentile, print_table, scrape, task_counts
+from benchkit import Manager, one_node_manager, percentile, print_table, scrape, task_counts
 
 from warren.core.models import MAX_REPLICAS
 
@@ -46,10 +44,8 @@ def get(conn: http.client.HTTPSConnection, path: str) -> bytes:
     return body
 
 
-def run(replicas: int, root: Path) -> None:
-    manager = Manager(root, availability="active")
+def run(replicas: int, manager: Manager) -> None:
     try:
-        manager.start()
         writer, reader = connect(manager), connect(manager)
         spec = {"name": "big", "container": {"image": "busybox"}, "replicas": replicas}
         started = time.monotonic()
@@ -84,11 +80,8 @@ def run(replicas: int, root: Path) -> None:
         print_table(["read while converging", "n", "p50 ms", "p95 ms", "p99 ms", "max ms"], rows)
         print(f"own node states seen: {', '.join(sorted(node_states))}")
         print(f"manager RSS: {rss:.1f} MiB")
-    except BaseException:
-        if manager.child is not None:
-            print(f"manager log tail:\n{manager.child.tail()}", file=sys.stderr)
-        raise
     finally:
+        # Stopped here to time it; one_node_manager's own stop is then a no-op.
         stopping = time.monotonic()
         manager.stop()
         print(f"manager stop: {time.monotonic() - stopping:.1f} s")
@@ -99,8 +92,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--replicas", type=int, default=MAX_REPLICAS)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="warren-bench-") as tmp:
-        run(args.replicas, Path(tmp))
+    with one_node_manager(availability="active") as manager:
+        run(args.replicas, manager)
     return 0
 
 

@@ -32,7 +32,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchkit import PYTHON, Child, Manager, free_port, print_table, rss_mib, wait_for
+from benchkit import Manager, one_node_manager, print_table, rss_mib, wait_for
 
 from warren.cli.client import WarrenClient
 from warren.core.models import ContainerSpec, NodeStatus, ServiceSpec
@@ -40,7 +40,6 @@ from warren.core.states import TaskState
 from warren.devtools.containerd import LocalContainerd, missing_binaries
 from warren.devtools.image import build_busybox_image
 from warren.devtools.registry import LocalRegistry
-from warren.security.tls import IdentityFiles
 
 SWARM = {"a": 0.75, "b": 3.92}  # Docker Swarm, same two steps, same kind of 2-core machine
 SWARM_NOTE = "Docker Swarm figures: same two steps on the same kind of 2-core machine"
@@ -199,33 +198,6 @@ class CpuSplit:
 # -- the cluster ------------------------------------------------------------------------
 
 
-@dataclass
-class ContainerdManager(Manager):
-    """benchkit's manager, but started as `warren cluster init --runtime containerd`."""
-
-    runtime_args: list[str] = field(default_factory=list)
-
-    def start(self, timeout: float = 60.0) -> None:
-        for name in ("api", "rest", "metrics", "raft"):
-            self.ports[name] = free_port()
-        args = [PYTHON, "-m", "warren", "--config-dir", str(self.config_dir), "cluster", "init"]
-        args += ["--data-dir", str(self.root / "manager"), "--node-name", "bench-manager"]
-        args += ["--advertise-addr", "127.0.0.1", "--listen-addr", "127.0.0.1"]
-        args += [f"--{name}-port={port}" for name, port in self.ports.items()]
-        args += self.runtime_args
-        self.child = Child("manager", args, self.root / "manager.log")
-        self.child.start()
-        wait_for(self._ready, timeout, "the manager to lead and serve")
-
-    @property
-    def pid(self) -> int:
-        assert self.child is not None and self.child.popen is not None
-        return self.child.popen.pid
-
-    def client(self) -> WarrenClient:
-        return WarrenClient([self.api_address], IdentityFiles(self.config_dir))
-
-
 class Ctr:
     def __init__(self, containerd: LocalContainerd, namespace: str) -> None:
         self.containerd = containerd
@@ -257,7 +229,7 @@ class Bench:
     root: Path
     containerd: LocalContainerd = field(default_factory=LocalContainerd)
     registry: LocalRegistry | None = None
-    manager: ContainerdManager | None = None
+    manager: Manager | None = None
     client: WarrenClient | None = None
     image: str = ""
     warren_ns: str = field(default_factory=lambda: f"wrn-bench-{secrets.token_hex(3)}")
@@ -268,23 +240,28 @@ class Bench:
 
     # -- setup ----------------------------------------------------------------------
 
-    def setup(self) -> None:
+    def prepare(self) -> None:
+        """The image in a loopback registry, and containerd."""
         self.cgroups_before = set(self.cgroup_parents())
         archive = build_busybox_image(self.root / "busybox-oci.tar", TAG)
         self.registry = LocalRegistry(self.root / "registry").start()
         self.image = self.registry.push_archive(archive, TAG)
         self.containerd.start()
-        self.manager = ContainerdManager(
-            self.root,
-            runtime_args=[
-                "--runtime", "containerd",
-                "--containerd-socket", str(self.containerd.socket),
-                "--containerd-namespace", self.warren_ns,
-                "--insecure-registry", self.registry.address,
-            ],
-        )  # fmt: skip
-        self.manager.start()
-        self.client = self.manager.client()
+
+    def runtime_args(self) -> list[str]:
+        """The manager's `cluster init` flags: containerd, and the registry."""
+        assert self.registry is not None
+        return [
+            "--runtime", "containerd",
+            "--containerd-socket", str(self.containerd.socket),
+            "--containerd-namespace", self.warren_ns,
+            "--insecure-registry", self.registry.address,
+        ]  # fmt: skip
+
+    def setup(self, manager: Manager) -> None:
+        """Once the manager serves: its agent ready, the image pulled in both namespaces."""
+        self.manager = manager
+        self.client = manager.client()
         wait_for(self.node_ready, 30, "the manager's agent to be ready")
         # Pull once, through Warren itself: later runs find the image local.
         service = self.client.create_service(self.spec("prepull", 1))
@@ -415,30 +392,28 @@ class Bench:
         for name in ("warren", self.floor_ns):
             yield from CGROUP_ROOT.glob(f"*/{name}")
 
+    def clear_workloads(self) -> None:
+        """Before the manager stops: its services removed, the floor's containers too."""
+        if self.client is not None and self.manager is not None and self.manager.child:
+            with contextlib.suppress(Exception):
+                if self.manager.child.alive:
+                    for service in self.client.list_services():
+                        self.remove_service(service.id)
+            self.client.close()
+        if self.containerd.running():
+            with contextlib.suppress(Exception):
+                self.floor_cleanup(Ctr(self.containerd, self.floor_ns))
+            with contextlib.suppress(Exception):
+                self.task_ids.update(Ctr(self.containerd, self.warren_ns).containers())
+
     def teardown(self) -> None:
+        """After the manager stopped: the registry, containerd, and what they left."""
         try:
-            if self.client is not None and self.manager is not None and self.manager.child:
-                with contextlib.suppress(Exception):
-                    if self.manager.child.alive:
-                        for service in self.client.list_services():
-                            self.remove_service(service.id)
-                self.client.close()
-            if self.containerd.running():
-                with contextlib.suppress(Exception):
-                    self.floor_cleanup(Ctr(self.containerd, self.floor_ns))
-                with contextlib.suppress(Exception):
-                    self.task_ids.update(Ctr(self.containerd, self.warren_ns).containers())
+            if self.registry is not None:
+                self.registry.stop()
         finally:
-            try:
-                if self.manager is not None:
-                    self.manager.stop()
-            finally:
-                try:
-                    if self.registry is not None:
-                        self.registry.stop()
-                finally:
-                    self.containerd.stop()
-                    self.remove_leftovers()
+            self.containerd.stop()
+            self.remove_leftovers()
 
     def remove_leftovers(self) -> None:
         """Network namespaces of our tasks, and cgroup parents we caused (if empty)."""
@@ -545,32 +520,36 @@ def run(settings: Settings, root: Path) -> None:
     load = wait_until_quiet(settings.wait)
     bench = Bench(settings, root)
     try:
-        bench.setup()
-        assert bench.manager is not None and bench.registry is not None
-        loads = (load, load_1min())
-        print(f"setup done; 1-minute load now {loads[1]:.2f}", flush=True)
-        roots = {os.getpid(), bench.manager.pid, bench.containerd.pid}
-        cpu = CpuSplit(roots, bench.manager.pid, str(bench.containerd.socket))
-        warren: list[dict[str, float]] = []
-        floor: dict[int, list[float]] = {settings.first: [], settings.scaled: []}
-        for run in range(1, settings.runs + 1):
-            warren.append(bench.warren_run(run, cpu))
-            for count in floor:
-                floor[count].append(bench.floor_run(run, count))
-            w, others = warren[-1], [bench.cpu[step][-1].others for step in ("a", "b")]
-            print(
-                f"run {run}: A {w['a']:.2f}s  B {w['b']:.2f}s  rm {w['rm']:.2f}s  floor "
-                + "  ".join(f"{c}: {v[-1]:.2f}s" for c, v in floor.items())
-                + f"  (other processes' CPUs during A {others[0]:.2f}, B {others[1]:.2f})",
-                flush=True,
-            )
-        report(settings, loads, warren, floor, bench.cpu)
-    except BaseException:
-        if bench.manager is not None and bench.manager.child is not None:
-            print(f"manager log tail:\n{bench.manager.child.tail()}", file=sys.stderr)
-        raise
+        bench.prepare()
+        with one_node_manager(root, runtime_args=bench.runtime_args()) as manager:
+            try:
+                bench.setup(manager)
+                measure(settings, bench, manager, load)
+            finally:
+                bench.clear_workloads()
     finally:
         bench.teardown()
+
+
+def measure(settings: Settings, bench: Bench, manager: Manager, load_before: float) -> None:
+    loads = (load_before, load_1min())
+    print(f"setup done; 1-minute load now {loads[1]:.2f}", flush=True)
+    roots = {os.getpid(), manager.pid, bench.containerd.pid}
+    cpu = CpuSplit(roots, manager.pid, str(bench.containerd.socket))
+    warren: list[dict[str, float]] = []
+    floor: dict[int, list[float]] = {settings.first: [], settings.scaled: []}
+    for run in range(1, settings.runs + 1):
+        warren.append(bench.warren_run(run, cpu))
+        for count in floor:
+            floor[count].append(bench.floor_run(run, count))
+        w, others = warren[-1], [bench.cpu[step][-1].others for step in ("a", "b")]
+        print(
+            f"run {run}: A {w['a']:.2f}s  B {w['b']:.2f}s  rm {w['rm']:.2f}s  floor "
+            + "  ".join(f"{c}: {v[-1]:.2f}s" for c, v in floor.items())
+            + f"  (other processes' CPUs during A {others[0]:.2f}, B {others[1]:.2f})",
+            flush=True,
+        )
+    report(settings, loads, warren, floor, bench.cpu)
 
 
 def main() -> int:

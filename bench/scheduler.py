@@ -15,10 +15,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import aiohttp
 from benchkit import (
@@ -28,6 +26,7 @@ from benchkit import (
     Child,
     CpuMeter,
     Manager,
+    one_node_manager,
     parse_metrics,
     print_table,
     ready_workers,
@@ -296,11 +295,9 @@ def report(
 # -- main ----------------------------------------------------------------------------------
 
 
-def run_benchmark(settings: Settings, root: Path, started: float) -> None:
-    manager = Manager(root, availability="drain")
+def run_benchmark(settings: Settings, manager: Manager, started: float) -> None:
     workers: list[Child] = []
     try:
-        manager.start()
         workers = start_workers(settings, manager, manager.join_token())
         join_seconds = wait_workers_ready(settings, manager, workers)
         children = [c for c in (manager.child, *workers) if c is not None]
@@ -312,20 +309,19 @@ def run_benchmark(settings: Settings, root: Path, started: float) -> None:
         cpu = {c.name: c.cpu_seconds() - cpu_before[c.name] for c in children}
         report(settings, run, manager, workers, cpu, cpu_note)
     except BaseException:
-        for child in [manager.child, *workers]:
-            if child is not None:
-                print(f"--- {child.name} log tail:\n{child.tail()}", file=sys.stderr)
+        # one_node_manager prints the manager's own.
+        for child in workers:
+            print(f"--- {child.name} log tail:\n{child.tail()}", file=sys.stderr)
         raise
     finally:
         stop_all(workers)
-        manager.stop()
 
 
 def main() -> int:
     started = time.monotonic()
     settings = parse_args()
-    with tempfile.TemporaryDirectory(prefix="warren-bench-") as tmp:
-        run_benchmark(settings, Path(tmp), started)
+    with one_node_manager(availability="drain") as manager:
+        run_benchmark(settings, manager, started)
     return 0
 
 
