@@ -86,7 +86,9 @@ def log_tail(path: Path, lines: int) -> str:
 class Process:
     """A child in its own session (process group) logging to a file, so that
     stopping it also stops anything it started, and a failure can show its log.
-    ``start`` may be called again after it stopped (a restart, same command)."""
+    ``start`` may be called again after it stopped (a restart, same command).
+    To run it elsewhere, put a prefix that execs in place before ``args``
+    (``ip netns exec NS``, ``nsenter --net=...``): the pid stays the command's."""
 
     name: str
     args: list[str]
@@ -101,6 +103,7 @@ class Process:
         with open(self.log_path, "ab") as log:
             self.popen = subprocess.Popen(
                 self.args,
+                stdin=subprocess.DEVNULL,  # never the terminal of whoever runs the tests
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=self.env,

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from netlab import Host, Lab
-from support import log_tail, wait_for
+from support import Process, wait_for
 
 WARREN = [sys.executable, "-m", "warren"]
 WRITER = [sys.executable, str(Path(__file__).with_name("writer.py"))]
@@ -96,34 +96,6 @@ def running_containers(socket: Path, namespace: str) -> dict[str, int]:
     return running
 
 
-@dataclass
-class Daemon:
-    """A Warren process on a lab host, restartable with the same command."""
-
-    name: str
-    host: Host
-    args: list[str]
-    log: Path
-    env: dict[str, str]
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = self.host.spawn(self.args, self.log, self.env)
-
-    def kill(self) -> None:
-        """SIGKILL its process group, and reap it."""
-        if self.alive:
-            assert self.proc is not None
-            self.host.kill(self.proc)
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def tail(self, lines: int = 40) -> str:
-        return log_tail(self.log, lines)
-
-
 class LabCluster:
     """Managers m1 (cluster init), m2, m3 and workers, each on its own lab host.
 
@@ -147,8 +119,8 @@ class LabCluster:
         self.env.pop("WARREN_MANAGER", None)
         self.client = lab.add_host("client")
         self.hosts = {name: lab.add_host(name) for name in MANAGERS}
-        self.managers: dict[str, Daemon] = {}
-        self.workers: dict[str, Daemon] = {}
+        self.managers: dict[str, Process] = {}
+        self.workers: dict[str, Process] = {}
 
     # -- addresses -------------------------------------------------------------------
 
@@ -184,8 +156,9 @@ class LabCluster:
             "--node-name", name,
         ]  # fmt: skip
 
-    def _daemon(self, name: str, host: Host, args: list[str]) -> Daemon:
-        daemon = Daemon(name, host, args, self.root / f"{name}.log", self.env)
+    def _daemon(self, name: str, host: Host, args: list[str]) -> Process:
+        """A process on ``host``, restartable with the same command (``start`` again)."""
+        daemon = Process(name, [*host.exec_prefix(), *args], self.root / f"{name}.log", self.env)
         daemon.start()
         return daemon
 
@@ -204,7 +177,7 @@ class LabCluster:
         for name in workers:
             self.join_worker(name)
 
-    def join_worker(self, name: str, spawn_prefix: Sequence[str] = ()) -> Daemon:
+    def join_worker(self, name: str, spawn_prefix: Sequence[str] = ()) -> Process:
         host = self.lab.add_host(name)
         token = self.cli("cluster", "join-token", "worker", "-q").stdout.strip()
         runtime = [arg.replace("{node}", name) for arg in self.worker_runtime]
@@ -230,9 +203,9 @@ class LabCluster:
         """SIGKILL managers; several die together (all signalled before any is reaped)."""
         daemons = [self.managers[name] for name in names]
         for daemon in daemons:
-            if daemon.proc is not None:
+            if daemon.popen is not None:
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(daemon.proc.pid, signal.SIGKILL)
+                    os.killpg(daemon.popen.pid, signal.SIGKILL)
         for daemon in daemons:
             daemon.kill()
 
@@ -295,7 +268,7 @@ class LabCluster:
         except ValueError:
             raise AssertionError(f"writer.py write failed: {result.stderr.strip()}") from None
 
-    def start_writer(self, log: Path, stop_file: Path, prefix: str, seed: int) -> Daemon:
+    def start_writer(self, log: Path, stop_file: Path, prefix: str, seed: int) -> Process:
         args = self.writer_args("stream", "--log", str(log), "--stop-file", str(stop_file),
                                 "--prefix", prefix, "--seed", str(seed))  # fmt: skip
         return self._daemon(f"writer-{prefix}", self.client, args)

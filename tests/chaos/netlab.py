@@ -151,8 +151,13 @@ class Host:
 
     # -- processes -----------------------------------------------------------------
 
+    def exec_prefix(self) -> list[str]:
+        """What runs a command inside the host. `ip netns exec` execs the command in
+        place, so a child started with it has the command's own pid (and group)."""
+        return ["ip", "netns", "exec", self.netns]
+
     def _exec(self, args: Sequence[str]) -> list[str]:
-        return ["ip", "netns", "exec", self.netns, *args]
+        return [*self.exec_prefix(), *args]
 
     def spawn(
         self, args: Sequence[str], log: Path, env: dict[str, str] | None = None

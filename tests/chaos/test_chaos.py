@@ -96,14 +96,14 @@ def streaming(cluster: LabCluster, directory: Path, prefix: str) -> Iterator[Pat
     writer = cluster.start_writer(log, stop, prefix, SEED)
     try:
         wait_for(lambda: acked_after(log, 0) >= 5 or not writer.alive, 60, "the first writes")
-        assert writer.alive, f"the writer died:\n{writer.tail()}"
+        assert writer.alive, f"the writer died:\n{writer.tail(40)}"
         yield log
     finally:
         stop.touch()
         # Its last write may wait for a timeout on each manager.
         with contextlib.suppress(subprocess.TimeoutExpired):
-            assert writer.proc is not None
-            writer.proc.wait(timeout=30)
+            assert writer.popen is not None
+            writer.popen.wait(timeout=30)
         writer.kill()
         history = History.of(read_log(log))
         STATS.writes_acked += history.acked

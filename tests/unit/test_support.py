@@ -74,6 +74,26 @@ def test_check_alive_shows_the_log_of_a_child_that_exited(tmp_path: Path) -> Non
         process.check_alive()
 
 
+def test_a_child_reads_nothing_from_our_stdin(tmp_path: Path) -> None:
+    script = "import sys; print(repr(sys.stdin.read()), flush=True)"
+    process = Process("reader", [sys.executable, "-c", script], tmp_path / "reader.log")
+    # Our fd 0 has something to read while the child starts (restored after).
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"typed")
+    os.close(write_end)
+    saved = os.dup(0)
+    try:
+        os.dup2(read_end, 0)
+        process.start()
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
+        os.close(read_end)
+    assert process.popen is not None
+    assert process.popen.wait(timeout=10) == 0
+    assert process.tail(1) == "''"
+
+
 def _running(pid: int) -> bool:
     try:
         os.kill(pid, 0)
