@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from warren.agent.network import nftables, vip_rules
+from warren.agent.network import nft_syntax, nftables, vip_rules
 from warren.agent.network.nft_model import ModelError, NftModel, TableModel
 from warren.agent.network.nftables import FakePacketFilter, ServiceProxy
 from warren.agent.network.vip_rules import (
@@ -17,10 +17,8 @@ from warren.agent.network.vip_rules import (
     DataPlane,
     PublishedPort,
     ServiceFrontend,
-    endpoint_chain,
+    pick_chain,
     plan,
-    published_id,
-    service_id,
 )
 from warren.core.errors import InvalidArgument
 
@@ -65,32 +63,67 @@ def _from_scratch(plane: DataPlane) -> TableModel:
     return _table(model)
 
 
+def _weighted(backend_list: tuple[Backend, ...]) -> bool:
+    return sum(b.weight for b in backend_list) > 0
+
+
 def _expected_chains(plane: DataPlane) -> set[str]:
-    chains = set()
-    for frontend_id, chain, backend_list in [
-        *((service_id(s), f"svc-{service_id(s)}", s.backends) for s in plane.services),
-        *((published_id(p), published_id(p), p.backends) for p in plane.published),
-    ]:
-        chains.add(chain)
-        chains |= {endpoint_chain(frontend_id, b) for b in backend_list}
-    return chains
+    """One pick chain per kind and numgen modulus in use."""
+    frontends = [("svc", s.backends) for s in plane.services]
+    frontends += [(p.mode, p.backends) for p in plane.published]
+    return {
+        pick_chain(kind, vip_rules.count_slots(backend_list))
+        for kind, backend_list in frontends
+        if _weighted(backend_list)
+    }
 
 
 def _keys(table: TableModel, name: str) -> set[tuple[Any, ...]]:
     return {tuple(json.loads(key)["concat"]) for key in table.maps[name]}
 
 
+def _shares(table: TableModel, name: str, key: tuple[Any, ...]) -> dict[tuple[str, int], float]:
+    """Each backend's share of the numgen slots of one frontend's endpoint map."""
+    targets = [
+        tuple(json.loads(value)["concat"])
+        for slot_key, value in table.maps[name].items()
+        if tuple(json.loads(slot_key)["concat"][:-1]) == key
+    ]
+    return {(a, p): targets.count((a, p)) / len(targets) for a, p in set(targets)}
+
+
 def _check_content(table: TableModel, plane: DataPlane) -> None:
     """The table holds exactly the desired frontends, said without the planner's help."""
-    own = {name for name in table.chains if name.startswith(("svc-", "pub-", "ep-"))}
+    own = {name for name in table.chains if name.startswith("pick-")}
     assert own == _expected_chains(plane)
-    assert _keys(table, "service-ips") == {s.key for s in plane.services}
-    assert _keys(table, "published-ports") == {p.key for p in plane.published}
-    empty = {s.key for s in plane.services if not sum(b.weight for b in s.backends)}
+    assert _keys(table, "service-ips") == {s.key for s in plane.services if _weighted(s.backends)}
+    assert _keys(table, "published-ports") == {
+        p.key for p in plane.published if _weighted(p.backends)
+    }
+    empty = {s.key for s in plane.services if not _weighted(s.backends)}
     assert _keys(table, "no-endpoint-services") == empty
-    empty_ports = {p.key for p in plane.published if not sum(b.weight for b in p.backends)}
+    empty_ports = {p.key for p in plane.published if not _weighted(p.backends)}
     assert _keys(table, "no-endpoint-ports") == empty_ports
     assert len(table.sets["container-subnets"]) == len(plane.container_subnets)
+    # Each backend gets its weight's share of the numgen values, exactly.
+    frontends = [
+        (f"service-endpoints-{s.protocol}", (s.vip, s.port), s.backends) for s in plane.services
+    ]
+    frontends += [(f"published-endpoints-{p.protocol}", (p.port,), p.backends)
+                  for p in plane.published]  # fmt: skip
+    expected_keys: dict[str, set[str]] = {
+        f"{group}-endpoints-{proto}": set()
+        for group in ("service", "published")
+        for proto in ("tcp", "udp")
+    }
+    for name, key, backend_list in frontends:
+        if _weighted(backend_list):
+            total = sum(b.weight for b in backend_list)
+            expected = {(b.address, b.port): b.weight / total for b in backend_list if b.weight}
+            assert _shares(table, name, key) == pytest.approx(expected)
+            expected_keys[name].add(json.dumps(list(key)))
+    for name, keys in expected_keys.items():
+        assert {json.dumps(json.loads(k)["concat"][:-1]) for k in table.maps[name]} == keys
 
 
 @settings(max_examples=150, deadline=None)
@@ -133,15 +166,21 @@ def test_a_change_to_one_service_touches_only_that_service(
         plane.published,
         plane.container_subnets,
     )
-    own = service_id(target)
     key = {"concat": list(target.key)}
+    others = [s for s in plane.services if s is not target]
+    # Pick chains are shared: a change may add or delete one only if no other
+    # frontend goes to it, before or after.
+    shared = DataPlane(tuple(others), plane.published).pick_chains()
     for command in plan(plane, desired):
         kind, name, keys = _touched(command)
-        if kind == "element":
+        if kind == "element" and name.startswith("service-endpoints-"):
+            assert name == f"service-endpoints-{target.protocol}"
+            assert all(k["concat"][:2] == [target.vip, target.port] for k in keys), command
+        elif kind == "element":
             assert name in ("service-ips", "no-endpoint-services")
             assert keys == [key]
         else:
-            assert name == f"svc-{own}" or name.startswith(f"ep-{own}-"), command
+            assert name.startswith("pick-svc-") and name not in shared, command
 
 
 def test_an_endpoint_change_is_small_whatever_the_number_of_services() -> None:
@@ -154,42 +193,67 @@ def test_an_endpoint_change_is_small_whatever_the_number_of_services() -> None:
     changed = ServiceFrontend(first.vip, "tcp", 80, (Backend("10.0.0.3", 80),))
     after = DataPlane((*many[:500], changed, *many[501:]))
     transaction = plan(before, after)
-    # The new endpoint chain and its 2 rules, the service chain's flush and 2 rules,
-    # the old endpoint chain's flush and delete.
-    assert len(transaction) == 8
+    # The old backend's slot element deleted, the new one's added: no chain, no rule.
+    assert transaction == (
+        {"delete": {"element": {"family": "ip", "table": "warren", "name": "service-endpoints-tcp",
+                                "elem": [{"concat": [first.vip, 80, 0]}]}}},
+        {"add": {"element": {"family": "ip", "table": "warren", "name": "service-endpoints-tcp",
+                             "elem": [[{"concat": [first.vip, 80, 0]},
+                                       {"concat": ["10.0.0.3", 80]}]]}}},
+    )  # fmt: skip
 
 
-def test_weights_become_consecutive_numgen_ranges() -> None:
+def test_weights_become_numgen_slots() -> None:
     service = ServiceFrontend(
         "10.96.0.1", "tcp", 80,
         (Backend("10.0.0.2", 80, 90), Backend("10.0.0.3", 80, 0), Backend("10.0.0.4", 80, 10)),
     )  # fmt: skip
     table = _from_scratch(DataPlane((service,)))
-    (numgen_rule,) = [r for r in table.chains["svc-10.96.0.1-tcp-80"] if "numgen" in r]
-    vmap = json.loads(numgen_rule)[0]["vmap"]
-    assert vmap["key"]["numgen"]["mod"] == 100
-    assert [choice[0] for choice in vmap["data"]["set"]] == [
-        {"range": [0, 89]},
-        {"range": [90, 99]},
-    ]
-    # A weight-0 backend keeps its chain (a weight change only rewrites the service
-    # chain), but no range leads to it.
-    assert "ep-10.96.0.1-tcp-80-10.0.0.3-80" in table.chains
-    assert all("10.0.0.3" not in r for r in table.chains["svc-10.96.0.1-tcp-80"])
+    # 90/10 over their gcd: numgen mod 10, 9 slots to one backend and 1 to the other.
+    (chain,) = [name for name in table.chains if name.startswith("pick-")]
+    assert chain == "pick-svc-10"
+    assert all('"mod": 10' in r for r in table.chains[chain] if "numgen" in r)
+    slots = {
+        json.loads(k)["concat"][-1]: tuple(json.loads(v)["concat"])
+        for k, v in table.maps["service-endpoints-tcp"].items()
+    }
+    assert slots == {**{s: ("10.0.0.2", 80) for s in range(9)}, 9: ("10.0.0.4", 80)}
+
+
+def test_a_weight_change_moves_the_service_to_another_pick_chain() -> None:
+    def plane(*weights: int) -> DataPlane:
+        backend_list = tuple(Backend(f"10.0.0.{i + 2}", 80, w) for i, w in enumerate(weights))
+        other = ServiceFrontend("10.96.0.2", "tcp", 80, (Backend("10.0.0.9", 80),))
+        return DataPlane((ServiceFrontend("10.96.0.1", "tcp", 80, backend_list), other))
+
+    model = NftModel()
+    model.apply(plan(None, plane(1, 1)))
+    model.apply(plan(plane(1, 1), plane(1, 2)))
+    assert {n for n in _table(model).chains if n.startswith("pick-")} == {
+        "pick-svc-1",
+        "pick-svc-3",
+    }
+    assert _table(model) == _from_scratch(plane(1, 2))
+    # Back to the modulus the other service uses: no chain added or deleted.
+    transaction = plan(plane(1, 2), plane(1))
+    assert not [c for c in transaction if _touched(c)[0] != "element" and "pick-svc-1" in str(c)]
+    model.apply(transaction)
+    assert _table(model) == _from_scratch(plane(1))
 
 
 def test_a_service_without_weight_is_rejected_rather_than_dropped() -> None:
     idle = ServiceFrontend("10.96.0.1", "udp", 53, (Backend("10.0.0.2", 53, 0),))
     table = _from_scratch(DataPlane((idle,)))
     assert _keys(table, "no-endpoint-services") == {("10.96.0.1", "udp", 53)}
-    assert not any("numgen" in r for r in table.chains["svc-10.96.0.1-udp-53"])
+    assert _keys(table, "service-ips") == set()
+    assert not any(name.startswith("pick-") for name in table.chains)
 
 
 def test_published_modes_differ_only_in_masquerade() -> None:
     backend = (Backend("10.0.0.2", 80),)
     for mode, masquerades in (("ingress", True), ("host", False)):
         port = PublishedPort(8080, "tcp", mode, backend)  # type: ignore[arg-type]
-        rules = _from_scratch(DataPlane(published=(port,))).chains["pub-tcp-8080"]
+        rules = _from_scratch(DataPlane(published=(port,))).chains[f"pick-{mode}-1"]
         assert any("mark-for-masquerade" in r for r in rules) is masquerades
 
 
@@ -211,7 +275,7 @@ def test_the_model_refuses_what_the_kernel_refuses() -> None:
     plane = DataPlane((ServiceFrontend("10.96.0.1", "tcp", 80, (Backend("10.0.0.2", 80),)),))
     model.apply(plan(None, plane))
     before = _table(model)
-    chain = {"family": "ip", "table": "warren", "name": "svc-10.96.0.1-tcp-80"}
+    chain = {"family": "ip", "table": "warren", "name": "pick-svc-1"}
     for bad in (
         [{"delete": {"chain": chain}}],  # still has rules, still in the map
         [{"flush": {"chain": chain}}, {"delete": {"chain": chain}}],  # still in the map
@@ -221,6 +285,10 @@ def test_the_model_refuses_what_the_kernel_refuses() -> None:
         with pytest.raises(ModelError):
             model.apply(bad)
         assert _table(model) == before  # all or nothing
+
+
+# 19,999 numgen values to express them exactly: more than MAX_SLOTS.
+_COPRIME_WEIGHTS = (Backend("10.0.0.2", 80, 10_000), Backend("10.0.0.3", 80, 9_999))
 
 
 @pytest.mark.parametrize(
@@ -238,6 +306,10 @@ def test_the_model_refuses_what_the_kernel_refuses() -> None:
             "twice",
         ),
         (lambda: PublishedPort(8080, "tcp", "global"), "not ingress or host"),  # type: ignore[arg-type]
+        (
+            lambda: ServiceFrontend("10.96.0.1", "tcp", 80, _COPRIME_WEIGHTS),
+            "19999 slots",
+        ),
         (lambda: DataPlane(container_subnets=("10.0.0.1/24",)), "not an IPv4 network"),
         (
             lambda: DataPlane(published=(PublishedPort(80, "tcp", "host"),
@@ -313,3 +385,37 @@ def test_delete_table_helper_works_without_a_table() -> None:
     model = NftModel()
     model.apply(vip_rules.delete_table())
     assert model.tables == {}
+
+
+def test_nft_syntax_writes_the_endpoint_maps_and_refuses_what_it_does_not_know() -> None:
+    plane = DataPlane((ServiceFrontend("10.96.0.1", "tcp", 80, (Backend("10.0.0.2", 8080),)),))
+    script = nft_syntax.render(plan(None, plane))
+    assert (
+        "add map ip warren service-endpoints-udp { typeof ip daddr . udp dport"
+        " . numgen random mod 1 : ip daddr . udp dport; }"
+    ) in script
+    assert (
+        "add rule ip warren pick-svc-1 meta l4proto tcp dnat ip to ip daddr . tcp dport"
+        " . numgen random mod 1 map @service-endpoints-tcp"
+    ) in script
+    assert (
+        "add element ip warren service-endpoints-tcp { 10.96.0.1 . 80 . 0 : 10.0.0.2 . 8080 }"
+    ) in script
+    assert len(script.splitlines()) == len(plan(None, plane))
+    chain = {"family": "ip", "table": "warren", "name": "x"}
+    for bad in (
+        {"replace": {"rule": {**chain, "chain": "x", "expr": []}}},
+        {"add": {"rule": {**chain, "chain": "x", "expr": [{"log": None}]}}},
+        {"add": {"chain": {**chain, "name": "x; flush ruleset"}}},
+        {
+            "add": {
+                "rule": {
+                    **chain,
+                    "chain": "x",
+                    "expr": [{"match": {"op": "<", "left": 1, "right": 2}}],
+                }
+            }
+        },
+    ):
+        with pytest.raises(InvalidArgument, match="nft_syntax cannot write"):
+            nft_syntax.render([bad])

@@ -22,7 +22,9 @@ from typing import Any, TypeVar
 from warren.core.errors import FailedPrecondition, WarrenError, safe_message
 
 LIBRARY = "libnftables.so.1"
-_OUTPUT_JSON = 1 << 4  # NFT_CTX_OUTPUT_JSON: also makes the context read JSON
+# NFT_CTX_OUTPUT_JSON: also makes the context read JSON first, then nft's syntax
+# for a buffer that is not JSON.
+_OUTPUT_JSON = 1 << 4
 _CLONE_NEWNET = 0x40000000
 
 T = TypeVar("T")
@@ -103,6 +105,11 @@ class LibNftables:
             return {}
         text = json.dumps({"nftables": list(commands)})
         return self._call(lambda: self._run(text))
+
+    def run_script(self, script: str) -> None:
+        """Run commands in nft's own syntax (one a line) as one transaction."""
+        if script.strip():
+            self._call(lambda: self._run(script))
 
     def _run(self, text: str) -> dict[str, Any]:
         if self._ctx is None:

@@ -5,7 +5,9 @@ whose key exists, deleting what is missing, a jump to a chain that does not
 exist, deleting a chain that still has rules or is still jumped to, touching a
 table that is not there. Each transaction applies to a copy and replaces the
 table only if every command succeeds, as nftables' transactions do. It backs
-the fake packet filter and the planner's property tests.
+the fake packet filter and the planner's property tests. Key and value types
+(type, typeof) are not modelled: tests/network runs the same plans through the
+kernel, which checks them.
 """
 
 from __future__ import annotations

@@ -1,29 +1,45 @@
 """Service VIPs and published ports as nftables rules, planned without I/O.
 
-The layout is that of Kubernetes' nftables kube-proxy (KEP-3866), in one
-table ``ip warren``::
+One table ``ip warren``, after Kubernetes' nftables kube-proxy (KEP-3866) but
+with no chain or set per service, so that nothing libnftables reads before a
+transaction grows with the number of services::
 
     services:       ip daddr . meta l4proto . th dport vmap @service-ips
                     fib daddr type local meta l4proto . th dport vmap @published-ports
-    svc-VIP-PROTO-PORT (one per service, the map's verdict):
-                    ip saddr != @container-subnets jump mark-for-masquerade
-                    numgen random mod TOTAL vmap { 0-89 : goto ep-..., 90-99 : goto ep-... }
-    pub-PROTO-PORT (one per published port): the same, with
+    pick-KIND-TOTAL (one per kind and slot total in use, shared by its frontends):
+                    svc:     ip saddr != @container-subnets jump mark-for-masquerade
                     ingress: jump mark-for-masquerade (every node forwards anywhere)
                     host:    nothing (the task sees the client's address)
-    ep-FRONTEND-ADDR-PORT (one per backend of each frontend):
-                    ip saddr ADDR jump mark-for-masquerade   (hairpin)
-                    meta l4proto PROTO dnat to ADDR:PORT
+                    meta l4proto tcp dnat ip to ip daddr . tcp dport
+                        . numgen random mod TOTAL map @service-endpoints-tcp
+                    (the same for udp; published ports' maps lack the address)
+    service-endpoints-tcp: VIP . port . slot : backend address . port
 
-Weights are numgen ranges, so a 90/10 canary is ``mod 100`` with ranges 0-89
-and 90-99. A frontend whose backends all weigh 0 (or has none) is rejected
-at once (TCP reset, ICMP unreachable) rather than left to time out.
+Weights are slots: a frontend's weights over their greatest common divisor sum
+to TOTAL (at most MAX_SLOTS), and each backend owns as many numgen values as its
+reduced weight, so a 90/10 canary is ``mod 10`` with 9 slots and 1 slot. A
+frontend whose backends all weigh 0 (or has none) is not in the dispatching map
+but in a no-endpoint map, and is rejected at once (TCP reset, ICMP unreachable)
+rather than left to time out. Hairpin (a task reaching its own service and
+landing on itself) is masqueraded by the same-subnet rule, as is any client on
+its backend's subnet.
 
-`plan(current, desired)` returns one libnftables JSON transaction that changes
-only what differs: a changed service rewrites its own chain, adds the chains of
-its new backends and deletes those of its gone ones; nothing else is touched.
-A first sync (no current state) replaces the whole table atomically, which also
-clears whatever an earlier agent left; `plan(current, None)` deletes the table.
+`plan(current, desired)` returns one transaction that changes only what differs:
+an endpoint change deletes and adds the slots whose backend changed; a change of
+slot total moves the frontend's dispatching element to another pick chain,
+adding that chain if no frontend used it and deleting the old one if none still
+does. A first sync (no current state) replaces the whole table atomically, which
+also clears whatever an earlier agent left; `plan(current, None)` deletes the table.
+
+Why this shape (libnftables 1.0.6, bench/nft_sync.py): before any transaction
+that adds a rule or an element, or deletes one, libnftables reads every chain
+and set of the table; with a chain per service and per backend and a set per
+service, one endpoint change cost 250 ms at 10,000 services. A flush of a chain
+reads nothing, but adding its new rules does. Element changes in a hash map of
+a table with a handful of chains and sets cost a fraction of a millisecond
+whatever the map holds, and so does this layout's endpoint change. The endpoint
+maps' keys end with a numgen value, a type libnftables' JSON cannot declare,
+hence nft_syntax.
 
 The node itself reaches VIPs and published ports on its own addresses; at
 127.0.0.1 only with net.ipv4.conf.all.route_localnet=1 (else the kernel drops
@@ -34,8 +50,9 @@ agent's to set.
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal, TypeVar
 
@@ -46,10 +63,15 @@ FAMILY = "ip"
 # The weight of one backend; a service's total stays far below numgen's 32 bits.
 MAX_WEIGHT = 10_000
 MAX_BACKENDS = 10_000
+# numgen values of one frontend, each an element of an endpoint map.
+MAX_SLOTS = 10_000
 # kube-proxy's masquerade bit.
 MASQUERADE_MARK = 0x4000
 
 SERVICE_MAP = "service-ips"
+# Endpoint maps, one per protocol: SERVICE_ENDPOINTS + "-tcp" and so on.
+SERVICE_ENDPOINTS = "service-endpoints"
+PUBLISHED_ENDPOINTS = "published-endpoints"
 PUBLISHED_MAP = "published-ports"
 NO_ENDPOINT_SERVICES = "no-endpoint-services"
 NO_ENDPOINT_PORTS = "no-endpoint-ports"
@@ -64,6 +86,7 @@ Command = dict[str, Any]
 Transaction = tuple[Command, ...]
 K = TypeVar("K")
 V = TypeVar("V")
+F = TypeVar("F", "ServiceFrontend", "PublishedPort")
 
 
 # -- inputs ----------------------------------------------------------------------------
@@ -113,6 +136,30 @@ def _check_backends(backends: tuple[Backend, ...], owner: str) -> None:
         if key in seen:
             raise InvalidArgument(f"{owner} lists backend {key[0]}:{key[1]} twice")
         seen.add(key)
+    slots = count_slots(backends)
+    if slots > MAX_SLOTS:
+        raise InvalidArgument(
+            f"{owner}'s weights need {slots} slots (their sum over their greatest common "
+            f"divisor), more than {MAX_SLOTS}"
+        )
+
+
+def count_slots(backends: Iterable[Backend]) -> int:
+    """The numgen modulus that expresses the weights exactly: their sum over their gcd."""
+    weights = [b.weight for b in backends if b.weight]
+    return sum(weights) // math.gcd(*weights) if weights else 0
+
+
+def slots(backends: Iterable[Backend]) -> Iterator[tuple[int, int, Backend]]:
+    """Consecutive slot ranges [low, high] of numgen values, one per backend with a weight."""
+    backends = tuple(backends)
+    divisor = math.gcd(*(b.weight for b in backends)) or 1
+    low = 0
+    for backend in backends:
+        if backend.weight:
+            width = backend.weight // divisor
+            yield low, low + width - 1, backend
+            low += width
 
 
 @dataclass(frozen=True)
@@ -123,6 +170,8 @@ class ServiceFrontend:
     protocol: L4Protocol
     port: int
     backends: tuple[Backend, ...] = ()
+    # The numgen modulus of its weights (0: no endpoint), kept so a sync need not recount.
+    slot_total: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "vip", _ipv4(self.vip, "VIP"))
@@ -130,6 +179,7 @@ class ServiceFrontend:
         _port(self.port, "service port")
         object.__setattr__(self, "backends", tuple(self.backends))
         _check_backends(self.backends, f"service {self.vip}:{self.port}/{self.protocol}")
+        object.__setattr__(self, "slot_total", count_slots(self.backends))
 
     @property
     def key(self) -> tuple[str, str, int]:
@@ -148,6 +198,7 @@ class PublishedPort:
     protocol: L4Protocol
     mode: PublishMode
     backends: tuple[Backend, ...] = ()
+    slot_total: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _port(self.port, "published port")
@@ -156,6 +207,7 @@ class PublishedPort:
             raise InvalidArgument(f"publish mode {self.mode!r} is not ingress or host")
         object.__setattr__(self, "backends", tuple(self.backends))
         _check_backends(self.backends, f"published port {self.port}/{self.protocol}")
+        object.__setattr__(self, "slot_total", count_slots(self.backends))
 
     @property
     def key(self) -> tuple[str, int]:
@@ -192,8 +244,19 @@ class DataPlane:
     def _published_map(self) -> dict[tuple[str, int], PublishedPort]:
         return {p.key: p for p in self.published}
 
+    @cached_property
+    def _pick_chains(self) -> frozenset[str]:
+        return frozenset(
+            [pick_chain("svc", s.slot_total) for s in self.services if s.slot_total]
+            + [pick_chain(p.mode, p.slot_total) for p in self.published if p.slot_total]
+        )
+
     def service_map(self) -> dict[tuple[str, str, int], ServiceFrontend]:
         return self._service_map
+
+    def pick_chains(self) -> frozenset[str]:
+        """The pick chains its frontends go to (one per kind and slot total in use)."""
+        return self._pick_chains
 
     def published_map(self) -> dict[tuple[str, int], PublishedPort]:
         return self._published_map
@@ -216,6 +279,8 @@ def _unique(keys: Iterable[tuple[object, ...]], what: str) -> None:
 
 # -- names -----------------------------------------------------------------------------
 
+FrontendKind = Literal["svc", "ingress", "host"]
+
 
 def service_id(service: ServiceFrontend) -> str:
     return f"{service.vip}-{service.protocol}-{service.port}"
@@ -225,13 +290,9 @@ def published_id(published: PublishedPort) -> str:
     return f"pub-{published.protocol}-{published.port}"
 
 
-def frontend_chain(frontend_id: str) -> str:
-    # A published id starts with "pub-" already; a VIP's gets "svc-".
-    return frontend_id if frontend_id.startswith("pub-") else f"svc-{frontend_id}"
-
-
-def endpoint_chain(frontend_id: str, backend: Backend) -> str:
-    return f"ep-{frontend_id}-{backend.address}-{backend.port}"
+def pick_chain(kind: str, total: int) -> str:
+    """The chain shared by every frontend of a kind whose weights need `total` slots."""
+    return f"pick-{kind}-{total}"
 
 
 # -- JSON building blocks ----------------------------------------------------------------
@@ -281,9 +342,38 @@ def _goto(target: str) -> dict[str, Any]:
     return {"goto": {"target": target}}
 
 
+def _numgen(total: int) -> dict[str, Any]:
+    return {"numgen": {"mode": "random", "mod": total, "offset": 0}}
+
+
 _FIB_LOCAL = _match({"fib": {"result": "type", "flags": ["daddr"]}}, "local")
-_PROTO_PORT = {"concat": [_meta("l4proto"), _payload("th", "dport")]}
-_ADDR_PROTO_PORT = {"concat": [_payload("ip", "daddr"), _meta("l4proto"), _payload("th", "dport")]}
+_PROTO_PORT = [_meta("l4proto"), _payload("th", "dport")]
+_ADDR_PROTO_PORT = [_payload("ip", "daddr"), *_PROTO_PORT]
+
+
+def endpoint_map(kind: str, protocol: str) -> str:
+    return f"{SERVICE_ENDPOINTS if kind == 'svc' else PUBLISHED_ENDPOINTS}-{protocol}"
+
+
+def _endpoint_key(kind: str, protocol: str, total: int) -> dict[str, Any]:
+    """What a pick chain looks up: (VIP,) port and numgen value. One map per protocol,
+    as nft 1.0.6 finds "th dport" conflicting with the protocol once the map is cached."""
+    port = [_payload(protocol, "dport")]
+    parts = [_payload("ip", "daddr"), *port] if kind == "svc" else port
+    return {"concat": [*parts, _numgen(total)]}
+
+
+def _endpoint_maps() -> list[Command]:
+    # Keys ending with a numgen value: JSON cannot declare such a type (its integer
+    # is unsized), nft's typeof can (see nft_syntax).
+    return [
+        {"add": {"map": _obj(
+            name=endpoint_map(kind, protocol), typeof=_endpoint_key(kind, protocol, 1),
+            map={"typeof": {"concat": [_payload("ip", "daddr"), _payload(protocol, "dport")]}},
+        )}}
+        for kind in ("svc", "published")
+        for protocol in ("tcp", "udp")
+    ]  # fmt: skip
 
 
 def _prefix(subnet: str) -> dict[str, Any]:
@@ -301,6 +391,7 @@ def _skeleton() -> list[Command]:
                              map="verdict")}},
         {"add": {"map": _obj(name=PUBLISHED_MAP, type=["inet_proto", "inet_service"],
                              map="verdict")}},
+        *_endpoint_maps(),
         {"add": {"map": _obj(name=NO_ENDPOINT_SERVICES,
                              type=["ipv4_addr", "inet_proto", "inet_service"], map="verdict")}},
         {"add": {"map": _obj(name=NO_ENDPOINT_PORTS, type=["inet_proto", "inet_service"],
@@ -315,13 +406,15 @@ def _skeleton() -> list[Command]:
         _rule(REJECT_CHAIN, _match(_meta("l4proto"), "tcp"), {"reject": {"type": "tcp reset"}}),
         _rule(REJECT_CHAIN, {"reject": None}),
         {"add": _chain("services")},
-        _rule("services", {"vmap": {"key": _ADDR_PROTO_PORT, "data": f"@{SERVICE_MAP}"}}),
-        _rule("services", _FIB_LOCAL, {"vmap": {"key": _PROTO_PORT, "data": f"@{PUBLISHED_MAP}"}}),
+        _rule("services", {"vmap": {"key": {"concat": _ADDR_PROTO_PORT},
+                                    "data": f"@{SERVICE_MAP}"}}),
+        _rule("services", _FIB_LOCAL, {"vmap": {"key": {"concat": _PROTO_PORT},
+                                                "data": f"@{PUBLISHED_MAP}"}}),
         {"add": _chain("no-endpoints")},
-        _rule("no-endpoints",
-              {"vmap": {"key": _ADDR_PROTO_PORT, "data": f"@{NO_ENDPOINT_SERVICES}"}}),
-        _rule("no-endpoints", _FIB_LOCAL,
-              {"vmap": {"key": _PROTO_PORT, "data": f"@{NO_ENDPOINT_PORTS}"}}),
+        _rule("no-endpoints", {"vmap": {"key": {"concat": _ADDR_PROTO_PORT},
+                                        "data": f"@{NO_ENDPOINT_SERVICES}"}}),
+        _rule("no-endpoints", _FIB_LOCAL, {"vmap": {"key": {"concat": _PROTO_PORT},
+                                                    "data": f"@{NO_ENDPOINT_PORTS}"}}),
     ]  # fmt: skip
     for name, hook in (("nat-prerouting", "prerouting"), ("nat-output", "output")):
         commands += [{"add": _base_chain(name, "nat", hook, -100)}, _rule(name, _jump("services"))]
@@ -338,8 +431,9 @@ def _skeleton() -> list[Command]:
               _match({"&": [_meta("mark"), MASQUERADE_MARK]}, MASQUERADE_MARK),
               {"mangle": {"key": _meta("mark"), "value": {"^": [_meta("mark"), MASQUERADE_MARK]}}},
               {"masquerade": {"flags": ["fully-random"]}}),
-        # A client on a backend's own subnet: the reply would be switched straight
-        # back, past this node's NAT, so it must come from here.
+        # A client on a backend's own subnet (hairpin included: a task reaching
+        # itself): the reply would be switched straight back, past this node's
+        # NAT, so it must come from here.
         _rule("nat-postrouting",
               _match({"ct": {"key": "status"}}, "dnat", op="in"),
               _match({"concat": [_payload("ip", "saddr"), _payload("ip", "daddr")]},
@@ -354,140 +448,139 @@ def _skeleton() -> list[Command]:
     return commands
 
 
+def _pick_rules(kind: FrontendKind, total: int) -> list[Command]:
+    """A pick chain: masquerade as its kind says, then dnat to the endpoint map's
+    element for (frontend, numgen random mod total)."""
+    chain = pick_chain(kind, total)
+    rules: list[Command] = []
+    if kind == "svc":
+        outside = _match(_payload("ip", "saddr"), f"@{CONTAINER_SUBNETS}", op="!=")
+        rules.append(_rule(chain, outside, _jump(MARK_CHAIN)))
+    elif kind == "ingress":
+        rules.append(_rule(chain, _jump(MARK_CHAIN)))
+    for protocol in ("tcp", "udp"):
+        # dnat to a port needs the protocol matched first.
+        key = _endpoint_key(kind, protocol, total)
+        endpoints = endpoint_map(kind, protocol)
+        rules.append(
+            _rule(
+                chain,
+                _match(_meta("l4proto"), protocol),
+                {"dnat": {"family": "ip", "addr": {"map": {"key": key, "data": f"@{endpoints}"}}}},
+            )
+        )
+    return rules
+
+
+def _add_pick_chain(name: str) -> list[Command]:
+    _, kind, total = name.split("-")
+    return [{"add": _chain(name)}, *_pick_rules(kind, int(total))]  # type: ignore[arg-type]
+
+
 # -- frontends (a VIP service or a published port) -------------------------------------------
 
 
 @dataclass(frozen=True)
 class _Frontend:
-    """What one service or published port owns in the table."""
+    """What one service or published port owns in the table: elements only."""
 
-    id: str
     map: str
+    endpoint_map: str
     no_endpoint_map: str
-    key: dict[str, Any]  # the map element's key
-    protocol: str
-    masquerade: Literal["outside", "always", "never"]
+    key: tuple[Any, ...]  # the dispatching maps' key
+    endpoint_key: tuple[Any, ...]  # the endpoint map's key, before the slot
+    kind: FrontendKind
+    total: int
     backends: tuple[Backend, ...]
 
     @property
     def chain(self) -> str:
-        return frontend_chain(self.id)
+        return pick_chain(self.kind, self.total)
 
-    @property
-    def total_weight(self) -> int:
-        return sum(b.weight for b in self.backends)
-
-    def endpoint_chains(self) -> dict[str, Backend]:
-        return {endpoint_chain(self.id, b): b for b in self.backends}
+    def slot_targets(self) -> dict[int, tuple[str, int]]:
+        """Each numgen value's backend address and port."""
+        return {
+            slot: (b.address, b.port)
+            for low, high, b in slots(self.backends)
+            for slot in range(low, high + 1)
+        }
 
 
 def _service_frontend(service: ServiceFrontend) -> _Frontend:
-    key = {"concat": [service.vip, service.protocol, service.port]}
-    return _Frontend(service_id(service), SERVICE_MAP, NO_ENDPOINT_SERVICES, key,
-                     service.protocol, "outside", service.backends)  # fmt: skip
+    return _Frontend(SERVICE_MAP, endpoint_map("svc", service.protocol), NO_ENDPOINT_SERVICES,
+                     service.key, (service.vip, service.port), "svc", service.slot_total,
+                     service.backends)  # fmt: skip
 
 
 def _published_frontend(published: PublishedPort) -> _Frontend:
-    key = {"concat": [published.protocol, published.port]}
-    masquerade: Literal["always", "never"] = "always" if published.mode == "ingress" else "never"
-    return _Frontend(published_id(published), PUBLISHED_MAP, NO_ENDPOINT_PORTS, key,
-                     published.protocol, masquerade, published.backends)  # fmt: skip
+    return _Frontend(PUBLISHED_MAP, endpoint_map(published.mode, published.protocol),
+                     NO_ENDPOINT_PORTS, published.key, (published.port,), published.mode,
+                     published.slot_total, published.backends)  # fmt: skip
 
 
-def _frontends(plane: DataPlane | None) -> dict[str, _Frontend]:
+def _frontends(plane: DataPlane | None) -> list[_Frontend]:
     if plane is None:
-        return {}
-    frontends = [_service_frontend(s) for s in plane.services]
-    frontends += [_published_frontend(p) for p in plane.published]
-    return {f.id: f for f in frontends}
+        return []
+    return [*map(_service_frontend, plane.services), *map(_published_frontend, plane.published)]
 
 
-def _endpoint_rules(chain: str, protocol: str, backend: Backend) -> list[Command]:
+def _slot_key(frontend: _Frontend, slot: int) -> dict[str, Any]:
+    return {"concat": [*frontend.endpoint_key, slot]}
+
+
+def _endpoint_elements(frontend: _Frontend, targets: Mapping[int, tuple[str, int]]) -> list[Any]:
     return [
-        _rule(chain, _match(_payload("ip", "saddr"), backend.address), _jump(MARK_CHAIN)),
-        _rule(chain, _match(_meta("l4proto"), protocol),
-              {"dnat": {"addr": backend.address, "port": backend.port}}),
-    ]  # fmt: skip
+        [_slot_key(frontend, slot), {"concat": [address, port]}]
+        for slot, (address, port) in targets.items()
+    ]
 
 
-def weight_ranges(backends: Iterable[Backend]) -> Iterator[tuple[int, int, Backend]]:
-    """Consecutive numgen ranges [low, high], one per backend with a weight."""
-    low = 0
-    for backend in backends:
-        if backend.weight:
-            yield low, low + backend.weight - 1, backend
-            low += backend.weight
-
-
-def _frontend_rules(frontend: _Frontend) -> list[Command]:
-    rules: list[Command] = []
-    if frontend.masquerade == "outside":
-        outside = _match(_payload("ip", "saddr"), f"@{CONTAINER_SUBNETS}", op="!=")
-        rules.append(_rule(frontend.chain, outside, _jump(MARK_CHAIN)))
-    elif frontend.masquerade == "always":
-        rules.append(_rule(frontend.chain, _jump(MARK_CHAIN)))
-    total = frontend.total_weight
-    if total:
-        choices = [
-            [low if low == high else {"range": [low, high]},
-             _goto(endpoint_chain(frontend.id, backend))]
-            for low, high, backend in weight_ranges(frontend.backends)
-        ]  # fmt: skip
-        numgen = {"numgen": {"mode": "random", "mod": total, "offset": 0}}
-        rules.append(_rule(frontend.chain, {"vmap": {"key": numgen, "data": {"set": choices}}}))
-    return rules
-
-
-def _no_endpoint_element(frontend: _Frontend) -> Command:
-    return _elements(frontend.no_endpoint_map, [[frontend.key, _goto(REJECT_CHAIN)]])
+def _frontend_element(frontend: _Frontend) -> list[Any]:
+    return [{"concat": list(frontend.key)}, _goto(frontend.chain)]
 
 
 def _add_frontend(frontend: _Frontend) -> list[Command]:
-    commands: list[Command] = []
-    for chain, backend in frontend.endpoint_chains().items():
-        commands += [{"add": _chain(chain)}, *_endpoint_rules(chain, frontend.protocol, backend)]
-    commands += [{"add": _chain(frontend.chain)}, *_frontend_rules(frontend)]
-    commands.append({"add": _elements(frontend.map, [[frontend.key, _goto(frontend.chain)]])})
-    if not frontend.total_weight:
-        commands.append({"add": _no_endpoint_element(frontend)})
-    return commands
-
-
-def _delete_chain(name: str) -> list[Command]:
-    return [{"flush": _chain(name)}, {"delete": _chain(name)}]
+    key = {"concat": list(frontend.key)}
+    if not frontend.total:
+        return [{"add": _elements(frontend.no_endpoint_map, [[key, _goto(REJECT_CHAIN)]])}]
+    elements = _endpoint_elements(frontend, frontend.slot_targets())
+    return [
+        {"add": _elements(frontend.endpoint_map, elements)},
+        {"add": _elements(frontend.map, [_frontend_element(frontend)])},
+    ]
 
 
 def _delete_frontend(frontend: _Frontend) -> list[Command]:
-    # The map element first: nothing may still jump to a chain being deleted.
-    commands: list[Command] = [
-        {"delete": _elements(frontend.map, [frontend.key])},
+    key = {"concat": list(frontend.key)}
+    if not frontend.total:
+        return [{"delete": _elements(frontend.no_endpoint_map, [key])}]
+    # The dispatching element first: no packet may look up a slot being deleted.
+    slot_keys = [_slot_key(frontend, slot) for slot in frontend.slot_targets()]
+    return [
+        {"delete": _elements(frontend.map, [key])},
+        {"delete": _elements(frontend.endpoint_map, slot_keys)},
     ]
-    if not frontend.total_weight:
-        commands.append({"delete": _elements(frontend.no_endpoint_map, [frontend.key])})
-    commands += _delete_chain(frontend.chain)
-    for chain in frontend.endpoint_chains():
-        commands += _delete_chain(chain)
-    return commands
 
 
 def _change_frontend(old: _Frontend, new: _Frontend) -> list[Command]:
-    """New endpoint chains, the frontend's rules rewritten, then the gone ones deleted."""
+    """Only the slots whose backend changed; the dispatching element only if the
+    pick chain changed (another slot total, or another publish mode)."""
     if old == new:
         return []
-    old_chains, new_chains = old.endpoint_chains(), new.endpoint_chains()
+    if not old.total or not new.total:
+        return [*_delete_frontend(old), *_add_frontend(new)]
+    before, after = old.slot_targets(), new.slot_targets()
+    gone = [_slot_key(old, slot) for slot, target in before.items() if after.get(slot) != target]
+    added = {slot: target for slot, target in after.items() if before.get(slot) != target}
     commands: list[Command] = []
-    for chain, backend in new_chains.items():
-        if chain not in old_chains:
-            commands += [{"add": _chain(chain)},
-                         *_endpoint_rules(chain, new.protocol, backend)]  # fmt: skip
-    commands += [{"flush": _chain(new.chain)}, *_frontend_rules(new)]
-    for chain in old_chains:
-        if chain not in new_chains:
-            commands += _delete_chain(chain)
-    if old.total_weight and not new.total_weight:
-        commands.append({"add": _no_endpoint_element(new)})
-    elif new.total_weight and not old.total_weight:
-        commands.append({"delete": _elements(new.no_endpoint_map, [new.key])})
+    if old.chain != new.chain:
+        commands.append({"delete": _elements(old.map, [{"concat": list(old.key)}])})
+    if gone:
+        commands.append({"delete": _elements(old.endpoint_map, gone)})
+    if added:
+        commands.append({"add": _elements(new.endpoint_map, _endpoint_elements(new, added))})
+    if old.chain != new.chain:
+        commands.append({"add": _elements(new.map, [_frontend_element(new)])})
     return commands
 
 
@@ -516,7 +609,9 @@ def plan(current: DataPlane | None, desired: DataPlane | None) -> Transaction:
         # add + delete + add: one atomic replacement whether or not a table exists.
         commands = [{"add": _table()}, {"delete": _table()}, {"add": _table()}, *_skeleton()]
         commands += _change_subnets((), desired.container_subnets)
-        for frontend in _frontends(desired).values():
+        for chain in sorted(desired.pick_chains()):
+            commands += _add_pick_chain(chain)
+        for frontend in _frontends(desired):
             commands += _add_frontend(frontend)
         return tuple(commands)
     return tuple(_changes(current, desired))
@@ -525,25 +620,59 @@ def plan(current: DataPlane | None, desired: DataPlane | None) -> Transaction:
 def _changes(current: DataPlane, desired: DataPlane) -> list[Command]:
     commands = _change_subnets(current.container_subnets, desired.container_subnets)
     pairs = [
-        _changed(current.service_map(), desired.service_map(), _service_frontend),
-        _changed(current.published_map(), desired.published_map(), _published_frontend),
-    ]
-    for gone, _, _ in pairs:
-        for frontend in gone:
-            commands += _delete_frontend(frontend)
-    for _, added, changed in pairs:
-        for frontend in added:
-            commands += _add_frontend(frontend)
-        for old, new in changed:
-            commands += _change_frontend(old, new)
+        _changed(current.services, desired.services, DataPlane.service_map,
+                 current, desired, _service_frontend),
+        _changed(current.published, desired.published, DataPlane.published_map,
+                 current, desired, _published_frontend),
+    ]  # fmt: skip
+    gone = [f for pair in pairs for f in pair[0]]
+    added = [f for pair in pairs for f in pair[1]]
+    changed = [c for pair in pairs for c in pair[2]]
+    before = {f.chain for f in [*gone, *(old for old, _ in changed)] if f.total}
+    after = {f.chain for f in [*added, *(new for _, new in changed)] if f.total}
+    # Only a chain some change newly needs or may have freed asks for the whole
+    # plane's chains (an endpoint swap keeps its slot total and asks for nothing).
+    new_chains = sorted(c for c in after - before if c not in current.pick_chains())
+    freed_chains = sorted(c for c in before - after if c not in desired.pick_chains())
+    for chain in new_chains:
+        commands += _add_pick_chain(chain)
+    for frontend in gone:
+        commands += _delete_frontend(frontend)
+    for frontend in added:
+        commands += _add_frontend(frontend)
+    for old, new in changed:
+        commands += _change_frontend(old, new)
+    for chain in freed_chains:
+        commands += [{"flush": _chain(chain)}, {"delete": _chain(chain)}]
     return commands
 
 
+Changes = tuple[list[_Frontend], list[_Frontend], list[tuple[_Frontend, _Frontend]]]
+
+
 def _changed(
+    old_items: tuple[F, ...],
+    new_items: tuple[F, ...],
+    by_key: Callable[[DataPlane], Mapping[Any, F]],
+    current: DataPlane,
+    desired: DataPlane,
+    frontend: Callable[[F], _Frontend],
+) -> Changes:
+    """(gone, added, changed) frontends; unchanged ones are only compared, never built.
+
+    An agent keeps the frontends it did not change (the same objects, in the same
+    order): then an identity walk finds the changes without building the desired
+    plane's index (at 10,000 services, under 1 ms instead of about 10)."""
+    if len(old_items) == len(new_items):
+        moved = [(a, b) for a, b in zip(old_items, new_items, strict=True) if a is not b]
+        if all(a.key == b.key for a, b in moved):
+            return [], [], [(frontend(a), frontend(b)) for a, b in moved if a != b]
+    return _changed_by_key(by_key(current), by_key(desired), frontend)
+
+
+def _changed_by_key(
     old: Mapping[K, V], new: Mapping[K, V], frontend: Callable[[V], _Frontend]
-) -> tuple[list[_Frontend], list[_Frontend], list[tuple[_Frontend, _Frontend]]]:
-    """(gone, added, changed) frontends; unchanged ones are only compared, never built,
-    so a sync costs little more than comparing the inputs."""
+) -> Changes:
     gone = [frontend(item) for key, item in old.items() if key not in new]
     added = [frontend(item) for key, item in new.items() if key not in old]
     changed = []
@@ -557,9 +686,10 @@ def _changed(
 def build_steps(desired: DataPlane, size: int) -> Iterator[DataPlane]:
     """Ever larger parts of desired, `size` frontends more each, the last being desired.
 
-    For a node without a table: built in steps, 10,000 services took 23-27 s instead of
-    2 minutes in one transaction (the kernel's cost grows faster than a transaction's
-    size), and no service is interrupted meanwhile since none was served before.
+    For a node without a table, bounding each transaction: with a chain per service
+    the kernel's cost grew faster than a transaction's size (10,000 services: 23-27 s in
+    steps of 1,000, 2 minutes at once); with this layout one transaction of 10,000
+    takes 3-4 s. No service is interrupted meanwhile since none was served before.
     """
     if size < 1:
         raise InvalidArgument(f"build step size {size} is not positive")
