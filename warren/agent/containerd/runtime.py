@@ -39,6 +39,7 @@ from warren.agent.containerd.namespace_lock import NamespaceLock
 from warren.agent.containerd.netns import create_netns, delete_netns, netns_path
 from warren.agent.containerd.output import LOG_NAME, OutputCapture, fifo_path
 from warren.agent.containerd.proto import containers_pb2, task_pb2, types_pb2
+from warren.agent.containerd.runc_state import RuncState
 from warren.agent.containerd.snapshots import Snapshots
 from warren.agent.containerd.spec import build_spec, exec_process
 from warren.agent.containerd.state import StateDir
@@ -61,6 +62,7 @@ from warren.core.errors import (
     InvalidArgument,
     NotFound,
     RuntimeFailure,
+    Unavailable,
     WarrenError,
 )
 from warren.registry.client import RegistryConfig
@@ -111,6 +113,7 @@ class ContainerdRuntime:
         self._state = StateDir(state_dir)
         # runc's state for Warren's containers; apart from other clients' by default.
         self._runc_root = runc_root or state_dir / "runc"
+        self._runc = RuncState(self._runc_root, namespace)
         self._log_limits = (log_max_bytes, log_max_files)
         self._captures: dict[str, OutputCapture] = {}
         self._waiters = Waiters()
@@ -137,6 +140,9 @@ class ContainerdRuntime:
             await self._containers.get(container_id)
             # Checked first: the undo steps below would harm an existing one.
             raise AlreadyExists(f"container {container_id} already exists")
+        # containerd has no such container, hence no task: a runc record left by
+        # one that died with containerd's state would make its task fail to start.
+        await self._runc.remove_dead(container_id)
         image = await self._images.get(config.image)
         async with contextlib.AsyncExitStack() as undo:
             # Each step registers its undo; success pops them all.
@@ -243,8 +249,13 @@ class ContainerdRuntime:
         # Expect the exit before looking, so one in between is not missed.
         future = self._waiters.expect(container_id, container_id)
         try:
-            await self._events.ready()
-            process = await self._tasks.get(container_id)
+            try:
+                await self._events.ready()
+                process = await self._tasks.get(container_id)
+            except Unavailable:
+                # containerd is away: once the event stream is back, _recheck
+                # finds the exit, or the loss of the task, for this waiter.
+                return await future
             if process is None:
                 return await self._wait_taskless(container_id, future)
             if process.status == task_pb2.STOPPED:
@@ -301,6 +312,10 @@ class ContainerdRuntime:
             await capture.stop()
         await self._snapshots.remove(container_id)
         await self._containers.delete(container_id)
+        try:
+            await self._runc.remove_dead(container_id)
+        except WarrenError as exc:
+            log.warning("runc's record of %s stays: %s", container_id, exc)
         await delete_lease(self._client, f"warren-{container_id}")
         self._state.remove(container_id)
         self._finalizers.pop(container_id, None)
@@ -322,9 +337,25 @@ class ContainerdRuntime:
 
     async def _recheck_one(self, container_id: str, process_id: str) -> None:
         exec_id = "" if process_id == container_id else process_id
-        process = await self._tasks.get(container_id, exec_id)
+        try:
+            process = await self._tasks.get(container_id, exec_id)
+        except WarrenError as exc:  # containerd went again: its next return rechecks
+            log.debug("rechecking %s: %s", container_id, exc)
+            return
         if process is not None and process.status == task_pb2.STOPPED:
             self._on_exit(ProcessExit(container_id, process_id, _process_exit(process)))
+        elif process is None and not exec_id:
+            self._lost_task(container_id)
+
+    def _lost_task(self, container_id: str) -> None:
+        """A started container's task is gone and no exit was seen: containerd
+        restarted and found its shim dead (the exit it publishes then goes out
+        before anyone can subscribe). Its waiters learn it now, not never."""
+        if container_id in self._finalizers or self._state.load_exit(container_id) is not None:
+            return
+        if self._state.was_started(container_id):
+            error = NotFound(f"container {container_id} lost its task (containerd restarted?)")
+            self._waiters.fail(container_id, error)
 
     def _finalize(self, container_id: str, status: ExitStatus) -> None:
         """Finish an exited container once, however many paths notice the exit."""
