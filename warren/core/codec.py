@@ -64,6 +64,69 @@ def _as_is(obj: Any) -> Any:
     return obj
 
 
+def to_sparse_json(obj: Any) -> bytes:
+    """``obj`` as JSON without the fields equal to their default, at every depth
+    (like Go's ``omitempty`` in Docker's and Kubernetes' APIs): ``from_dict``
+    fills them back, so it decodes to an equal object."""
+    try:
+        return _JSON.encode(to_sparse_dict(obj))
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidArgument(f"cannot encode {type(obj).__name__}: {exc}") from None
+
+
+def to_sparse_dict(obj: Any) -> Any:
+    """``to_dict`` without the fields equal to their default."""
+    cls = type(obj)
+    encode = _SPARSE_ENCODERS.get(cls)
+    if encode is None:
+        encode = _SPARSE_ENCODERS[cls] = _sparse_encoder(cls)
+    return encode(obj)
+
+
+_SPARSE_ENCODERS: dict[type[Any], Callable[[Any], Any]] = {}
+# Values written as they are; anything else is looked at.
+_LEAVES = frozenset({str, int, float, bool, type(None)})
+_REQUIRED_FIELD = object()
+
+
+def _sparse_encoder(cls: type[Any]) -> Callable[[Any], Any]:
+    if dataclasses.is_dataclass(cls):
+        return _sparse_dataclass(cls)
+    if issubclass(cls, enum.Enum):
+        return lambda obj: obj.value
+    if issubclass(cls, tuple | list):
+        return lambda obj: [_sparse_value(v) for v in obj]
+    if issubclass(cls, dict):
+        return lambda obj: {k: _sparse_value(v) for k, v in obj.items()}
+    return _as_is
+
+
+def _sparse_value(value: Any) -> Any:
+    return value if type(value) in _LEAVES else to_sparse_dict(value)
+
+
+def _sparse_dataclass(cls: type[Any]) -> Callable[[Any], dict[str, Any]]:
+    defaults = tuple((f.name, _default_of(f)) for f in dataclasses.fields(cls))
+
+    def encode(obj: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, default in defaults:
+            value = getattr(obj, name)
+            if default is _REQUIRED_FIELD or value != default:
+                out[name] = value if type(value) in _LEAVES else to_sparse_dict(value)
+        return out
+
+    return encode
+
+
+def _default_of(fld: dataclasses.Field[Any]) -> Any:
+    if fld.default is not dataclasses.MISSING:
+        return fld.default
+    if fld.default_factory is not dataclasses.MISSING:
+        return fld.default_factory()  # models are immutable: compared, never shared
+    return _REQUIRED_FIELD
+
+
 _HINTS: dict[type[Any], dict[str, Any]] = {}
 
 

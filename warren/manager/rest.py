@@ -27,7 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
-from warren.core.codec import from_dict, to_dict, to_json
+from warren.core.codec import from_dict, to_sparse_dict, to_sparse_json
 from warren.core.errors import (
     InvalidArgument,
     PermissionDenied,
@@ -223,15 +223,23 @@ def _kinds(request: web.Request) -> frozenset[Kind]:
 
 
 def _ok(data: Any, status: int = 200) -> web.Response:
-    return _json_body(to_json(data), status)
+    return _json_body(to_sparse_json(data), status)
 
 
 def _json_body(body: bytes, status: int = 200) -> web.Response:
     return web.Response(body=body, status=status, content_type="application/json")
 
 
-def _listing(request: web.Request, kind: Kind, objects: list[Any], complete: bool) -> web.Response:
-    return _json_body(request.app[ENCODED][kind].array(objects, complete))
+def _listing(request: web.Request, kind: Kind, objects: list[Any]) -> web.Response:
+    return _json_body(request.app[ENCODED][kind].array(objects))
+
+
+def _complete_listing(
+    request: web.Request, kind: Kind, objects: Callable[[], list[Any]]
+) -> web.Response:
+    """Every object of ``kind``: the same body while nothing of the kind changes."""
+    revision = _control(request).store.revision
+    return _json_body(request.app[ENCODED][kind].complete(revision, objects))
 
 
 def _control(request: web.Request) -> ControlService:
@@ -242,7 +250,7 @@ def _control(request: web.Request) -> ControlService:
 
 
 async def list_services(request: web.Request) -> web.Response:
-    return _listing(request, Kind.SERVICE, _control(request).list_services(), complete=True)
+    return _complete_listing(request, Kind.SERVICE, _control(request).list_services)
 
 
 async def create_service(request: web.Request) -> web.Response:
@@ -299,8 +307,10 @@ async def remove_node(request: web.Request) -> web.Response:
 async def list_tasks(request: web.Request) -> web.Response:
     query = request.query
     service, node = query.get("service", ""), query.get("node", "")
-    tasks = _control(request).list_tasks(service, node)
-    return _listing(request, Kind.TASK, tasks, complete=not (service or node))
+    control = _control(request)
+    if not (service or node):
+        return _complete_listing(request, Kind.TASK, control.list_tasks)
+    return _listing(request, Kind.TASK, control.list_tasks(service, node))
 
 
 async def get_task(request: web.Request) -> web.Response:
@@ -313,7 +323,7 @@ def _sse_frame(event: StoreEvent) -> bytes:
         "action": event.action.value,
         "kind": event.kind.value,
         "timestamp": event.timestamp,
-        "object": to_dict(event.object),
+        "object": to_sparse_dict(event.object),
     }
     return f"event: {event.kind}.{event.action}\ndata: {json.dumps(data)}\n\n".encode()
 
@@ -491,7 +501,10 @@ _EVENT_SCHEMA = {
         "action": {"type": "string", "enum": [a.value for a in EventAction]},
         "kind": {"type": "string", "enum": sorted(k.value for k in PUBLIC_KINDS)},
         "timestamp": {"type": "number"},
-        "object": {"type": "object", "description": "The Service, Node or Task"},
+        "object": {
+            "type": "object",
+            "description": "The Service, Node or Task (fields at their default left out)",
+        },
     },
 }
 
@@ -586,6 +599,7 @@ def _dataclass_schema(cls: type[Any], defs: dict[str, Any]) -> str:
         ]
         properties = {
             f.name: _type_schema(hints[f.name], defs, _field_limits(cls, f, hints[f.name]))
+            | _default_schema(f)
             for f in fields
         }
         schema: dict[str, Any] = {
@@ -597,6 +611,15 @@ def _dataclass_schema(cls: type[Any], defs: dict[str, Any]) -> str:
             schema["required"] = required
         defs[name] = schema
     return name
+
+
+def _default_schema(fld: dataclasses.Field[Any]) -> dict[str, Any]:
+    """A field's default, which responses leave out and requests may too."""
+    if fld.default is not dataclasses.MISSING:
+        return {"default": to_sparse_dict(fld.default)}
+    if fld.default_factory is not dataclasses.MISSING:
+        return {"default": to_sparse_dict(fld.default_factory())}
+    return {}
 
 
 def _content(schema_name: str, media: str = "application/json") -> dict[str, Any]:
@@ -662,7 +685,9 @@ _DESCRIPTION = (
     "Every request needs a client certificate issued by the cluster CA with role "
     "admin or manager (TLS client authentication): there is no Authorization header "
     "or API key. Request bodies are at most 1 MiB. Errors are "
-    '`{"error": {"code", "message"}}`; a refused request changes nothing.'
+    '`{"error": {"code", "message"}}`; a refused request changes nothing. '
+    "Responses leave out every field equal to its `default` (at any depth, as "
+    "Docker's and Kubernetes' APIs do): a client fills it back."
 )
 
 
@@ -740,13 +765,34 @@ async def _close_streams(app: web.Application) -> None:
         subscription.close()
 
 
+def _follow_writes(
+    app: web.Application, control: ControlService, encoded: dict[Kind, EncodedObjects]
+) -> None:
+    """Tell the listing caches of each write (called by the store after it applies)."""
+
+    def written(events: list[StoreEvent]) -> None:
+        for kind in {event.kind for event in events}.intersection(encoded):
+            encoded[kind].written()
+
+    async def unfollow(app: web.Application) -> None:
+        if followed:  # a runner may be cleaned up twice
+            followed.pop()
+            control.store.unsubscribe(written)
+
+    followed = [written]
+    control.store.subscribe(written)
+    app.on_cleanup.append(unfollow)
+
+
 def build_app(
     control: ControlService, bus: EventBus, metrics: Metrics | None = None
 ) -> web.Application:
     app = web.Application(middlewares=[_timing, _errors, _authorize])
     app[CONTROL] = control
     app[BUS] = bus
-    app[ENCODED] = {Kind.SERVICE: EncodedObjects(), Kind.TASK: EncodedObjects()}
+    encoded = {Kind.SERVICE: EncodedObjects(), Kind.TASK: EncodedObjects()}
+    app[ENCODED] = encoded
+    _follow_writes(app, control, encoded)
     if metrics is not None:
         app[METRICS] = metrics
     streams: set[Subscription] = set()
