@@ -141,3 +141,13 @@ async def test_entries_after_a_snapshot_survive_a_stop_before_the_journal_was_tr
         assert names == {f"s{i}" for i in range(110)}
     finally:
         await restarted.stop()
+
+
+def test_importing_raft_leaves_inet_ntop_working() -> None:
+    # PySyncObj's import replaces socket.inet_ntop with a Windows-only version.
+    import socket
+
+    import warren.manager.raft  # noqa: F401
+
+    assert socket.inet_ntop(socket.AF_INET, b"\x7f\x00\x00\x01") == "127.0.0.1"
+    assert socket.inet_ntop(socket.AF_INET6, b"\x00" * 15 + b"\x01") == "::1"

@@ -18,6 +18,7 @@ from google.protobuf.message import Message
 
 from warren.core.errors import InvalidArgument, Unavailable, WarrenError
 from warren.core.models import Availability, Node, Service, ServiceSpec, Task
+from warren.core.networks import Network, NetworkSpec
 from warren.proto import warren_pb2 as pb
 from warren.proto import warren_pb2_grpc as pb_grpc
 from warren.proto.convert import from_message, to_message
@@ -163,6 +164,22 @@ class WarrenClient:
     def delete_service(self, ref: str) -> None:
         self._call(lambda stub: stub.DeleteService, pb.ServiceRef(service=ref))
 
+    # -- networks --------------------------------------------------------------
+
+    def create_network(self, spec: NetworkSpec) -> Network:
+        message = to_message(spec, pb.NetworkSpec)
+        return _network(self._call(lambda stub: stub.CreateNetwork, message))
+
+    def get_network(self, ref: str) -> Network:
+        return _network(self._call(lambda stub: stub.GetNetwork, pb.NetworkRef(network=ref)))
+
+    def list_networks(self) -> list[Network]:
+        reply = self._call(lambda stub: stub.ListNetworks, pb.Empty())
+        return [_network(message) for message in reply.networks]
+
+    def remove_network(self, ref: str) -> None:
+        self._call(lambda stub: stub.RemoveNetwork, pb.NetworkRef(network=ref))
+
     # -- nodes -----------------------------------------------------------------
 
     def list_nodes(self) -> list[Node]:
@@ -306,6 +323,11 @@ def _all_unavailable(failures: list[str]) -> WarrenError:
 def _service(message: pb.Service) -> Service:
     service: Service = from_message(Service, message)
     return service
+
+
+def _network(message: pb.Network) -> Network:
+    network: Network = from_message(Network, message)
+    return network
 
 
 def _node(message: pb.Node) -> Node:

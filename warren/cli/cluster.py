@@ -19,7 +19,9 @@ from warren.cli.options import (
 )
 from warren.cli.output import document, key_values
 from warren.cli.parsing import DURATION
+from warren.core.errors import InvalidArgument
 from warren.core.models import Availability
+from warren.core.networks import parse_subnet
 from warren.node.options import ManagerOptions
 
 PORT = click.IntRange(1, 65535)
@@ -89,6 +91,15 @@ def manager_daemon_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
+def _check_subnet(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if value:
+        try:
+            parse_subnet(value)
+        except InvalidArgument as exc:
+            raise click.BadParameter(exc.message) from None
+    return value
+
+
 def manager_options(cli: CliContext, **fields: Any) -> ManagerOptions:
     """A manager process's options, from its command line."""
     runtime: RuntimeOptions = fields.pop("runtime")
@@ -115,6 +126,12 @@ def run_manager_process(cli: CliContext, **fields: Any) -> None:
     "--force",
     is_flag=True,
     help="Replace the admin credentials another cluster left in the config dir.",
+)
+@click.option(
+    "--default-subnet",
+    default="",
+    callback=_check_subnet,
+    help="Subnet of the 'default' network services join (default: a free /16 of 10.32.0.0/11).",
 )
 @pass_cli
 def init(cli: CliContext, /, force: bool, **fields: Any) -> None:

@@ -17,14 +17,22 @@ from warren.cli.parsing import (
     DURATION,
     HTTP_PROBE,
     LABEL,
+    PUBLISH,
     REGISTRY,
     SIGNAL,
     SIZE,
     model_range,
 )
-from warren.cli.specs import ContainerOptions, HealthOptions, ResourceOptions, RestartOptions
+from warren.cli.specs import (
+    ContainerOptions,
+    HealthOptions,
+    NetworkOptions,
+    ResourceOptions,
+    RestartOptions,
+)
 from warren.core.errors import InvalidArgument
 from warren.core.models import HealthCheck, NetworkMode, RestartCondition, RestartPolicy
+from warren.core.networks import EndpointMode
 
 F = TypeVar("F", bound=Callable[..., Any])
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
@@ -121,11 +129,6 @@ container_options = option_group(
         help="Run an init as PID 1 that forwards signals and reaps zombies.",
     ),
     click.option(
-        "--network",
-        type=click.Choice([m.value for m in NetworkMode]),
-        help="host: use the node's network namespace  [default: private]",
-    ),
-    click.option(
         "--stop-signal",
         type=SIGNAL,
         metavar="SIGNAL",
@@ -137,6 +140,54 @@ container_options = option_group(
         metavar="DURATION",
         help="Wait after the stop signal before killing  [default: 10s]",
     ),
+)
+
+_ENDPOINT_MODES = click.Choice([m.value for m in EndpointMode])
+
+network_options = option_group(
+    "networks",
+    NetworkOptions,
+    click.option(
+        "--network",
+        multiple=True,
+        metavar="NETWORK",
+        help="Join a network (repeatable; default: the 'default' network); "
+        "host: use the node's network namespace.",
+    ),
+    click.option(
+        "-p",
+        "--publish",
+        type=PUBLISH,
+        multiple=True,
+        help="Publish a port: [PUBLISHED:]TARGET[/udp] or published=N,target=N,mode=host.",
+    ),
+    click.option(
+        "--endpoint-mode",
+        type=_ENDPOINT_MODES,
+        help="vip (default): one virtual IP per network; dnsrr: DNS lists the tasks.",
+    ),
+)
+
+network_update_options: Decorator = functools.reduce(
+    lambda f, g: lambda fn: f(g(fn)),
+    [
+        click.option("--network-add", multiple=True, metavar="NETWORK", help="Join a network."),
+        click.option("--network-rm", multiple=True, metavar="NETWORK", help="Leave a network."),
+        click.option("--publish-add", type=PUBLISH, multiple=True, help="Publish a port."),
+        click.option(
+            "--publish-rm",
+            type=PUBLISH,
+            multiple=True,
+            help="Stop publishing: TARGET[/udp], or PUBLISHED:TARGET for one pair.",
+        ),
+        click.option("--endpoint-mode", type=_ENDPOINT_MODES, help="vip or dnsrr."),
+        click.option(
+            "--network",
+            "network_mode",
+            type=click.Choice([m.value for m in NetworkMode]),
+            help="host: use the node's network namespace; private: the task's own.",
+        ),
+    ],
 )
 
 health_options = option_group(

@@ -20,7 +20,8 @@ import click
 
 from warren.core.errors import InvalidArgument
 from warren.core.models import MAX_CPUS, MAX_MEMORY_BYTES, MAX_REPLICAS, HealthCheck
-from warren.core.validation import INT32_MAX, MAX_SECONDS, field_limits
+from warren.core.networks import PortConfig, PortProtocol, PublishMode
+from warren.core.validation import INT32_MAX, MAX_SECONDS, field_limits, show
 
 # Binary multiples, as Docker's --memory flags use them.
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
@@ -144,6 +145,46 @@ def parse_tail(text: str) -> int:
     return int(value)
 
 
+_PUBLISH_KEYS = ("published", "target", "protocol", "mode")
+_PUBLISH_HINT = (
+    "use [PUBLISHED:]TARGET[/udp] or published=N,target=N[,protocol=tcp|udp][,mode=ingress|host]"
+)
+
+
+def parse_publish(text: str) -> PortConfig:
+    """``--publish``: Docker's short form ``8080:80[/udp]`` (or ``80``: Warren
+    picks the published port) or its long form ``published=8080,target=80,...``."""
+    fields: dict[str, str] = {}
+    if "=" in text:
+        for part in text.split(","):
+            key, sep, value = part.partition("=")
+            key = key.strip()
+            if not sep or key not in _PUBLISH_KEYS or key in fields:
+                raise InvalidArgument(f"invalid port {show(text)}: {_PUBLISH_HINT}")
+            fields[key] = value.strip()
+    else:
+        ports, _, protocol = text.partition("/")
+        published, sep, target = ports.rpartition(":")
+        fields = {"target": target, "published": published if sep else ""}
+        if protocol:
+            fields["protocol"] = protocol
+    try:
+        return PortConfig(
+            target=_port_number(fields.get("target", ""), text),
+            published=_port_number(fields.get("published") or "0", text),
+            protocol=PortProtocol(fields.get("protocol", "tcp").lower()),
+            mode=PublishMode(fields.get("mode", "ingress").lower()),
+        )
+    except ValueError:
+        raise InvalidArgument(f"invalid port {show(text)}: {_PUBLISH_HINT}") from None
+
+
+def _port_number(value: str, text: str) -> int:
+    if not value.isdigit():
+        raise InvalidArgument(f"invalid port {show(text)}: {_PUBLISH_HINT}")
+    return int(value)
+
+
 class Parsed(click.ParamType[Any]):
     """A click type around one of the parsers above."""
 
@@ -170,6 +211,7 @@ SIGNAL = Parsed("signal", parse_signal)
 HTTP_PROBE = Parsed("port/path", parse_http_probe)
 REGISTRY = Parsed("host:port", parse_registry_host)
 TAIL = Parsed("lines", parse_tail)
+PUBLISH = Parsed("port", parse_publish)
 CPUS = click.FloatRange(min=0, max=MAX_CPUS)
 
 

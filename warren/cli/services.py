@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 import click
 
@@ -13,6 +14,8 @@ from warren.cli.options import (
     WaitOptions,
     container_options,
     health_options,
+    network_options,
+    network_update_options,
     resource_options,
     restart_options,
     wait_options,
@@ -24,6 +27,8 @@ from warren.cli.specs import (
     ContainerOptions,
     CreateOptions,
     HealthOptions,
+    NetworkChanges,
+    NetworkOptions,
     ResourceOptions,
     RestartOptions,
     SpecChanges,
@@ -31,6 +36,7 @@ from warren.cli.specs import (
     build_spec,
 )
 from warren.core.models import Placement, Service, ServiceMode, ServiceSpec, Task
+from warren.core.networks import PortConfig
 from warren.core.states import TaskState
 
 
@@ -80,6 +86,7 @@ def _wait(cli: CliContext, services: Sequence[Service], wait: WaitOptions) -> No
 )
 @container_options
 @health_options
+@network_options
 @wait_options
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @pass_cli
@@ -97,6 +104,7 @@ def create(
     max_replicas_per_node: int | None,
     container: ContainerOptions,
     health: HealthOptions,
+    networks: NetworkOptions,
     wait: WaitOptions,
     command: tuple[str, ...],
 ) -> None:
@@ -119,6 +127,7 @@ def create(
             max_replicas_per_node=max_replicas_per_node,
             container=container,
             health=health,
+            networks=networks,
         )
     )
     service = cli.client().create_service(spec)
@@ -284,6 +293,7 @@ def scale(cli: CliContext, scales: tuple[tuple[str, int], ...], wait: WaitOption
 @container_options
 @health_options
 @click.option("--no-healthcheck", is_flag=True, help="Remove the health check.")
+@network_update_options
 @wait_options
 @pass_cli
 def update(
@@ -304,6 +314,12 @@ def update(
     container: ContainerOptions,
     health: HealthOptions,
     no_healthcheck: bool,
+    network_add: tuple[str, ...],
+    network_rm: tuple[str, ...],
+    publish_add: tuple[PortConfig, ...],
+    publish_rm: tuple[PortConfig, ...],
+    endpoint_mode: str | None,
+    network_mode: str | None,
     wait: WaitOptions,
 ) -> None:
     """Change a service's spec; its tasks are replaced with the new one.
@@ -328,6 +344,18 @@ def update(
         no_healthcheck=no_healthcheck,
     )
     client = cli.client()
+    # The spec holds network IDs: names given here are looked up first.
+    changes = replace(
+        changes,
+        networks=NetworkChanges(
+            network_add=tuple(client.get_network(ref).id for ref in network_add),
+            network_rm=tuple(client.get_network(ref).id for ref in network_rm),
+            publish_add=publish_add,
+            publish_rm=publish_rm,
+            endpoint_mode=endpoint_mode,
+            network_mode=network_mode,
+        ),
+    )
     current = client.get_service(service)
     spec = apply_changes(current.spec, changes)
     # The version read makes this a compare-and-swap: a concurrent edit is not lost.

@@ -24,6 +24,7 @@ from warren.core.models import (
     ServiceMode,
     ServiceSpec,
 )
+from warren.core.networks import EndpointMode, EndpointSpec, PortConfig
 
 T = TypeVar("T")
 
@@ -76,7 +77,6 @@ class ContainerOptions:
     user: str | None = None
     read_only: bool | None = None
     init: bool | None = None
-    network: str | None = None
     stop_signal: str | None = None
     stop_grace_period: float | None = None
 
@@ -88,7 +88,6 @@ class ContainerOptions:
             user=_either(self.user, spec.user),
             read_only=_either(self.read_only, spec.read_only),
             init=_either(self.init, spec.init),
-            network_mode=spec.network_mode if self.network is None else NetworkMode(self.network),
             stop_signal=_either(self.stop_signal, spec.stop_signal),
             stop_grace_period=_either(self.stop_grace_period, spec.stop_grace_period),
         )
@@ -155,6 +154,70 @@ class HealthOptions:
         return replace(current, **{**no_probe, **probe, **timing})
 
 
+HOST_NETWORK = "host"
+
+
+@dataclass(frozen=True)
+class NetworkOptions:
+    """``--network``, ``--publish`` and ``--endpoint-mode`` on create: networks by
+    name or ID (none: the default network), ports as ``parse_publish`` reads them."""
+
+    network: tuple[str, ...] = ()
+    publish: tuple[PortConfig, ...] = ()
+    endpoint_mode: str | None = None
+
+    def apply(self, spec: ServiceSpec) -> ServiceSpec:
+        mode = EndpointMode(self.endpoint_mode or EndpointMode.VIP)
+        endpoint = EndpointSpec(mode=mode, ports=self.publish)
+        if HOST_NETWORK not in self.network:
+            return replace(spec, networks=self.network, endpoint=endpoint)
+        # As with Docker, `--network host` means the node's own network namespace.
+        if len(self.network) > 1:
+            raise InvalidArgument("--network host uses the node's network: it joins no other")
+        container = replace(spec.container, network_mode=NetworkMode.HOST)
+        return replace(spec, container=container, endpoint=endpoint)
+
+
+@dataclass(frozen=True)
+class NetworkChanges:
+    """``--network-add/-rm`` (IDs: the command resolves names), ``--publish-add/-rm``
+    and ``--endpoint-mode`` on update."""
+
+    network_add: tuple[str, ...] = ()
+    network_rm: tuple[str, ...] = ()
+    publish_add: tuple[PortConfig, ...] = ()
+    publish_rm: tuple[PortConfig, ...] = ()
+    endpoint_mode: str | None = None
+    # `--network private|host`: the container's own namespace or the node's.
+    network_mode: str | None = None
+
+    def apply(self, spec: ServiceSpec) -> ServiceSpec:
+        if self.network_mode is not None:
+            container = replace(spec.container, network_mode=NetworkMode(self.network_mode))
+            spec = replace(spec, container=container)
+        removed = set(self.network_rm)
+        networks = [n for n in spec.networks if n not in removed]
+        networks += [n for n in self.network_add if n not in networks]
+        ports = [
+            p for p in spec.endpoint.ports if not any(_same_port(p, r) for r in self.publish_rm)
+        ]
+        ports = [
+            p for p in ports if not any(p.key == a.key for a in self.publish_add if a.published)
+        ]
+        endpoint = EndpointSpec(
+            mode=EndpointMode(self.endpoint_mode or spec.endpoint.mode),
+            ports=(*ports, *self.publish_add),
+        )
+        return replace(spec, networks=tuple(networks), endpoint=endpoint)
+
+
+def _same_port(port: PortConfig, removal: PortConfig) -> bool:
+    """``--publish-rm 80`` removes target 80; ``--publish-rm 8080:80`` only that pair."""
+    if removal.protocol != port.protocol or removal.target != port.target:
+        return False
+    return not removal.published or removal.published == port.published
+
+
 @dataclass(frozen=True)
 class CreateOptions:
     name: str
@@ -170,6 +233,7 @@ class CreateOptions:
     max_replicas_per_node: int | None = None
     container: ContainerOptions = field(default_factory=ContainerOptions)
     health: HealthOptions = field(default_factory=HealthOptions)
+    networks: NetworkOptions = field(default_factory=NetworkOptions)
 
 
 def build_spec(options: CreateOptions) -> ServiceSpec:
@@ -182,7 +246,7 @@ def build_spec(options: CreateOptions) -> ServiceSpec:
         env=options.env,
         health=options.health.apply(None),
     )
-    return ServiceSpec(
+    spec = ServiceSpec(
         name=options.name,
         container=options.container.apply(container),
         mode=mode,
@@ -196,6 +260,7 @@ def build_spec(options: CreateOptions) -> ServiceSpec:
         ),
         restart=options.restart.apply(RestartPolicy()),
     )
+    return options.networks.apply(spec)
 
 
 @dataclass(frozen=True)
@@ -217,6 +282,7 @@ class SpecChanges:
     container: ContainerOptions = field(default_factory=ContainerOptions)
     health: HealthOptions = field(default_factory=HealthOptions)
     no_healthcheck: bool = False
+    networks: NetworkChanges = field(default_factory=NetworkChanges)
 
 
 def apply_changes(spec: ServiceSpec, changes: SpecChanges) -> ServiceSpec:
@@ -234,7 +300,7 @@ def apply_changes(spec: ServiceSpec, changes: SpecChanges) -> ServiceSpec:
         health=None if changes.no_healthcheck else changes.health.apply(container.health),
     )
     placement = spec.placement
-    return replace(
+    edited = replace(
         spec,
         container=changes.container.apply(container),
         replicas=_either(changes.replicas, spec.replicas),
@@ -250,6 +316,7 @@ def apply_changes(spec: ServiceSpec, changes: SpecChanges) -> ServiceSpec:
         ),
         restart=changes.restart.apply(spec.restart),
     )
+    return changes.networks.apply(edited)
 
 
 def _edit_map(base: dict[str, str], remove: Iterable[str], add: dict[str, str]) -> dict[str, str]:

@@ -17,7 +17,8 @@ from typing import Any
 from warren.core import flat_spec, shapes
 from warren.core.constraints import parse_constraint
 from warren.core.errors import InvalidArgument
-from warren.core.formats import FIRST_FORMAT
+from warren.core.formats import FIRST_FORMAT, since
+from warren.core.networks import Endpoint, EndpointSpec, NetworkAttachment
 from warren.core.states import DESIRED_STATES, TaskState
 from warren.core.validation import (
     INT32_MAX,
@@ -271,6 +272,11 @@ class ServiceSpec:
     resources: ResourceRequirements = field(default_factory=ResourceRequirements)
     placement: Placement = field(default_factory=Placement)
     restart: RestartPolicy = field(default_factory=RestartPolicy)
+    # The IDs of the networks its tasks join (the API resolves names), in order:
+    # the first gives a task its default route.
+    networks: tuple[str, ...] = field(default=(), metadata=since(2))
+    # How it is reached: VIP or DNS round robin, and published ports.
+    endpoint: EndpointSpec = field(default_factory=EndpointSpec, metadata=since(2))
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not NAME_RE.fullmatch(self.name):
@@ -279,6 +285,15 @@ class ServiceSpec:
             )
         validate(self)
         _check_labels(self.labels, "service label")
+        if len(set(self.networks)) != len(self.networks):
+            raise InvalidArgument("a service joins each network once")
+        if self.container.network_mode == NetworkMode.HOST and (
+            self.networks or self.endpoint.ports
+        ):
+            raise InvalidArgument(
+                "a service with host networking joins no network and publishes no port "
+                "(its containers use the host's)"
+            )
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Raft snapshots pickle the store: one taken by format 1 holds flat specs.
@@ -327,6 +342,9 @@ class Service:
     created_at: float = 0.0
     updated_at: float = 0.0
     version: int = 0
+    # What the allocator gave it for its spec's networks and endpoint: a VIP per
+    # network (endpoint mode vip) and every published port with its number.
+    endpoint: Endpoint = field(default_factory=Endpoint, metadata=since(2))
 
     def __post_init__(self) -> None:
         validate(self)
@@ -367,6 +385,8 @@ class Task:
     created_at: float = 0.0
     updated_at: float = 0.0
     version: int = 0
+    # Its address on each of its spec's networks, given when it is placed.
+    networks: tuple[NetworkAttachment, ...] = field(default=(), metadata=since(2))
 
     def __post_init__(self) -> None:
         validate(self)

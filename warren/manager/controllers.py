@@ -127,7 +127,8 @@ class Scheduler:
         self.resync_period = resync_period
 
     async def run(self) -> None:
-        subscription = self.bus.subscribe([Kind.TASK, Kind.NODE])
+        # Networks too: tasks wait for the blocks their nodes took (scheduler).
+        subscription = self.bus.subscribe([Kind.TASK, Kind.NODE, Kind.NETWORK])
         try:
             next_resync = 0.0
             while True:
@@ -154,7 +155,7 @@ class Scheduler:
 
 
 def _wants_scheduling(event: StoreEvent) -> bool:
-    if event.kind is Kind.NODE:
+    if event.kind is Kind.NODE or event.kind is Kind.NETWORK:
         return True
     task = event.object
     # A new task to place, or a task that stopped and freed its node's resources.

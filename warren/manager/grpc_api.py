@@ -37,6 +37,7 @@ from warren.core.models import (
     Task,
     TaskStatus,
 )
+from warren.core.networks import NetworkSpec
 from warren.core.states import TaskState
 from warren.core.validation import show
 from warren.manager import join_tokens
@@ -224,6 +225,25 @@ class ControlServicer(pb_grpc.ControlServicer):
     @admin_rpc
     async def DeleteService(self, request: Any, context: Any) -> Any:
         await self.control.delete_service(request.service)
+        return pb.Empty()
+
+    @admin_rpc
+    async def CreateNetwork(self, request: Any, context: Any) -> Any:
+        spec = from_message(NetworkSpec, request)
+        return to_message(await self.control.create_network(spec), pb.Network)
+
+    @admin_rpc
+    async def GetNetwork(self, request: Any, context: Any) -> Any:
+        return to_message(self.control.get_network(request.network), pb.Network)
+
+    @admin_rpc
+    async def ListNetworks(self, request: Any, context: Any) -> Any:
+        networks = encodable(self.control.list_networks(), pb.Network)
+        return pb.ListNetworksResponse(networks=networks)
+
+    @admin_rpc
+    async def RemoveNetwork(self, request: Any, context: Any) -> Any:
+        await self.control.remove_network(request.network)
         return pb.Empty()
 
     @admin_rpc

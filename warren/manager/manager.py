@@ -20,9 +20,12 @@ from typing import Any, Protocol
 
 from warren.core.errors import FailedPrecondition, Unavailable, WarrenError
 from warren.core.models import Availability, Node, NodeRole, NodeStatus, new_id
+from warren.core.networks import NetworkSpec
 from warren.manager import command_format, join_tokens
+from warren.manager.allocator import AllocatorState, allocate_network
 from warren.manager.consensus import Consensus, LocalConsensus
 from warren.manager.control import ControlService
+from warren.manager.control.networks import DEFAULT_NETWORK
 from warren.manager.controllers import Orchestrator, Scheduler
 from warren.manager.dispatcher import Dispatcher
 from warren.manager.events import EventBus
@@ -57,6 +60,7 @@ class ManagerSettings(Protocol):
     config_dir: Path
     node_name: str
     labels: dict[str, str]
+    default_subnet: str
 
     @property
     def api_address(self) -> str: ...
@@ -192,7 +196,11 @@ class Manager:
             created_at=now,
             updated_at=now,
         )
+        # The network services join unless told otherwise.
+        default = NetworkSpec(name=DEFAULT_NETWORK, subnet=self.options.default_subnet)
+        network = allocate_network(AllocatorState(), new_id(), default, now)
         ops = [put(cluster, MUST_NOT_EXIST), put(node, MUST_NOT_EXIST)]
+        ops.append(put(network, MUST_NOT_EXIST))
         raise_for_result(await self.consensus.propose(txn(ops, at=now)))
 
     # -- run -------------------------------------------------------------------------

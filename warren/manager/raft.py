@@ -7,10 +7,12 @@ forwarded to a dead leader never calls back otherwise.
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import gzip
 import json
 import logging
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,13 @@ from warren.manager.join_tokens import has_plaintext, legacy_secrets
 from warren.manager.store import Store
 
 log = logging.getLogger(__name__)
+
+# Importing PySyncObj replaced socket.inet_ntop for the whole process with its
+# Windows version (pysyncobj/win_inet_pton.py assigns it outside its
+# `os.name == 'nt'` check), which on Linux turns an IPv4 address into the repr
+# of its bytes: pyroute2 then failed to read addresses in any process that had
+# imported this module. Put the C function back.
+socket.inet_ntop = _socket.inet_ntop
 
 _LEADER_STATE = 2  # pysyncobj's _RAFT_STATE.LEADER
 # Snapshots forced to scrub sealed secrets from the Raft files, one a period.

@@ -46,6 +46,7 @@ from warren.core.models import (
     ServiceSpec,
     Task,
 )
+from warren.core.networks import Network, NetworkSpec
 from warren.core.validation import bounded, field_limits, show, validate
 from warren.manager.control import ControlService
 from warren.manager.encoded import EncodedObjects
@@ -282,6 +283,24 @@ async def scale_service(request: web.Request) -> web.Response:
     return _ok(await _control(request).scale_service(request.match_info["id"], body.replicas))
 
 
+async def list_networks(request: web.Request) -> web.Response:
+    return _ok(_control(request).list_networks())
+
+
+async def create_network(request: web.Request) -> web.Response:
+    spec = from_dict(NetworkSpec, await _json_object(request), "spec")
+    return _ok(await _control(request).create_network(spec), status=201)
+
+
+async def get_network(request: web.Request) -> web.Response:
+    return _ok(_control(request).get_network(request.match_info["id"]))
+
+
+async def remove_network(request: web.Request) -> web.Response:
+    await _control(request).remove_network(request.match_info["id"])
+    return web.Response(status=204)
+
+
 async def list_nodes(request: web.Request) -> web.Response:
     return _ok(_control(request).list_nodes())
 
@@ -425,6 +444,24 @@ ROUTES: tuple[Route, ...] = (
         response="Service",
         body="ScaleRequest",
     ),
+    Route("GET", "/v1/networks", list_networks, "List networks", response="[Network]"),
+    Route(
+        "POST",
+        "/v1/networks",
+        create_network,
+        "Create a network (without a subnet: a free one is picked)",
+        status=201,
+        response="Network",
+        body="NetworkSpec",
+    ),
+    Route("GET", "/v1/networks/{id}", get_network, "Inspect a network", response="Network"),
+    Route(
+        "DELETE",
+        "/v1/networks/{id}",
+        remove_network,
+        "Remove a network no service uses",
+        status=204,
+    ),
     Route("GET", "/v1/nodes", list_nodes, "List nodes", response="[Node]"),
     Route("GET", "/v1/nodes/{id}", get_node, "Inspect a node", response="Node"),
     Route(
@@ -474,6 +511,8 @@ ROUTES: tuple[Route, ...] = (
 _MODELS: tuple[type[Any], ...] = (
     ServiceSpec,
     Service,
+    NetworkSpec,
+    Network,
     Node,
     Task,
     ServiceUpdate,
@@ -567,10 +606,14 @@ class Limits:
 
 
 # Rules the models check in code rather than in field metadata.
-_PATTERNS: dict[tuple[str, str], re.Pattern[str]] = {("ServiceSpec", "name"): NAME_RE}
+_PATTERNS: dict[tuple[str, str], re.Pattern[str]] = {
+    ("ServiceSpec", "name"): NAME_RE,
+    ("NetworkSpec", "name"): NAME_RE,
+}
 _KEY_PATTERNS: dict[tuple[str, str], re.Pattern[str]] = {
     ("ContainerSpec", "env"): ENV_KEY_RE,
     ("ServiceSpec", "labels"): LABEL_KEY_RE,
+    ("NetworkSpec", "labels"): LABEL_KEY_RE,
     ("Node", "labels"): LABEL_KEY_RE,
     ("NodeUpdate", "label_add"): LABEL_KEY_RE,
 }

@@ -21,8 +21,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from warren.core.constraints import parse_constraint
+from warren.core.errors import WarrenError
 from warren.core.models import Node, Resources, Task, TaskStatus
+from warren.core.networks import Network, NetworkAttachment
 from warren.core.states import TaskState
+from warren.manager.allocator import allocate_task
+from warren.manager.allocator.state import WorkingState
+from warren.manager.allocator.view import allocator_state
 from warren.manager.snapshot import Snapshot
 from warren.manager.store import put
 
@@ -298,21 +303,79 @@ def schedule_ops(snapshot: Snapshot, now: float) -> Scheduled:
     if not pending:
         return Scheduled()
     result = schedule(snapshot, pending)
-    ops: list[dict[str, Any]] = []
+    addressed = addresses_for(snapshot, result.placements, now)
+    ops: list[dict[str, Any]] = list(addressed.network_ops)
+    unplaceable = list(result.unplaceable)
+    placed = 0
     for placement in result.placements:
         task = snapshot.tasks[placement.task_id]
+        if task.id in addressed.deferred:
+            continue
+        reason = addressed.failed.get(task.id)
+        if reason is not None:
+            unplaceable.append(Unplaceable(task.id, reason))
+            continue
         status = TaskStatus(TaskState.ASSIGNED, "scheduled", timestamp=now)
-        assigned = replace(task, node_id=placement.node_id, status=status, updated_at=now)
+        networks = addressed.attachments.get(task.id, ())
+        assigned = replace(
+            task, node_id=placement.node_id, status=status, networks=networks, updated_at=now
+        )
         ops.append(put(assigned, task.version))
-    for unplaceable in result.unplaceable:
-        task = snapshot.tasks[unplaceable.task_id]
-        if task.status.state == TaskState.PENDING and task.status.err == unplaceable.reason:
+        placed += 1
+    for waiting_task in unplaceable:
+        task = snapshot.tasks[waiting_task.task_id]
+        if task.status.state == TaskState.PENDING and task.status.err == waiting_task.reason:
             continue  # unchanged: don't churn the log
         status = TaskStatus(
-            TaskState.PENDING, "waiting for a node", err=unplaceable.reason, timestamp=now
+            TaskState.PENDING, "waiting for a node", err=waiting_task.reason, timestamp=now
         )
         ops.append(put(replace(task, status=status, updated_at=now), task.version))
-    return Scheduled(tuple(ops), len(result.placements))
+    return Scheduled(tuple(ops), placed)
+
+
+@dataclass(frozen=True)
+class Addressed:
+    """The addresses of a pass's placed tasks on their services' networks."""
+
+    attachments: dict[str, tuple[NetworkAttachment, ...]] = field(default_factory=dict)
+    # Tasks no address could be found for, and why (they wait).
+    failed: dict[str, str] = field(default_factory=dict)
+    # Writes of networks whose nodes took blocks. They go first, alone: the tasks
+    # needing them (deferred) are placed in the next pass, once the blocks are
+    # stored, so no task ever holds an address of a block its node does not.
+    network_ops: tuple[dict[str, Any], ...] = ()
+    deferred: frozenset[str] = frozenset()
+
+
+def addresses_for(snapshot: Snapshot, placements: Iterable[Placement], now: float) -> Addressed:
+    with_networks = [p for p in placements if snapshot.tasks[p.task_id].spec.networks]
+    if not with_networks:
+        return Addressed()
+    working = WorkingState(
+        allocator_state(
+            snapshot.networks.values(), snapshot.services.values(), snapshot.tasks.values()
+        )
+    )
+    attachments: dict[str, tuple[NetworkAttachment, ...]] = {}
+    failed: dict[str, str] = {}
+    blocks_taken: dict[str, Network] = {}
+    for placement in with_networks:
+        task = snapshot.tasks[placement.task_id]
+        try:
+            allocation = allocate_task(working, task.id, task.spec.networks, placement.node_id)
+        except WarrenError as exc:
+            failed[task.id] = exc.message
+            continue
+        working.fold(allocation)
+        attachments[task.id] = allocation.attachments
+        blocks_taken.update((net.id, net) for net in allocation.networks)
+    if not blocks_taken:
+        return Addressed(attachments, failed)
+    ops = tuple(
+        put(replace(net, updated_at=now), snapshot.networks[net.id].version)
+        for net in blocks_taken.values()
+    )
+    return Addressed(failed=failed, network_ops=ops, deferred=frozenset(attachments))
 
 
 def _initial_state(

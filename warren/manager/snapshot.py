@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from warren.core.models import Node, Service, Task
+from warren.core.networks import Network
 
 
 @dataclass(frozen=True)
@@ -14,6 +15,7 @@ class Snapshot:
     nodes: Mapping[str, Node] = field(default_factory=dict)
     services: Mapping[str, Service] = field(default_factory=dict)
     tasks: Mapping[str, Task] = field(default_factory=dict)
+    networks: Mapping[str, Network] = field(default_factory=dict)
     # Indexes: task IDs by service ID and by node ID.
     task_ids_by_service: Mapping[str, frozenset[str]] = field(default_factory=dict)
     task_ids_by_node: Mapping[str, frozenset[str]] = field(default_factory=dict)
@@ -25,6 +27,7 @@ class Snapshot:
         services: Mapping[str, Service] | None = None,
         tasks: Mapping[str, Task] | None = None,
         revision: int = 0,
+        networks: Mapping[str, Network] | None = None,
     ) -> Snapshot:
         """Build a snapshot (and its indexes) from plain objects; used by tests too."""
         tasks = dict(tasks or {})
@@ -39,6 +42,7 @@ class Snapshot:
             nodes=dict(nodes or {}),
             services=dict(services or {}),
             tasks=tasks,
+            networks=dict(networks or {}),
             task_ids_by_service={k: frozenset(v) for k, v in by_service.items()},
             task_ids_by_node={k: frozenset(v) for k, v in by_node.items()},
         )

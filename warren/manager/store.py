@@ -113,6 +113,7 @@ class Store:
                 nodes=dict(self._tables[Kind.NODE]),
                 services=dict(self._tables[Kind.SERVICE]),
                 tasks=dict(self._tables[Kind.TASK]),
+                networks=dict(self._tables[Kind.NETWORK]),
                 task_ids_by_service=self._frozen_index(Kind.TASK, BY_SERVICE),
                 task_ids_by_node=self._frozen_index(Kind.TASK, BY_NODE),
             )

@@ -59,6 +59,8 @@ class ManagerOptions(NodeOptions):
     # `cluster init --force`: a new cluster may replace the admin credentials
     # another cluster left in config_dir.
     replace_admin_credentials: bool = False
+    # `cluster init --default-subnet`: the default network's subnet ("": pick one).
+    default_subnet: str = ""
 
 
 @dataclass

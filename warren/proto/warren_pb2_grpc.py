@@ -64,6 +64,26 @@ class ControlStub:
                 request_serializer=warren_dot_proto_dot_warren__pb2.ServiceRef.SerializeToString,
                 response_deserializer=warren_dot_proto_dot_warren__pb2.Empty.FromString,
                 _registered_method=True)
+        self.CreateNetwork = channel.unary_unary(
+                '/warren.v1.Control/CreateNetwork',
+                request_serializer=warren_dot_proto_dot_warren__pb2.NetworkSpec.SerializeToString,
+                response_deserializer=warren_dot_proto_dot_warren__pb2.Network.FromString,
+                _registered_method=True)
+        self.GetNetwork = channel.unary_unary(
+                '/warren.v1.Control/GetNetwork',
+                request_serializer=warren_dot_proto_dot_warren__pb2.NetworkRef.SerializeToString,
+                response_deserializer=warren_dot_proto_dot_warren__pb2.Network.FromString,
+                _registered_method=True)
+        self.ListNetworks = channel.unary_unary(
+                '/warren.v1.Control/ListNetworks',
+                request_serializer=warren_dot_proto_dot_warren__pb2.Empty.SerializeToString,
+                response_deserializer=warren_dot_proto_dot_warren__pb2.ListNetworksResponse.FromString,
+                _registered_method=True)
+        self.RemoveNetwork = channel.unary_unary(
+                '/warren.v1.Control/RemoveNetwork',
+                request_serializer=warren_dot_proto_dot_warren__pb2.NetworkRef.SerializeToString,
+                response_deserializer=warren_dot_proto_dot_warren__pb2.Empty.FromString,
+                _registered_method=True)
         self.ListNodes = channel.unary_unary(
                 '/warren.v1.Control/ListNodes',
                 request_serializer=warren_dot_proto_dot_warren__pb2.Empty.SerializeToString,
@@ -165,6 +185,30 @@ class ControlServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteService(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateNetwork(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetNetwork(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListNetworks(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveNetwork(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -283,6 +327,26 @@ def add_ControlServicer_to_server(servicer, server):
             'DeleteService': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteService,
                     request_deserializer=warren_dot_proto_dot_warren__pb2.ServiceRef.FromString,
+                    response_serializer=warren_dot_proto_dot_warren__pb2.Empty.SerializeToString,
+            ),
+            'CreateNetwork': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateNetwork,
+                    request_deserializer=warren_dot_proto_dot_warren__pb2.NetworkSpec.FromString,
+                    response_serializer=warren_dot_proto_dot_warren__pb2.Network.SerializeToString,
+            ),
+            'GetNetwork': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetNetwork,
+                    request_deserializer=warren_dot_proto_dot_warren__pb2.NetworkRef.FromString,
+                    response_serializer=warren_dot_proto_dot_warren__pb2.Network.SerializeToString,
+            ),
+            'ListNetworks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListNetworks,
+                    request_deserializer=warren_dot_proto_dot_warren__pb2.Empty.FromString,
+                    response_serializer=warren_dot_proto_dot_warren__pb2.ListNetworksResponse.SerializeToString,
+            ),
+            'RemoveNetwork': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveNetwork,
+                    request_deserializer=warren_dot_proto_dot_warren__pb2.NetworkRef.FromString,
                     response_serializer=warren_dot_proto_dot_warren__pb2.Empty.SerializeToString,
             ),
             'ListNodes': grpc.unary_unary_rpc_method_handler(
@@ -512,6 +576,114 @@ class Control:
             target,
             '/warren.v1.Control/DeleteService',
             warren_dot_proto_dot_warren__pb2.ServiceRef.SerializeToString,
+            warren_dot_proto_dot_warren__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateNetwork(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/warren.v1.Control/CreateNetwork',
+            warren_dot_proto_dot_warren__pb2.NetworkSpec.SerializeToString,
+            warren_dot_proto_dot_warren__pb2.Network.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetNetwork(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/warren.v1.Control/GetNetwork',
+            warren_dot_proto_dot_warren__pb2.NetworkRef.SerializeToString,
+            warren_dot_proto_dot_warren__pb2.Network.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListNetworks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/warren.v1.Control/ListNetworks',
+            warren_dot_proto_dot_warren__pb2.Empty.SerializeToString,
+            warren_dot_proto_dot_warren__pb2.ListNetworksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveNetwork(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/warren.v1.Control/RemoveNetwork',
+            warren_dot_proto_dot_warren__pb2.NetworkRef.SerializeToString,
             warren_dot_proto_dot_warren__pb2.Empty.FromString,
             options,
             channel_credentials,

@@ -40,6 +40,10 @@ class ControlStub:
     UpdateService: _grpc.UnaryUnaryMultiCallable[_warren_pb2.UpdateServiceRequest, _warren_pb2.Service]
     ScaleService: _grpc.UnaryUnaryMultiCallable[_warren_pb2.ScaleServiceRequest, _warren_pb2.Service]
     DeleteService: _grpc.UnaryUnaryMultiCallable[_warren_pb2.ServiceRef, _warren_pb2.Empty]
+    CreateNetwork: _grpc.UnaryUnaryMultiCallable[_warren_pb2.NetworkSpec, _warren_pb2.Network]
+    GetNetwork: _grpc.UnaryUnaryMultiCallable[_warren_pb2.NetworkRef, _warren_pb2.Network]
+    ListNetworks: _grpc.UnaryUnaryMultiCallable[_warren_pb2.Empty, _warren_pb2.ListNetworksResponse]
+    RemoveNetwork: _grpc.UnaryUnaryMultiCallable[_warren_pb2.NetworkRef, _warren_pb2.Empty]
     ListNodes: _grpc.UnaryUnaryMultiCallable[_warren_pb2.Empty, _warren_pb2.ListNodesResponse]
     GetNode: _grpc.UnaryUnaryMultiCallable[_warren_pb2.NodeRef, _warren_pb2.Node]
     UpdateNode: _grpc.UnaryUnaryMultiCallable[_warren_pb2.UpdateNodeRequest, _warren_pb2.Node]
@@ -67,6 +71,10 @@ class ControlAsyncStub(ControlStub):
     UpdateService: _aio.UnaryUnaryMultiCallable[_warren_pb2.UpdateServiceRequest, _warren_pb2.Service]  # type: ignore[assignment]
     ScaleService: _aio.UnaryUnaryMultiCallable[_warren_pb2.ScaleServiceRequest, _warren_pb2.Service]  # type: ignore[assignment]
     DeleteService: _aio.UnaryUnaryMultiCallable[_warren_pb2.ServiceRef, _warren_pb2.Empty]  # type: ignore[assignment]
+    CreateNetwork: _aio.UnaryUnaryMultiCallable[_warren_pb2.NetworkSpec, _warren_pb2.Network]  # type: ignore[assignment]
+    GetNetwork: _aio.UnaryUnaryMultiCallable[_warren_pb2.NetworkRef, _warren_pb2.Network]  # type: ignore[assignment]
+    ListNetworks: _aio.UnaryUnaryMultiCallable[_warren_pb2.Empty, _warren_pb2.ListNetworksResponse]  # type: ignore[assignment]
+    RemoveNetwork: _aio.UnaryUnaryMultiCallable[_warren_pb2.NetworkRef, _warren_pb2.Empty]  # type: ignore[assignment]
     ListNodes: _aio.UnaryUnaryMultiCallable[_warren_pb2.Empty, _warren_pb2.ListNodesResponse]  # type: ignore[assignment]
     GetNode: _aio.UnaryUnaryMultiCallable[_warren_pb2.NodeRef, _warren_pb2.Node]  # type: ignore[assignment]
     UpdateNode: _aio.UnaryUnaryMultiCallable[_warren_pb2.UpdateNodeRequest, _warren_pb2.Node]  # type: ignore[assignment]
@@ -125,6 +133,34 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
     def DeleteService(
         self,
         request: _warren_pb2.ServiceRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_warren_pb2.Empty, _abc.Awaitable[_warren_pb2.Empty]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateNetwork(
+        self,
+        request: _warren_pb2.NetworkSpec,
+        context: _ServicerContext,
+    ) -> _typing.Union[_warren_pb2.Network, _abc.Awaitable[_warren_pb2.Network]]: ...
+
+    @_abc_1.abstractmethod
+    def GetNetwork(
+        self,
+        request: _warren_pb2.NetworkRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_warren_pb2.Network, _abc.Awaitable[_warren_pb2.Network]]: ...
+
+    @_abc_1.abstractmethod
+    def ListNetworks(
+        self,
+        request: _warren_pb2.Empty,
+        context: _ServicerContext,
+    ) -> _typing.Union[_warren_pb2.ListNetworksResponse, _abc.Awaitable[_warren_pb2.ListNetworksResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RemoveNetwork(
+        self,
+        request: _warren_pb2.NetworkRef,
         context: _ServicerContext,
     ) -> _typing.Union[_warren_pb2.Empty, _abc.Awaitable[_warren_pb2.Empty]]: ...
 

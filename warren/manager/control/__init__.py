@@ -15,6 +15,7 @@ from warren.manager.consensus import Consensus
 from warren.manager.control.cluster import ClusterControl
 from warren.manager.control.joins import JoinControl
 from warren.manager.control.membership import Membership
+from warren.manager.control.networks import NetworkControl
 from warren.manager.control.nodes import NodeControl
 from warren.manager.control.resolve import DESTRUCTIVE_MIN_PREFIX
 from warren.manager.control.services import ServiceControl
@@ -28,6 +29,7 @@ __all__ = [
     "ControlService",
     "JoinControl",
     "Membership",
+    "NetworkControl",
     "NodeControl",
     "ServiceControl",
     "TaskControl",
@@ -45,7 +47,8 @@ class ControlService:
         self.store = consensus.store
         self.ca = ca
         self.membership = Membership(consensus)
-        self.services = ServiceControl(consensus, images)
+        self.networks = NetworkControl(consensus)
+        self.services = ServiceControl(consensus, self.networks, images)
         self.nodes = NodeControl(consensus, self.membership)
         self.tasks = TaskControl(self.store, self.services, self.nodes)
         self.cluster_control = ClusterControl(consensus, ca)
@@ -66,6 +69,11 @@ class ControlService:
         self.remove_node = self.nodes.remove
         self.promote_node = self.nodes.promote
         self.demote_node = self.nodes.demote
+
+        self.create_network = self.networks.create
+        self.get_network = self.networks.get
+        self.list_networks = self.networks.list
+        self.remove_network = self.networks.remove
 
         self.list_tasks = self.tasks.list
         self.get_task = self.tasks.get

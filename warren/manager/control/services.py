@@ -8,8 +8,12 @@ from dataclasses import replace
 from typing import cast
 
 from warren.core.errors import AlreadyExists, Conflict, InvalidArgument
-from warren.core.models import Service, ServiceMode, ServiceSpec, new_id
+from warren.core.models import NetworkMode, Service, ServiceMode, ServiceSpec, new_id
+from warren.core.networks import Endpoint
+from warren.manager.allocator import allocate_service
+from warren.manager.allocator.view import service_request
 from warren.manager.consensus import Consensus
+from warren.manager.control.networks import NetworkControl, current_allocation
 from warren.manager.control.resolve import DESTRUCTIVE_MIN_PREFIX, resolve
 from warren.manager.images import ImageResolver
 from warren.manager.store import MUST_NOT_EXIST, Kind, delete, put
@@ -17,11 +21,31 @@ from warren.manager.writes import update_with_retry, write
 
 
 class ServiceControl:
-    def __init__(self, consensus: Consensus, images: ImageResolver | None = None) -> None:
+    def __init__(
+        self,
+        consensus: Consensus,
+        networks: NetworkControl,
+        images: ImageResolver | None = None,
+    ) -> None:
         self.consensus = consensus
         self.store = consensus.store
+        self.networks = networks
         # None: images are not pinned (the simulated runtime has no registry).
         self.images = images
+
+    def _on_networks(self, spec: ServiceSpec, default: bool) -> ServiceSpec:
+        """The spec with its networks as IDs; on create, a service that names
+        none (and has its own network namespace) joins the default network."""
+        networks = self.networks.resolve_ids(spec.networks)
+        if not networks and default and spec.container.network_mode == NetworkMode.PRIVATE:
+            networks = self.networks.default_ids()
+        return replace(spec, networks=networks)
+
+    def _endpoint(self, service_id: str, spec: ServiceSpec) -> Endpoint:
+        """What the service holds with ``spec``: VIPs, published port numbers.
+        A port taken meanwhile by another service is refused when applied (the
+        service kind's invariants)."""
+        return allocate_service(current_allocation(self.store), service_request(service_id, spec))
 
     async def _pin_image(self, spec: ServiceSpec) -> ServiceSpec:
         if self.images is None:
@@ -33,9 +57,14 @@ class ServiceControl:
     async def create(self, spec: ServiceSpec) -> Service:
         if self.store.service_by_name(spec.name) is not None:
             raise AlreadyExists(f"service '{spec.name}' already exists")
-        spec = await self._pin_image(_normalise(spec))
+        spec = self._on_networks(_normalise(spec), default=True)
+        service_id = new_id()
+        endpoint = self._endpoint(service_id, spec)
+        spec = await self._pin_image(spec)
         now = time.time()
-        service = Service(id=new_id(), spec=spec, created_at=now, updated_at=now)
+        service = Service(
+            id=service_id, spec=spec, created_at=now, updated_at=now, endpoint=endpoint
+        )
         await write(self.consensus, [put(service, MUST_NOT_EXIST)])
         return cast(Service, self.store.get(Kind.SERVICE, service.id))
 
@@ -56,13 +85,18 @@ class ServiceControl:
             )
         if spec.mode != service.spec.mode:
             raise InvalidArgument("a service's mode cannot change; create a new service")
-        spec = _normalise(spec)
+        spec = self._on_networks(_normalise(spec), default=False)
+        endpoint = self._endpoint(service.id, spec)
         if spec.container.image != service.spec.container.image:
             spec = await self._pin_image(spec)
         if spec == service.spec:
             return service
         updated = replace(
-            service, spec=spec, spec_version=service.spec_version + 1, updated_at=time.time()
+            service,
+            spec=spec,
+            spec_version=service.spec_version + 1,
+            updated_at=time.time(),
+            endpoint=endpoint,
         )
         await write(self.consensus, [put(updated, service.version)])
         return cast(Service, self.store.get(Kind.SERVICE, service.id))

@@ -3,7 +3,7 @@
 A new kind is one module here, imported below, plus its tests.
 """
 
-from warren.manager.kinds import cluster, node, service, task
+from warren.manager.kinds import cluster, network, node, service, task
 from warren.manager.kinds.base import (
     BackupRule,
     Index,
@@ -29,6 +29,7 @@ __all__ = [
     "cluster",
     "kind_of",
     "kind_of_table",
+    "network",
     "node",
     "public_kinds",
     "register",

@@ -39,6 +39,7 @@ class Kind(str, metaclass=_KindType):
     NODE: ClassVar[Kind]
     SERVICE: ClassVar[Kind]
     TASK: ClassVar[Kind]
+    NETWORK: ClassVar[Kind]
 
     def __new__(cls, name: str) -> Kind:
         kind = _KINDS.get(name)
@@ -69,6 +70,8 @@ class StoreView(Protocol):
     def count(self, kind: Kind) -> int: ...
 
     def indexed(self, kind: Kind, index: str, key: str) -> frozenset[str]: ...
+
+    def list(self, kind: Kind) -> list[Any]: ...
 
 
 # Raises a WarrenError when ``new`` may not replace ``old`` (None: a create).

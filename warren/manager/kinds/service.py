@@ -1,4 +1,5 @@
-"""Services: found by name, which is unique."""
+"""Services: found by name, which is unique, and by what they hold (VIPs,
+published ports), which no two services share."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from warren.core.models import Service
 from warren.manager.kinds.base import BackupRule, Index, Kind, KindSpec, StoreView, register
 
 BY_NAME = "name"
+BY_VIP = "vip"
+BY_PORT = "published-port"
 
 
 def _name(service: Service) -> tuple[str, ...]:
@@ -21,6 +24,23 @@ def _unique_name(view: StoreView, old: Any, new: Service) -> None:
         raise AlreadyExists(f"service '{new.spec.name}' already exists")
 
 
+def _vips(service: Service) -> tuple[str, ...]:
+    return tuple(vip.ip for vip in service.endpoint.vips)
+
+
+def _ports(service: Service) -> tuple[str, ...]:
+    return tuple(f"{port.protocol}/{port.published}" for port in service.endpoint.ports)
+
+
+def _holds_its_own(view: StoreView, old: Any, new: Service) -> None:
+    for ip in _vips(new):
+        if view.indexed(Kind.SERVICE, BY_VIP, ip) - {new.id}:
+            raise AlreadyExists(f"virtual IP {ip} is already held by another service")
+    for port in _ports(new):
+        if view.indexed(Kind.SERVICE, BY_PORT, port) - {new.id}:
+            raise AlreadyExists(f"published port {port} is already taken by another service")
+
+
 def _restore(service: Service, now: float) -> Service:
     return service
 
@@ -29,8 +49,8 @@ register(
     KindSpec(
         Kind.SERVICE,
         Service,
-        indexes=(Index(BY_NAME, _name),),
-        invariants=(_unique_name,),
+        indexes=(Index(BY_NAME, _name), Index(BY_VIP, _vips), Index(BY_PORT, _ports)),
+        invariants=(_unique_name, _holds_its_own),
         backup=BackupRule("services", _restore),
     )
 )

@@ -4,13 +4,14 @@ them afresh."""
 
 from __future__ import annotations
 
-from warren.core.errors import FailedPrecondition
+from warren.core.errors import AlreadyExists, FailedPrecondition
 from warren.core.models import Task
 from warren.core.states import TaskState, check_transition
 from warren.manager.kinds.base import BackupRule, Index, Kind, KindSpec, StoreView, register
 
 BY_SERVICE = "service"
 BY_NODE = "node"
+BY_ADDRESS = "address"
 
 
 def _service(task: Task) -> tuple[str, ...]:
@@ -19,6 +20,20 @@ def _service(task: Task) -> tuple[str, ...]:
 
 def _node(task: Task) -> tuple[str, ...]:
     return (task.node_id,) if task.node_id else ()
+
+
+def _addresses(task: Task) -> tuple[str, ...]:
+    """The addresses a task holds: until its node has stopped it (the allocator
+    frees them then)."""
+    if not task.holds_resources:
+        return ()
+    return tuple(attachment.ip for attachment in task.networks)
+
+
+def _unique_addresses(view: StoreView, old: Task | None, new: Task) -> None:
+    for ip in _addresses(new):
+        if view.indexed(Kind.TASK, BY_ADDRESS, ip) - {new.id}:
+            raise AlreadyExists(f"address {ip} is already held by another task")
 
 
 def _moves_forward(view: StoreView, old: Task | None, new: Task) -> None:
@@ -35,8 +50,12 @@ register(
     KindSpec(
         Kind.TASK,
         Task,
-        indexes=(Index(BY_SERVICE, _service), Index(BY_NODE, _node)),
-        invariants=(_moves_forward,),
+        indexes=(
+            Index(BY_SERVICE, _service),
+            Index(BY_NODE, _node),
+            Index(BY_ADDRESS, _addresses),
+        ),
+        invariants=(_moves_forward, _unique_addresses),
         backup=BackupRule("tasks"),
     )
 )

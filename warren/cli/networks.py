@@ -1,0 +1,69 @@
+"""``warren network ...``: create, list, inspect and remove networks."""
+
+from __future__ import annotations
+
+import click
+
+from warren.cli.context import CliContext, output_option, pass_cli
+from warren.cli.output import document, table
+from warren.cli.parsing import LABEL
+from warren.core.networks import Network, NetworkSpec
+
+
+@click.group("network")
+def network_group() -> None:
+    """Manage networks: services on a network reach each other by name."""
+
+
+@network_group.command("create")
+@click.argument("name")
+@click.option("--subnet", default="", help="IPv4 CIDR, a /8 to a /24 (default: a free /16).")
+@click.option("--label", "labels", multiple=True, type=LABEL, help="KEY=VALUE (repeatable).")
+@pass_cli
+def create(cli: CliContext, name: str, subnet: str, labels: tuple[tuple[str, str], ...]) -> None:
+    """Create a network and print its ID."""
+    spec = NetworkSpec(name=name, subnet=subnet, labels=dict(labels))
+    click.echo(cli.client().create_network(spec).id)
+
+
+@network_group.command("ls")
+@click.option("-q", "--quiet", is_flag=True, help="Only print IDs.")
+@click.option("--no-trunc", is_flag=True, help="Show full IDs.")
+@output_option
+@pass_cli
+def list_networks(cli: CliContext, quiet: bool, no_trunc: bool) -> None:
+    """List networks."""
+    networks = cli.client().list_networks()
+    fmt = cli.output_format()
+    if quiet or fmt != "table":
+        click.echo("\n".join(n.id for n in networks) if quiet else document(networks, fmt))
+        return
+    rows = [[_short(n, no_trunc), n.spec.name, n.subnet, str(len(n.blocks))] for n in networks]
+    click.echo(table(["ID", "NAME", "SUBNET", "NODES"], rows))
+
+
+def _short(network: Network, no_trunc: bool) -> str:
+    return network.id if no_trunc else network.id[:12]
+
+
+@network_group.command("inspect")
+@click.argument("networks", nargs=-1, required=True, metavar="NETWORK...")
+@output_option
+@pass_cli
+def inspect(cli: CliContext, networks: tuple[str, ...]) -> None:
+    """Show networks in full (JSON unless -o yaml): subnet and node blocks."""
+    client = cli.client()
+    found = [client.get_network(ref) for ref in networks]
+    fmt = cli.output_format("json")
+    click.echo(document(found, "yaml" if fmt == "yaml" else "json"))
+
+
+@network_group.command("rm")
+@click.argument("networks", nargs=-1, required=True, metavar="NETWORK...")
+@pass_cli
+def remove(cli: CliContext, networks: tuple[str, ...]) -> None:
+    """Remove networks no service uses."""
+    client = cli.client()
+    for ref in networks:
+        client.remove_network(ref)
+        click.echo(ref)
