@@ -31,9 +31,7 @@ def allocator_state(
 
 
 def service_holding(service: Service) -> ServiceHolding:
-    return ServiceHolding(
-        service.id, service.spec.name, service.spec.networks, service.endpoint
-    )
+    return ServiceHolding(service.id, service.spec.name, service.spec.networks, service.endpoint)
 
 
 def service_request(service_id: str, spec: ServiceSpec) -> ServiceRequest:
