@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner, Result
 from factories import make_node, make_service, make_task
 
-import warren.cli.main as cli_main
+from warren.cli.context import Wiring
 from warren.cli.main import cli
 from warren.core.codec import to_dict
 from warren.core.errors import FailedPrecondition, InvalidArgument, Unavailable
@@ -184,7 +184,9 @@ def test_capture_state_is_the_whole_store(ca: CertificateAuthority) -> None:
     assert state.revision == store.revision
     assert state.cluster == store.cluster()
     objects = state_objects(state)
-    assert list(objects) == [Kind.NODE, Kind.SERVICE, Kind.TASK]
+    # Networks (none here) restore before the services that join them.
+    assert list(objects) == [Kind.NETWORK, Kind.NODE, Kind.SERVICE, Kind.TASK]
+    assert objects[Kind.NETWORK] == ()
     assert {n.id for n in objects[Kind.NODE]} == {"mgr-1", "w-1", "w-2"}
     assert {s.spec.name for s in objects[Kind.SERVICE]} == {"web", "db"}
     assert len(objects[Kind.TASK]) == 3
@@ -487,16 +489,27 @@ def config_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch, backup: Backup) -> FakeClient:
-    client = FakeClient(backup)
-    monkeypatch.setattr(cli_main, "make_client", lambda managers, identity: client)
     monkeypatch.delenv("WARREN_BACKUP_PASSPHRASE", raising=False)
     monkeypatch.delenv("WARREN_MANAGER", raising=False)
-    return client
+    return FakeClient(backup)
 
 
-def run(config_dir: Path, *args: str, env: dict[str, str] | None = None, **kw: Any) -> Result:
+def run(
+    config_dir: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    client: FakeClient | None = None,
+    daemons: Daemons | None = None,
+    **kw: Any,
+) -> Result:
+    """The CLI with ``client`` and ``daemons`` handed in (click's obj) where given."""
     environment = {"WARREN_CONFIG_DIR": str(config_dir), **(env or {})}
-    return CliRunner().invoke(cli, list(args), env=environment, **kw)
+    wiring = Wiring()
+    if client is not None:
+        wiring = replace(wiring, client_factory=lambda managers, identity: client)
+    if daemons is not None:
+        wiring = replace(wiring, daemons=daemons)
+    return CliRunner().invoke(cli, list(args), env=environment, obj=wiring, **kw)
 
 
 def one_error_line(result: Result) -> str:
@@ -513,7 +526,16 @@ def test_backup_command_writes_a_private_encrypted_file(
     secret = tmp_path / "pass"
     secret.write_text(PASSPHRASE + "\n")
     out = tmp_path / "cluster.wbk"
-    result = run(config_dir, "cluster", "backup", "-o", str(out), "--passphrase-file", str(secret))
+    result = run(
+        config_dir,
+        "cluster",
+        "backup",
+        "-o",
+        str(out),
+        "--passphrase-file",
+        str(secret),
+        client=fake,
+    )
     assert result.exit_code == 0, result.output
     assert f"at revision {backup.state.revision} (2 services, 3 nodes) to {out}" in result.stdout
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
@@ -526,7 +548,7 @@ def test_backup_passphrase_from_the_environment(
 ) -> None:
     out = tmp_path / "b"
     env = {"WARREN_BACKUP_PASSPHRASE": PASSPHRASE}
-    assert run(config_dir, "cluster", "backup", "-o", str(out), env=env).exit_code == 0
+    assert run(config_dir, "cluster", "backup", "-o", str(out), env=env, client=fake).exit_code == 0
     assert decrypt_backup(out.read_bytes(), PASSPHRASE) == backup
 
 
@@ -535,7 +557,7 @@ def test_backup_prompts_twice_for_the_passphrase(
 ) -> None:
     out = tmp_path / "b"
     typed = f"{PASSPHRASE}\n{PASSPHRASE}\n"
-    result = run(config_dir, "cluster", "backup", "-o", str(out), input=typed)
+    result = run(config_dir, "cluster", "backup", "-o", str(out), input=typed, client=fake)
     assert result.exit_code == 0, result.output
     assert result.stderr.count("passphrase") == 2
     assert PASSPHRASE not in result.output
@@ -547,14 +569,14 @@ def test_backup_refuses_a_short_passphrase_before_calling(
 ) -> None:
     out = tmp_path / "b"
     env = {"WARREN_BACKUP_PASSPHRASE": "short"}
-    result = run(config_dir, "cluster", "backup", "-o", str(out), env=env)
+    result = run(config_dir, "cluster", "backup", "-o", str(out), env=env, client=fake)
     assert "at least 8 characters" in one_error_line(result)
     assert fake.calls == 0
     assert not out.exists()
 
 
 def test_backup_needs_an_output_file(config_dir: Path, fake: FakeClient) -> None:
-    result = run(config_dir, "cluster", "backup")
+    result = run(config_dir, "cluster", "backup", client=fake)
     assert result.exit_code == 2
     assert "Missing option '-o'" in result.output
 
@@ -596,7 +618,7 @@ def test_restore_command_builds_manager_options(
         config_dir, "cluster", "restore", str(sealed_file), "--data-dir", str(target),
         "--api-port", "3001", "--raft-port", "3003", "--runtime", "sim",
         "--availability", "drain", "--node-name", "m2",
-        input=PASSPHRASE + "\n", obj=daemons,
+        input=PASSPHRASE + "\n", daemons=daemons,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     ((options, data),) = restores
@@ -628,7 +650,7 @@ def test_restore_with_a_wrong_passphrase_touches_nothing(
         "--data-dir",
         str(target),
         env=env,
-        obj=daemons,
+        daemons=daemons,
     )
     assert one_error_line(result) == f"Error: {DAMAGED}"
     assert list(target.iterdir()) == []
@@ -645,9 +667,8 @@ def test_restore_refuses_a_used_data_dir_before_asking(
     target = tmp_path / "used"
     target.mkdir()
     (target / "manager.json").write_text("{}")
-    result = run(
-        config_dir, "cluster", "restore", str(sealed_file), "--data-dir", str(target), obj=daemons
-    )
+    restore = ("cluster", "restore", str(sealed_file), "--data-dir", str(target))
+    result = run(config_dir, *restore, daemons=daemons)
     assert "is not empty" in one_error_line(result)
     assert "passphrase" not in result.output
     assert restores == []

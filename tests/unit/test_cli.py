@@ -16,9 +16,9 @@ import yaml
 from click.testing import CliRunner, Result
 from factories import make_node, make_service, make_task
 
-import warren.cli.main as cli_main
 from warren.cli import progress
 from warren.cli.client import LogLine
+from warren.cli.context import Wiring
 from warren.cli.main import cli
 from warren.cli.output import human_duration, short_image, table
 from warren.cli.parsing import (
@@ -53,6 +53,15 @@ from warren.core.models import (
     Task,
     TaskStatus,
 )
+from warren.core.networks import (
+    EndpointMode,
+    EndpointSpec,
+    Network,
+    NetworkSpec,
+    PortConfig,
+    PortProtocol,
+    PublishMode,
+)
 from warren.core.states import TaskState
 from warren.node.launch import Daemons
 from warren.node.options import ManagerOptions, WorkerOptions
@@ -69,6 +78,7 @@ class FakeClient:
         self.services: dict[str, Service] = {}
         self.tasks: list[Task] = []
         self.nodes: list[Node] = []
+        self.networks: dict[str, Network] = {}
         self.converge = True
         self.error: Exception | None = None
         self.factory_args: list[tuple[list[str], Path]] = []
@@ -111,6 +121,30 @@ class FakeClient:
             if ref in (service.id, service.spec.name):
                 return service
         raise NotFound(f"service '{ref}' not found")
+
+    # -- networks: kept by name; the ID is "net-NAME" --
+
+    def create_network(self, spec: NetworkSpec) -> Network:
+        self._record("create_network", spec)
+        subnet = spec.subnet or "10.32.0.0/16"
+        network = Network(id=f"net-{spec.name}", spec=spec, subnet=subnet, block_prefix=24)
+        self.networks[spec.name] = network
+        return network
+
+    def get_network(self, ref: str) -> Network:
+        self._record("get_network", ref)
+        for network in self.networks.values():
+            if ref in (network.id, network.spec.name):
+                return network
+        raise NotFound(f"network '{ref}' not found")
+
+    def list_networks(self) -> list[Network]:
+        self._record("list_networks")
+        return sorted(self.networks.values(), key=lambda n: n.spec.name)
+
+    def remove_network(self, ref: str) -> None:
+        self._record("remove_network", ref)
+        del self.networks[self.get_network(ref).spec.name]
 
     def create_service(self, spec: ServiceSpec) -> Service:
         self._record("create_service", spec)
@@ -205,29 +239,54 @@ def config_dir(tmp_path: Path) -> Path:
     return directory
 
 
+@dataclasses.dataclass
+class Seams:
+    """The Wiring ``run`` hands the CLI as click's obj; ``fake`` puts its client in."""
+
+    wiring: Wiring = dataclasses.field(default_factory=Wiring)
+
+
 @pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch) -> FakeClient:
+def seams() -> Seams:
+    return Seams()
+
+
+@pytest.fixture
+def fake(seams: Seams) -> FakeClient:
     client = FakeClient()
 
     def factory(managers: list[str], identity: IdentityFiles) -> FakeClient:
         client.factory_args.append((managers, identity.directory))
         return client
 
-    monkeypatch.setattr(cli_main, "make_client", factory)
+    seams.wiring = dataclasses.replace(seams.wiring, client_factory=factory)
     return client
 
 
 @pytest.fixture
-def run(config_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Result]:
+def run(config_dir: Path, seams: Seams, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Result]:
     monkeypatch.delenv("WARREN_MANAGER", raising=False)
 
     def invoke(
         *args: str, env: dict[str, str] | None = None, daemons: Daemons | None = None
     ) -> Result:
         environment = {"WARREN_CONFIG_DIR": str(config_dir), **(env or {})}
-        return CliRunner().invoke(cli, list(args), env=environment, obj=daemons)
+        wiring = seams.wiring
+        if daemons is not None:
+            wiring = dataclasses.replace(wiring, daemons=daemons)
+        return CliRunner().invoke(cli, list(args), env=environment, obj=wiring)
 
     return invoke
+
+
+def test_an_obj_other_than_a_wiring_is_refused(config_dir: Path) -> None:
+    # Ignoring it would run the real daemons (or client) where a test handed fakes.
+    started: list[Any] = []
+    env = {"WARREN_CONFIG_DIR": str(config_dir)}
+    result = CliRunner().invoke(cli, ["cluster", "init"], env=env, obj=recording_daemons(started))
+    assert isinstance(result.exception, TypeError)
+    assert "takes a Wiring" in str(result.exception)
+    assert started == []
 
 
 def assert_one_error_line(result: Result, exit_code: int = 1) -> str:
@@ -964,7 +1023,10 @@ def test_create_http_and_tcp_probes(
         (["--stop-grace-period", "soon"], 2, "invalid duration"),
         (["--workdir", "srv"], 1, "workdir must be an absolute path"),
         (["--entrypoint", "sh -c 'oops"], 2, "invalid command"),
-        (["--network", "bridge"], 2, "--network"),
+        (["--network", "host", "--network", "back"], 1, "--network host uses the node's network"),
+        (["--publish", "8080:"], 2, "invalid port '8080:'"),
+        (["--publish", "published=80,target=0"], 2, "--publish"),
+        (["--publish", "80/sctp"], 2, "invalid port '80/sctp'"),
     ],
 )
 def test_bad_container_or_health_flags_are_refused(
@@ -1339,3 +1401,89 @@ def test_values_out_of_the_models_range_are_usage_errors(
     assert_one_error_line(result, exit_code=2)
     assert "protobuf" not in result.output.lower()
     assert fake.calls == []
+
+
+# -- networks ---------------------------------------------------------------------------
+
+
+def test_network_create_ls_inspect_rm(run: Callable[..., Result], fake: FakeClient) -> None:
+    result = run("network", "create", "back", "--subnet", "10.40.0.0/16", "--label", "tier=db")
+    assert result.exit_code == 0, result.output
+    assert result.output == "net-back\n"
+    assert fake.calls[0] == (
+        "create_network",
+        (NetworkSpec("back", "10.40.0.0/16", {"tier": "db"}),),
+    )
+    listing = run("network", "ls")
+    assert listing.output.splitlines()[1].split() == ["net-back", "back", "10.40.0.0/16", "0"]
+    inspected = json.loads(run("network", "inspect", "back").output)
+    assert inspected[0]["subnet"] == "10.40.0.0/16"
+    assert run("network", "rm", "back").exit_code == 0
+    assert fake.networks == {}
+
+
+def test_network_create_refuses_a_bad_subnet_before_sending(
+    run: Callable[..., Result], fake: FakeClient
+) -> None:
+    result = run("network", "create", "back", "--subnet", "10.40.0.0/33")
+    assert "subnet" in assert_one_error_line(result)
+    assert "create_network" not in fake.names()
+
+
+def test_service_create_joins_networks_and_publishes_ports(
+    run: Callable[..., Result], fake: FakeClient
+) -> None:
+    result = run(
+        "service", "create", "web", "--image", "nginx", "-d", "--network", "back",
+        "--network", "front", "-p", "8080:80",
+        "--publish", "published=53,target=53,protocol=udp,mode=host",
+        "-p", "9000", "--endpoint-mode", "dnsrr",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    spec = fake.calls[0][1][0]
+    assert spec.networks == ("back", "front")
+    assert spec.endpoint == EndpointSpec(
+        mode=EndpointMode.DNSRR,
+        ports=(
+            PortConfig(target=80, published=8080),
+            PortConfig(target=53, published=53, protocol=PortProtocol.UDP, mode=PublishMode.HOST),
+            PortConfig(target=9000),
+        ),
+    )
+
+
+def test_service_create_network_host_is_host_networking(
+    run: Callable[..., Result], fake: FakeClient
+) -> None:
+    assert (
+        run("service", "create", "agent", "--image", "x", "-d", "--network", "host").exit_code == 0
+    )
+    spec = fake.calls[0][1][0]
+    assert spec.container.network_mode == NetworkMode.HOST and spec.networks == ()
+
+
+def test_service_update_edits_networks_and_ports(
+    run: Callable[..., Result], fake: FakeClient
+) -> None:
+    for name in ("back", "front"):
+        fake.create_network(NetworkSpec(name))
+    base = make_service("web", id="svc-web")
+    ports = (PortConfig(target=80, published=8080), PortConfig(target=81, published=8081))
+    spec = dataclasses.replace(
+        base.spec, networks=("net-back",), endpoint=EndpointSpec(ports=ports)
+    )
+    fake.add(dataclasses.replace(base, spec=spec, version=3))
+    result = run(
+        "service", "update", "web", "-d", "--network-rm", "back", "--network-add", "front",
+        "--publish-rm", "80", "--publish-add", "8082:82", "--endpoint-mode", "dnsrr",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    updated = _updated_spec(fake)
+    assert updated.networks == ("net-front",)
+    assert updated.endpoint == EndpointSpec(
+        mode=EndpointMode.DNSRR,
+        ports=(PortConfig(target=81, published=8081), PortConfig(target=82, published=8082)),
+    )
+    assert "unknown" in assert_one_error_line(
+        run("service", "update", "web", "--network-add", "unknown")
+    )

@@ -13,9 +13,27 @@ from warren.cli.client import WarrenClient
 from warren.cli.config import admin_identity, load_managers
 from warren.cli.output import FORMATS
 from warren.node.launch import Daemons
+from warren.security.tls import IdentityFiles
 
 ClientFactory = Callable[..., WarrenClient]
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def make_client(
+    managers: list[str], identity: IdentityFiles, linearizable: bool = False
+) -> WarrenClient:
+    """The real client every command uses."""
+    return WarrenClient(managers, identity, linearizable=linearizable)
+
+
+@dataclass(frozen=True)
+class Wiring:
+    """What the commands talk to and start, handed to the root command as click's
+    ``obj`` (``main()`` hands the real ones; a test hands fakes through
+    ``CliRunner.invoke(cli, ..., obj=Wiring(...))`` instead of replacing functions)."""
+
+    client_factory: ClientFactory = make_client
+    daemons: Daemons = field(default_factory=Daemons)
 
 
 @dataclass

@@ -8,28 +8,19 @@ import click
 import grpc
 
 from warren.cli.backup import backup, restore
-from warren.cli.client import WarrenClient
 from warren.cli.cluster import cluster_group
 from warren.cli.config import DEFAULT_CONFIG_DIR, expand, split_managers
-from warren.cli.context import CliContext
+from warren.cli.context import CliContext, Wiring
 from warren.cli.images import image_group
 from warren.cli.manager import manager_group
+from warren.cli.networks import network_group
 from warren.cli.nodes import node_group
 from warren.cli.output import FORMATS
 from warren.cli.services import service_group
 from warren.cli.tasks import task_group
 from warren.cli.worker import worker_group
 from warren.core.errors import WarrenError
-from warren.node.launch import Daemons
 from warren.proto.errors import error_from_rpc
-from warren.security.tls import IdentityFiles
-
-
-def make_client(
-    managers: list[str], identity: IdentityFiles, linearizable: bool = False
-) -> WarrenClient:
-    """The client every command uses; tests replace this to inject a fake."""
-    return WarrenClient(managers, identity, linearizable=linearizable)
 
 
 def _one_line(text: str) -> str:
@@ -82,16 +73,17 @@ def cli(
     ctx: click.Context, manager: str | None, config_dir: str, output: str | None, consistent: bool
 ) -> None:
     """Warren: run containers across a cluster, with Docker Swarm habits."""
-    # A caller (a test) may hand in the daemons to start: ``cli.main(obj=Daemons(...))``.
-    daemons = ctx.obj if isinstance(ctx.obj, Daemons) else Daemons()
+    # main() hands the real wiring, a test its fakes; a bare ``cli()`` gets the real one.
+    wiring = Wiring() if ctx.obj is None else ctx.obj
+    if not isinstance(wiring, Wiring):
+        raise TypeError(f"the warren command takes a Wiring as its obj, not {wiring!r}")
     context = CliContext(
         config_dir=expand(config_dir),
         manager_override=split_managers(manager or ""),
-        # Looked up per run, so a test can swap make_client for a fake.
-        client_factory=make_client,
+        client_factory=wiring.client_factory,
         output=output,
         linearizable=consistent,
-        daemons=daemons,
+        daemons=wiring.daemons,
     )
     ctx.obj = context
     ctx.call_on_close(context.close)
@@ -103,10 +95,11 @@ cli.add_command(cluster_group)
 cli.add_command(worker_group)
 cli.add_command(manager_group)
 cli.add_command(node_group)
+cli.add_command(network_group)
 cli.add_command(service_group)
 cli.add_command(task_group)
 cli.add_command(image_group)
 
 
 def main() -> None:
-    cli()
+    cli(obj=Wiring())

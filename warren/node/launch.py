@@ -1,8 +1,8 @@
 """What the daemon commands of the CLI start, given the options they built.
 
-The CLI takes a ``Daemons`` as click's ``obj`` (``cli.main(obj=...)``), so a
-test hands it fakes instead of replacing modules. The real ones load the
-daemon only when called: admin commands do not pay for it.
+The CLI takes a ``Daemons`` inside the ``Wiring`` it gets as click's ``obj``
+(``warren.cli.context``), so a test hands it fakes instead of replacing modules.
+The real ones load the daemon only when called: admin commands do not pay for it.
 """
 
 from __future__ import annotations
