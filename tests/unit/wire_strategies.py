@@ -16,7 +16,16 @@ from typing import Any
 from hypothesis import strategies as st
 
 from warren.core.errors import InvalidArgument
-from warren.core.models import ContainerSpec, HealthCheck, Node, Placement, ServiceSpec
+from warren.core.models import ContainerSpec, HealthCheck, Node, Placement, ServiceSpec, Task
+from warren.core.networks import (
+    Endpoint,
+    EndpointSpec,
+    NetworkAttachment,
+    PortConfig,
+    PortProtocol,
+    PublishMode,
+    VirtualIP,
+)
 from warren.core.validation import INT32_MAX, MAX_SECONDS, field_limits
 
 # Text as models take it: any Unicode scalar value but NUL (surrogates are not
@@ -26,6 +35,8 @@ _text = st.text(_char, max_size=8)
 
 _labels = st.dictionaries(st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9_./-]{0,15}\Z"), _text, max_size=3)
 
+_UDP = PortProtocol.UDP
+
 _OVERRIDES: dict[tuple[type[Any], str], st.SearchStrategy[Any]] = {
     (ServiceSpec, "name"): st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z"),
     (ContainerSpec, "image"): st.text(_char, min_size=1, max_size=8).filter(str.strip)
@@ -34,6 +45,26 @@ _OVERRIDES: dict[tuple[type[Any], str], st.SearchStrategy[Any]] = {
         st.from_regex(r"\A[A-Za-z_][A-Za-z0-9_]{0,10}\Z"), _text, max_size=3
     ),
     (ServiceSpec, "labels"): _labels,
+    # Addresses and ports have a syntax of their own (see warren.core.networks).
+    (ServiceSpec, "networks"): st.sampled_from([(), ("net-a",), ("net-a", "net-b")]),
+    (EndpointSpec, "ports"): st.sampled_from(
+        [
+            (),
+            (PortConfig(target=80, published=8080), PortConfig(target=53, protocol=_UDP)),
+            (PortConfig(target=65535, published=65535, mode=PublishMode.HOST),),
+        ]
+    ),
+    (Endpoint, "vips"): st.sampled_from([(), (VirtualIP("net-a", "10.32.0.5/16"),)]),
+    (Endpoint, "ports"): st.sampled_from([(), (PortConfig(target=80, published=30000),)]),
+    (Task, "networks"): st.sampled_from(
+        [
+            (),
+            (
+                NetworkAttachment("net-a", "10.32.64.7/24"),
+                NetworkAttachment("net-b", "10.33.64.2/24"),
+            ),
+        ]
+    ),
     (Node, "labels"): _labels,
     (Placement, "constraints"): st.lists(
         st.sampled_from(["node.role==worker", "node.labels.zone!=a", "node.hostname==h1"]),
@@ -82,6 +113,9 @@ def _strategy(tp: Any, meta: dict[str, Any]) -> st.SearchStrategy[Any]:
         length = field_limits(meta, tp)["max_length"]
         return _text | st.just("x" * min(length, 2048))
     if origin is tuple:
+        (item,) = args
+        if dataclasses.is_dataclass(item):
+            return st.lists(model_strategy(typing.cast(type[Any], item)), max_size=2).map(tuple)
         return st.lists(_text, max_size=3).map(tuple)
     if origin is dict:
         return st.dictionaries(_text, _text, max_size=3)

@@ -66,7 +66,9 @@ def _backup_tables(tables: dict[Kind, list[Any]]) -> dict[str, tuple[dict[str, A
     out: dict[str, tuple[dict[str, Any], ...]] = {}
     for kind, objects in tables.items():
         rule = spec_of(kind).backup
-        if rule is not None:
+        # An empty table is left out: absent reads as empty, and a version
+        # that predates the kind can still restore the backup.
+        if rule is not None and objects:
             out[rule.table] = tuple(to_dict(o) for o in sorted(objects, key=lambda o: o.id))
     return out
 
