@@ -276,7 +276,7 @@ class ServiceSpec:
     # the first gives a task its default route.
     networks: tuple[str, ...] = field(default=(), metadata=since(2))
     # How it is reached: VIP or DNS round robin, and published ports.
-    endpoint: EndpointSpec = field(default_factory=EndpointSpec, metadata=since(2))
+    endpoint: EndpointSpec = field(default=EndpointSpec(), metadata=since(2))
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not NAME_RE.fullmatch(self.name):
@@ -344,7 +344,10 @@ class Service:
     version: int = 0
     # What the allocator gave it for its spec's networks and endpoint: a VIP per
     # network (endpoint mode vip) and every published port with its number.
-    endpoint: Endpoint = field(default_factory=Endpoint, metadata=since(2))
+    # A plain default, not a factory, as for every field added later: an object
+    # unpickled from a Raft snapshot taken before it existed reads it from the
+    # class (tests/unit/test_flat_spec.py loads such a snapshot).
+    endpoint: Endpoint = field(default=Endpoint(), metadata=since(2))
 
     def __post_init__(self) -> None:
         validate(self)
