@@ -59,6 +59,8 @@ class ServiceControl:
         """What the service holds with ``spec``: VIPs, published port numbers.
         A port taken meanwhile by another service is refused when applied (the
         service kind's invariants)."""
+        if not spec.networks and not spec.endpoint.ports:
+            return Endpoint()  # nothing to hold: no need to read every task
         return allocate_service(current_allocation(self.store), service_request(service_id, spec))
 
     async def _pin_image(self, spec: ServiceSpec) -> ServiceSpec:
