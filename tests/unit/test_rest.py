@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import io
 import json
 import logging
@@ -414,6 +415,49 @@ async def test_a_kept_listing_follows_every_write(api: Api) -> None:
 
     status, body = await api.call("GET", "/v1/tasks?service=nope")
     assert (status, _error_code(body)) == (404, "not_found")
+
+
+async def _raw_get(api: Api, path: str, accept: str | None) -> tuple[dict[str, str], bytes]:
+    headers = {"Accept-Encoding": accept} if accept is not None else {}
+    connector = aiohttp.TCPConnector(ssl=api.session.connector._ssl)  # type: ignore[union-attr]
+    async with (
+        aiohttp.ClientSession(
+            connector=connector, auto_decompress=False, skip_auto_headers=["Accept-Encoding"]
+        ) as session,
+        session.get(api.url + path, headers=headers) as response,
+    ):
+        assert response.status == 200
+        return dict(response.headers), await response.read()
+
+
+async def test_a_large_listing_is_gzipped_only_for_clients_that_accept_it(api: Api) -> None:
+    service = await api.create("web", replicas=1)
+    spec = from_dict(Service, service).spec
+    api.store.load(
+        [Task(f"task-{i:04d}", service["id"], "web", spec, 2, slot=i) for i in range(1000)]
+    )
+    headers, plain = await _raw_get(api, "/v1/tasks", None)
+    assert len(plain) >= 128 * 1024 and "Content-Encoding" not in headers
+    assert headers["Vary"] == "Accept-Encoding"
+    listed = json.loads(plain)
+    assert len(listed) == 1000
+
+    for accept in ("gzip", "br;q=1.0, gzip;q=0.5", "*"):
+        headers, body = await _raw_get(api, "/v1/tasks", accept)
+        assert headers["Content-Encoding"] == "gzip", accept
+        assert len(body) < len(plain) / 4
+        assert gzip.decompress(body) == plain
+    # Filtered listings (not kept) are compressed per request, to the same JSON.
+    headers, body = await _raw_get(api, f"/v1/tasks?service={service['id']}", "gzip")
+    assert headers["Content-Encoding"] == "gzip"
+    assert json.loads(gzip.decompress(body)) == listed
+
+    for refused in ("gzip;q=0", "identity", "*;q=0", "br", "*, gzip;q=0"):
+        headers, body = await _raw_get(api, "/v1/tasks", refused)
+        assert "Content-Encoding" not in headers and body == plain, refused
+    # Small answers stay plain whatever the client accepts.
+    headers, body = await _raw_get(api, "/v1/services", "gzip")
+    assert "Content-Encoding" not in headers and len(json.loads(body)) == 1
 
 
 # -- authorization and TLS --------------------------------------------------------------

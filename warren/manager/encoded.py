@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from warren.core.codec import to_sparse_json
+from warren.manager.compression import KEPT_LEVEL, gzip_bytes
 
 # Entries of objects no longer listed are dropped when the cache grows past
 # this many times the last full listing (plus a floor for small clusters).
@@ -34,6 +35,8 @@ class EncodedObjects:
         # last complete listing with the (writes, store revision) it was made at.
         self._writes = 0
         self._listing: tuple[tuple[int, int], bytes] | None = None
+        # The kept listing gzipped (compression.py), made when first asked for.
+        self._gzipped: tuple[bytes, bytes] | None = None  # (listing, its gzip)
 
     def written(self) -> None:
         """An object of this kind changed: the kept listing is stale."""
@@ -53,6 +56,17 @@ class EncodedObjects:
         body = self.array(objects(), complete=True)
         self._listing = (key, body)
         return body
+
+    def gzipped(self, body: bytes) -> bytes:
+        """``body`` (a listing ``complete`` returned) gzipped, compressed once
+        for as long as that listing is the one kept."""
+        kept = self._gzipped
+        if kept is not None and kept[0] is body:
+            return kept[1]
+        compressed = gzip_bytes(body, KEPT_LEVEL)
+        if self._listing is not None and self._listing[1] is body:
+            self._gzipped = (body, compressed)
+        return compressed
 
     def one(self, obj: Any) -> bytes:
         entry = self._entries.get(obj.id)

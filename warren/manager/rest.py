@@ -48,6 +48,7 @@ from warren.core.models import (
 )
 from warren.core.networks import Network, NetworkSpec
 from warren.core.validation import bounded, field_limits, show, validate
+from warren.manager.compression import MIN_BYTES, PER_REQUEST_LEVEL, accepts_gzip, gzip_bytes
 from warren.manager.control import ControlService
 from warren.manager.encoded import EncodedObjects
 from warren.manager.events import PUBLIC_KINDS, EventBus, Subscription, public_kinds
@@ -232,7 +233,8 @@ def _json_body(body: bytes, status: int = 200) -> web.Response:
 
 
 def _listing(request: web.Request, kind: Kind, objects: list[Any]) -> web.Response:
-    return _json_body(request.app[ENCODED][kind].array(objects))
+    body = request.app[ENCODED][kind].array(objects)
+    return _large_json(request, body, lambda: gzip_bytes(body, PER_REQUEST_LEVEL))
 
 
 def _complete_listing(
@@ -240,7 +242,22 @@ def _complete_listing(
 ) -> web.Response:
     """Every object of ``kind``: the same body while nothing of the kind changes."""
     revision = _control(request).store.revision
-    return _json_body(request.app[ENCODED][kind].complete(revision, objects))
+    encoded = request.app[ENCODED][kind]
+    body = encoded.complete(revision, objects)
+    return _large_json(request, body, lambda: encoded.gzipped(body))
+
+
+def _large_json(request: web.Request, body: bytes, gzipped: Callable[[], bytes]) -> web.Response:
+    """A listing's body, gzipped when it is large and the client accepts gzip."""
+    if len(body) < MIN_BYTES:
+        return _json_body(body)
+    if accepts_gzip(request.headers.get("Accept-Encoding", "")):
+        response = web.Response(body=gzipped(), content_type="application/json")
+        response.headers["Content-Encoding"] = "gzip"
+    else:
+        response = _json_body(body)
+    response.headers["Vary"] = "Accept-Encoding"
+    return response
 
 
 def _control(request: web.Request) -> ControlService:
