@@ -123,11 +123,15 @@ def parse_task_alias(alias: str | None) -> tuple[str, str] | None:
 @dataclass(frozen=True)
 class NodeNetwork:
     """A network as this node holds it: its ID, the node's block of the network's
-    subnet (e.g. 10.32.5.0/24 of 10.32.0.0/16) and the MTU of its interfaces."""
+    subnet (e.g. 10.32.5.0/24 of 10.32.0.0/16) and the MTU of its interfaces.
+    ``subnet`` (the whole network), when given, is routed via the gateway inside
+    tasks for which it is not the first network (the first one has the default
+    route): other nodes' blocks and the VIPs are reached through this node."""
 
     network_id: str
     block: IPv4Network
     mtu: int = 1420  # a 1500-byte underlay minus WireGuard's 80 bytes
+    subnet: IPv4Network | None = None
 
     def __post_init__(self) -> None:
         _check_id("network", self.network_id)
@@ -141,6 +145,12 @@ class NodeNetwork:
         if not isinstance(self.mtu, int) or not MIN_MTU <= self.mtu <= MAX_MTU:
             raise InvalidArgument(
                 f"network {self.network_id}: MTU {self.mtu!r} is outside {MIN_MTU}-{MAX_MTU}"
+            )
+        if self.subnet is not None and (
+            not isinstance(self.subnet, IPv4Network) or not self.block.subnet_of(self.subnet)
+        ):
+            raise InvalidArgument(
+                f"network {self.network_id}: block {self.block} is not part of subnet {self.subnet}"
             )
 
     @property
@@ -382,6 +392,7 @@ class PyrouteBridgeNetwork:
                     for position, entry in enumerate(task.networks)
                 ]
                 await self._ensure_default_route(inside, task, attached[0])
+                await self._ensure_subnet_routes(inside, task, attached)
             except BaseException:
                 # Undo only what this call made: an attachment that was already
                 # there keeps working.
@@ -548,6 +559,34 @@ class PyrouteBridgeNetwork:
             ),
         )
 
+    async def _ensure_subnet_routes(
+        self, inside: _Side, task: TaskAttachment, attached: list[AttachedInterface]
+    ) -> None:
+        # "replace" changes nothing when the route is already there.
+        for entry, interface in list(zip(task.networks, attached, strict=True))[1:]:
+            network = entry.network
+            if network.subnet is None:
+                continue
+            await _netlink(
+                f"route {network.subnet} via {network.gateway.ip} in task {task.task_id}",
+                inside.ipr.route(
+                    "replace",
+                    dst=str(network.subnet),
+                    gateway=str(network.gateway.ip),
+                    oif=interface.index,
+                    table=_MAIN_TABLE,
+                ),
+            )
+
+
+def subnet_routes(task: TaskAttachment) -> frozenset[tuple[str, str]]:
+    """(subnet, gateway) routed inside the task besides its default route."""
+    return frozenset(
+        (str(entry.network.subnet), str(entry.network.gateway.ip))
+        for entry in task.networks[1:]
+        if entry.network.subnet is not None
+    )
+
 
 def _is_pair(host: Link, peer: Link | None) -> bool:
     return peer is not None and peer.kind == "veth" and peer.peer_index == host.index
@@ -572,6 +611,8 @@ class FakeBridgeNetwork:
         self.bridges: dict[str, _FakeBridge] = {}
         # task ID -> network ID -> the interface made for it
         self.attached: dict[str, dict[str, AttachedInterface]] = {}
+        # task ID -> (subnet, gateway) routed inside it besides the default route
+        self.routes: dict[str, frozenset[tuple[str, str]]] = {}
         self.created = 0  # veth pairs made so far
         self._next_index = 100
 
@@ -621,11 +662,13 @@ class FakeBridgeNetwork:
                 entry.address,
             )
         self.attached[task.task_id] = {**current, **result}
+        self.routes[task.task_id] = self.routes.get(task.task_id, frozenset()) | subnet_routes(task)
         return tuple(result.values())
 
     async def detach(self, task_id: str) -> None:
         _check_id("task", task_id)
         self.attached.pop(task_id, None)
+        self.routes.pop(task_id, None)
 
     async def networks(self) -> frozenset[str]:
         return frozenset(self.bridges)
