@@ -20,11 +20,12 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Protocol
 
 from warren.agent.health import HealthMonitor
-from warren.agent.runtime import ContainerConfig, ExitStatus, Runtime
-from warren.core.errors import ImageNotFound, NotFound, WarrenError
+from warren.agent.runtime import ContainerConfig, ContainerNames, ExitStatus, Runtime
+from warren.core.errors import FailedPrecondition, ImageNotFound, NotFound, WarrenError
 from warren.core.models import (
     Health,
     NetworkMode,
@@ -44,6 +45,28 @@ RestartGate = Callable[[], bool]
 
 def _never() -> bool:
     return False
+
+
+class TaskNetworking(Protocol):
+    """Plugs tasks' containers into Warren's networks (the node's network controller)."""
+
+    async def prepare(self, task: Task) -> ContainerNames:
+        """The container's name settings (Warren's DNS), before it is created."""
+        ...
+
+    async def attach(self, task: Task, netns: str) -> ContainerNames:
+        """Attach the created container's namespace to the task's networks."""
+        ...
+
+    async def detach(self, task_id: str) -> None:
+        """Remove what ``attach`` made for the task (nothing if nothing)."""
+        ...
+
+
+def needs_networking(task: Task) -> bool:
+    """Whether a task's container joins Warren's networks (it has addresses and
+    its own network namespace)."""
+    return bool(task.networks) and task.spec.container.network_mode != NetworkMode.HOST
 
 
 @dataclass(frozen=True)
@@ -107,9 +130,12 @@ class TaskExecutor:
         runtime: Runtime,
         report: Reporter,
         can_restart_locally: RestartGate = _never,
+        networking: TaskNetworking | None = None,
     ) -> None:
         self.task = task
         self.runtime = runtime
+        # Only for a task on Warren's networks: None leaves its namespace alone.
+        self._networking = networking if needs_networking(task) else None
         self._report = report
         self._can_restart_locally = can_restart_locally
         self.state = task.status.state
@@ -183,7 +209,20 @@ class TaskExecutor:
         await self._supervise()
 
     async def _create_and_start(self) -> None:
-        await self.runtime.create(container_config(self.task))
+        config = container_config(self.task)
+        networking = self._networking
+        if networking is not None:
+            config = replace(config, names=await networking.prepare(self.task))
+        await self.runtime.create(config)
+        if networking is not None:
+            # Between create and start: the namespace exists, nothing runs in it yet.
+            netns = self.runtime.network_namespace(self.task.id)
+            if netns is None:
+                raise FailedPrecondition(
+                    f"runtime {self.runtime.name} gave task {self.task.id} no network "
+                    "namespace to attach to its networks"
+                )
+            await networking.attach(self.task, netns)
         await self.runtime.start(self.task.id)
 
     async def _reattach(self) -> None:
@@ -350,6 +389,11 @@ class TaskExecutor:
             await self.runtime.remove(self.task.id)
         except WarrenError as exc:
             log.warning("could not remove container %s: %s", self.task.id, exc)
+        if self._networking is not None:
+            try:
+                await self._networking.detach(self.task.id)
+            except WarrenError as exc:
+                log.warning("could not detach task %s from its networks: %s", self.task.id, exc)
 
     async def close(self) -> None:
         """Stop following (agent shutdown); the container itself keeps running."""

@@ -7,10 +7,34 @@ those steps apart so the executor can report each state as it happens.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
+
+from warren.core.errors import InvalidArgument
+
+
+def _ipv4(value: str, what: str) -> None:
+    try:
+        ipaddress.IPv4Address(value)
+    except ValueError:
+        raise InvalidArgument(f"{what} {value!r} is not an IPv4 address") from None
+
+
+@dataclass(frozen=True)
+class ContainerNames:
+    """Names inside a container on Warren's networks: its /etc/resolv.conf asks only
+    ``nameserver`` (Warren's DNS, on the gateway of the task's first network) and
+    its /etc/hosts gives its hostname ``address`` (its first network address)."""
+
+    nameserver: str
+    address: str
+
+    def __post_init__(self) -> None:
+        _ipv4(self.nameserver, "name server")
+        _ipv4(self.address, "container address")
 
 
 @dataclass(frozen=True)
@@ -36,6 +60,15 @@ class ContainerConfig:
     init: bool = False  # run a tiny init as PID 1 that forwards signals and reaps
     host_network: bool = False  # share the node's network namespace
     stop_signal: str = "SIGTERM"
+    # None: the node's resolvers (loopback ones left out), the hostname on 127.0.1.1.
+    names: ContainerNames | None = None
+
+    def __post_init__(self) -> None:
+        if self.names is not None and self.host_network:
+            raise InvalidArgument(
+                f"container {self.container_id}: host networking uses the node's own "
+                "name files, not Warren's DNS"
+            )
 
 
 @dataclass(frozen=True)

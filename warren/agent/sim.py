@@ -6,7 +6,11 @@ Its state lives in memory, so a restarted sim worker finds no containers.
 
 Images: any name pulls, except one containing ``notfound`` (ImageNotFound).
 Args ``["exit", CODE, AFTER_SECONDS]`` make a container exit by itself.
-Exec: ``["false"]`` fails (exit 1), anything else succeeds.
+Exec: ``["false"]`` fails (exit 1), ``["cat", "/etc/resolv.conf"]`` (or
+``/etc/hosts``) prints what the container's name files hold, anything else
+succeeds. Namespaces: none by default (``network_namespace`` gives None); with
+``netns_dir`` a container without host networking reports ``netns_dir/ID`` as
+its namespace, which the sim never makes (tests make it, or fake its users).
 """
 
 from __future__ import annotations
@@ -16,7 +20,10 @@ import hashlib
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from pathlib import Path
 
+from warren.agent.network.resolv import hosts_content, resolv_conf_content
 from warren.agent.runtime import (
     ContainerConfig,
     ContainerInfo,
@@ -46,7 +53,8 @@ class _Container:
 class SimRuntime:
     name = "sim"
 
-    def __init__(self) -> None:
+    def __init__(self, netns_dir: Path | None = None) -> None:
+        self._netns_dir = netns_dir
         self._containers: dict[str, _Container] = {}
         self._events: asyncio.Queue[RuntimeEvent] = asyncio.Queue()
 
@@ -120,12 +128,20 @@ class SimRuntime:
             container.timer.cancel()
 
     async def exec(self, container_id: str, args: Sequence[str], timeout: float) -> ExecResult:
-        if self._get(container_id).state != ContainerState.RUNNING:
+        container = self._get(container_id)
+        if container.state != ContainerState.RUNNING:
             raise FailedPrecondition(f"container {container_id} is not running")
+        if len(args) == 2 and args[0] == "cat":
+            files = name_files(container.config)
+            if args[1] in files:
+                return ExecResult(0, files[args[1]].encode())
         return ExecResult(1 if list(args) == ["false"] else 0, b"")
 
     def network_namespace(self, container_id: str) -> str | None:
-        return None
+        container = self._get(container_id)
+        if self._netns_dir is None or container.config.host_network:
+            return None
+        return str(self._netns_dir / container_id)
 
     async def logs(
         self, container_id: str, follow: bool = False, tail: int | None = None
@@ -158,3 +174,15 @@ class SimRuntime:
             labels=dict(container.config.labels),
             exit=container.exit,
         )
+
+
+def name_files(config: ContainerConfig) -> dict[str, str]:
+    """/etc/hosts and /etc/resolv.conf of a sim container on Warren's networks
+    (as the containerd runtime writes them); none without ``names``."""
+    if config.names is None:
+        return {}
+    hostname = config.container_id[:12]
+    return {
+        "/etc/hosts": hosts_content(hostname, IPv4Address(config.names.address)),
+        "/etc/resolv.conf": resolv_conf_content(IPv4Address(config.names.nameserver)),
+    }

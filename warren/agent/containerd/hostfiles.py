@@ -10,9 +10,12 @@ directory keeps other users of the host out.
 from __future__ import annotations
 
 import socket
+from ipaddress import IPv4Address
 from pathlib import Path
 
 from warren.agent.containerd.spec import HostFiles
+from warren.agent.network.resolv import hosts_content, resolv_conf_content
+from warren.agent.runtime import ContainerNames
 
 HOST_RESOLV_CONF = Path("/etc/resolv.conf")
 HOST_HOSTS = Path("/etc/hosts")
@@ -33,11 +36,18 @@ def container_hostname(container_id: str, host_network: bool) -> str:
     return socket.gethostname() if host_network else container_id[:12]
 
 
-def write_host_files(directory: Path, hostname: str, host_network: bool) -> HostFiles:
+def write_host_files(
+    directory: Path, hostname: str, host_network: bool, names: ContainerNames | None = None
+) -> HostFiles:
+    """The three files; ``names`` (a container on Warren's networks) points
+    resolv.conf at Warren's DNS and maps the hostname to the container's address."""
     directory.mkdir(parents=True, exist_ok=True)
     files = HostFiles(directory / "hosts", directory / "resolv.conf", directory / "hostname")
     files.hostname.write_text(hostname + "\n")
-    if host_network:
+    if names is not None:
+        files.hosts.write_text(hosts_content(hostname, IPv4Address(names.address)))
+        files.resolv_conf.write_text(resolv_conf_content(IPv4Address(names.nameserver)))
+    elif host_network:
         files.hosts.write_text(_read(HOST_HOSTS))
         files.resolv_conf.write_text(_read(HOST_RESOLV_CONF))
     else:

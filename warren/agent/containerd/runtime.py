@@ -180,7 +180,7 @@ class ContainerdRuntime:
             read_image_file(dirs, "etc/group"),
         )
         hostname = container_hostname(config.container_id, config.host_network)
-        files = write_host_files(directory, hostname, config.host_network)
+        files = write_host_files(directory, hostname, config.host_network, config.names)
         return build_spec(config, image.config, user, hostname, netns, files)
 
     async def start(self, container_id: str) -> None:
