@@ -259,17 +259,20 @@ RUNTIMES = ("sim", "containerd")
 DEFAULT_RUNTIME = "containerd"
 DEFAULT_CONTAINERD_SOCKET = "/run/containerd/containerd.sock"
 DEFAULT_CONTAINERD_NAMESPACE = "warren"
+DEFAULT_WIREGUARD_PORT = 51820  # WireGuard's own
 
 
 @dataclass(frozen=True)
 class RuntimeOptions:
-    """The container runtime a daemon drives, and the registries it pulls from."""
+    """The container runtime a daemon drives, the registries it pulls from, and
+    the port its WireGuard mesh listens on."""
 
     runtime: str = DEFAULT_RUNTIME
     containerd_socket: str = DEFAULT_CONTAINERD_SOCKET
     containerd_namespace: str = DEFAULT_CONTAINERD_NAMESPACE
     insecure_registries: tuple[str, ...] = ()
     registry_config: Path | None = None
+    wireguard_port: int = DEFAULT_WIREGUARD_PORT
 
     def daemon_fields(self) -> dict[str, Any]:
         """As the keyword arguments of ``ManagerOptions`` and ``WorkerOptions``."""
@@ -279,6 +282,7 @@ class RuntimeOptions:
             "containerd_namespace": self.containerd_namespace,
             "insecure_registries": list(self.insecure_registries),
             "registry_config": self.registry_config,
+            "wireguard_port": self.wireguard_port,
         }
 
 
@@ -328,6 +332,14 @@ runtime_options = option_group(
         type=click.Path(exists=True, dir_okay=False, path_type=Path),
         metavar="FILE",
         help='Registry credentials: JSON like Docker\'s config.json, {"auths": {...}}.',
+    ),
+    click.option(
+        "--wireguard-port",
+        type=click.IntRange(1, 65535),
+        default=DEFAULT_WIREGUARD_PORT,
+        show_default=True,
+        metavar="PORT",
+        help="UDP port of the node's WireGuard mesh (other nodes must reach it).",
     ),
 )
 node_name_option = click.option(

@@ -36,6 +36,8 @@ class NodeOptions:
     metrics_port: int = 9090
     raft_port: int = 2379
     node_down_timeout: float = 15.0
+    # UDP port of the node's WireGuard mesh endpoint (published in its node object).
+    wireguard_port: int = 51820
 
     @property
     def api_address(self) -> str:
