@@ -13,6 +13,7 @@ another namespace runs there (as the root tests do with ``nsenter``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -109,11 +110,12 @@ async def build_components(
     if not facts.ip_forwarding:
         await enable_ip_forwarding()
     key = load_or_create_key(state_dir)
-    device = select_device(log_dir=state_dir)
+    # pyroute2's blocking sockets refuse to run in a thread with a running loop.
+    device = await asyncio.to_thread(select_device, state_dir)
     return NetworkComponents(
         bridges=PyrouteBridgeNetwork(),
         data_plane_sync=ServiceProxy(NftablesPacketFilter()),
         dns=EmbeddedDnsServer(settings=dns_settings),
         mesh=MeshSettings(device, key, interface, listen_port),
-        mtu=node_mtu() if mtu is None else mtu,
+        mtu=await asyncio.to_thread(node_mtu) if mtu is None else mtu,
     )
