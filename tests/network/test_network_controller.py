@@ -78,6 +78,16 @@ for _ in range(count):
 print(json.dumps({"names": names, "answers": answers}))
 """
 
+# Connects N times to an address and port, printing the answers.
+CONNECT = """
+import json, socket, sys
+answers = []
+for _ in range(int(sys.argv[3])):
+    with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3) as sock:
+        answers.append(sock.recv(100).decode())
+print(json.dumps(answers))
+"""
+
 
 def _dump(value: object) -> str:
     return base64.b64encode(pickle.dumps(value)).decode()
@@ -299,6 +309,17 @@ def test_a_container_reaches_a_service_across_the_mesh_by_name_vip_and_published
         # Host 2's published port (the routing mesh): forwarded to either endpoint.
         published = run_client(hosts[1].address, PUBLISHED)
         assert set(published["answers"]) == {"web1", "web2"}
+        # And on the node itself, at 127.0.0.1 (the quick start's curl).
+        local = subprocess.run(
+            _nsenter(
+                hosts[1].netns, [sys.executable, "-c", CONNECT, "127.0.0.1", str(PUBLISHED), "12"]
+            ),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert local.returncode == 0, local.stderr
+        assert set(json.loads(local.stdout)) == {"web1", "web2"}
 
         # The agent of host 1 stops: its containers keep their traffic meanwhile, and
         # the next agent takes their interfaces over as they are.

@@ -430,3 +430,10 @@ def test_the_containerd_name_files_point_at_warrens_dns(tmp_path: Path) -> None:
     assert "10.32.64.2\tc1\n" in files.hosts.read_text()
     assert files.hostname.read_text() == "c1\n"
     assert oct(files.resolv_conf.stat().st_mode & 0o777) == "0o644"
+
+
+@pytest.mark.parametrize("mtu", [1279, 65536])
+def test_an_mtu_wireguard_cannot_carry_is_refused(mtu: int) -> None:
+    with pytest.raises(InvalidArgument, match=f"network MTU {mtu} is outside 1280-65535"):
+        NetworkController(ME, FakeBridgeNetwork(), ServiceProxy(FakePacketFilter()),
+                          FakeDnsServer(), None, mtu=mtu)  # fmt: skip

@@ -3,7 +3,8 @@
 ``build_components`` checks what the node has (``checks``: bridges, veths,
 nftables, WireGuard by kernel module or wireguard-go), says in one error what is
 missing, turns IPv4 forwarding on, loads or makes the node's WireGuard key in
-its state directory, and returns the parts ``NetworkComponents.controller``
+its state directory, lets published ports answer on 127.0.0.1
+(route_localnet), and returns the parts ``NetworkComponents.controller``
 assembles into a ``NetworkController``.
 
 Everything acts in this process's network namespace: the WireGuard devices and
@@ -42,7 +43,7 @@ from warren.agent.network.wireguard import (
     load_or_create_key,
     mesh_mtu,
 )
-from warren.core.errors import FailedPrecondition, WarrenError
+from warren.core.errors import FailedPrecondition, RuntimeFailure, WarrenError
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 DEFAULT_INTERFACE = "warren-wg0"
 # Where a route lookup finds the default route (no packet is sent).
 _EGRESS_PROBE = "198.51.100.1"
+ROUTE_LOCALNET = Path("/proc/sys/net/ipv4/conf/all/route_localnet")
 
 
 @dataclass
@@ -77,6 +79,19 @@ class NetworkComponents:
             view_wait=view_wait,
             retry_interval=retry_interval,
         )
+
+
+def allow_localhost_ports() -> None:
+    """Published ports answer on 127.0.0.1 too (``curl 127.0.0.1:8080`` on a node):
+    the kernel sends a loopback-sourced packet on to a container only with
+    route_localnet, which kube-proxy sets for its NodePorts likewise."""
+    try:
+        ROUTE_LOCALNET.write_text("1\n")
+    except OSError as exc:
+        raise RuntimeFailure(
+            f"cannot set {ROUTE_LOCALNET}: {exc.strerror or exc}; run the agent as root or: "
+            "sysctl -w net.ipv4.conf.all.route_localnet=1"
+        ) from exc
 
 
 def node_mtu(destination: str = _EGRESS_PROBE) -> int:
@@ -109,6 +124,7 @@ async def build_components(
         raise FailedPrecondition("this node cannot serve networks:\n" + format_problems(missing))
     if not facts.ip_forwarding:
         await enable_ip_forwarding()
+    await asyncio.to_thread(allow_localhost_ports)
     key = load_or_create_key(state_dir)
     # pyroute2's blocking sockets refuse to run in a thread with a running loop.
     device = await asyncio.to_thread(select_device, state_dir)

@@ -36,7 +36,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from warren.agent.executor import needs_networking
-from warren.agent.network.bridge import BridgeNetwork, NodeNetwork, TaskAttachment
+from warren.agent.network.bridge import MAX_MTU, BridgeNetwork, NodeNetwork, TaskAttachment
 from warren.agent.network.dns import DnsServer
 from warren.agent.network.view_mapping import (
     LocalTask,
@@ -49,7 +49,7 @@ from warren.agent.network.view_mapping import (
     task_attachment,
 )
 from warren.agent.network.vip_rules import DataPlane, Transaction
-from warren.agent.network.wireguard import InterfaceConfig, Mesh, NodeKey, WireGuardDevice
+from warren.agent.network.wireguard import MIN_MTU, InterfaceConfig, Mesh, NodeKey, WireGuardDevice
 from warren.agent.runtime import ContainerNames
 from warren.core.errors import FailedPrecondition, InvalidArgument, RuntimeFailure, WarrenError
 from warren.core.models import Task
@@ -130,6 +130,8 @@ class NetworkController:
         view_wait: float = VIEW_WAIT,
         retry_interval: float = RETRY_INTERVAL,
     ) -> None:
+        if not MIN_MTU <= mtu <= MAX_MTU:
+            raise InvalidArgument(f"network MTU {mtu} is outside {MIN_MTU}-{MAX_MTU}")
         self.node_id = node_id
         self.bridges = bridges
         self.data_plane_sync = data_plane_sync
@@ -189,13 +191,19 @@ class NetworkController:
             failed.append(f"{part}: {exc}")
 
     async def _stop_loop(self) -> None:
+        """End the view worker and the retry loop, never in the middle of a change
+        (a blocking call cancelled in its thread would run on beside the next one)."""
         self._pending = None
-        for task in (self._retry, self._worker):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        self._retry = self._worker = None
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            await asyncio.gather(worker, return_exceptions=True)  # ends after its view
+        async with self._lock:  # the retry loop sleeps or waits for the lock
+            retry, self._retry = self._retry, None
+            if retry is not None:
+                retry.cancel()
+        if retry is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await retry
 
     async def _retry_loop(self) -> None:
         while True:
