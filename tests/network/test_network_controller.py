@@ -89,6 +89,19 @@ print(json.dumps(answers))
 """
 
 
+def _connect(netns: str, address: str) -> list[str] | None:
+    """One connection from ``netns`` to the service port at address: its answers, or
+    None if it could not connect within a second."""
+    args = [sys.executable, "-c", CONNECT.replace("timeout=3", "timeout=1"), address,
+            str(SERVICE_PORT), "1"]  # fmt: skip
+    done = subprocess.run(_nsenter(netns, args), capture_output=True, text=True, timeout=30)
+    if done.returncode != 0:
+        assert "timed out" in done.stderr, done.stderr
+        return None
+    answers: list[str] = json.loads(done.stdout)
+    return answers
+
+
 def _dump(value: object) -> str:
     return base64.b64encode(pickle.dumps(value)).decode()
 
@@ -286,6 +299,15 @@ def test_a_container_reaches_a_service_across_the_mesh_by_name_vip_and_published
         assert "default via 10.40.1.1 dev eth0" in routes
         containers.serve(web1, "web1")
         containers.serve(web2, "web2")
+        # Isolation: a container only on back, on host 2; web1 is only on front.
+        db = containers.make("c-db")
+        nodes[1].ask("attach", task=_dump(_task("t-db", ("net-back", "10.41.2.30/24"))),
+                     netns=str(netlab.NETNS_DIR / db))  # fmt: skip
+        containers.serve(db, "db")
+        assert _connect(client, "10.41.2.30") == ["db"]  # on both networks: reaches back
+        assert _connect(web1, "10.41.2.30") is None  # front only: cut off
+        assert _connect(db, "10.40.1.10") is None  # and the other way round
+        assert _connect(client, "10.40.2.10") == ["web2"]  # front to front, across nodes
 
         def run_client(target: str, port: int, *queries: str) -> dict[str, Any]:
             args = [sys.executable, "-c", CLIENT, "10.40.1.1", target, str(port), "24", *queries]
@@ -345,7 +367,7 @@ def test_a_container_reaches_a_service_across_the_mesh_by_name_vip_and_published
         for node, host in zip(nodes, hosts, strict=True):
             assert _warren_state(host.netns, node.interface) == []
         # The containers' ends went with their veths.
-        for netns in (web1, web2, client):
+        for netns in (web1, web2, client, db):
             links = subprocess.run(
                 ["ip", "-n", netns, "-o", "link", "show"], capture_output=True, text=True
             ).stdout

@@ -167,6 +167,7 @@ _STATEMENTS: dict[str, Callable[[Any], str]] = {
     "mangle": lambda b: f"{_expr(b['key'])} set {_expr(b['value'])}",
     "vmap": lambda b: f"{_expr(b['key'])} vmap {_expr(b['data'])}",
     "reject": _reject,
+    "drop": lambda b: "drop",
     "masquerade": _masquerade,
     "dnat": _dnat,
 }

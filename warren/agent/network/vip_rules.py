@@ -425,6 +425,7 @@ def _skeleton() -> list[Command]:
         # accept cannot hide a service without endpoints.
         commands += [{"add": _base_chain(name, "filter", hook, -110)},
                      _rule(name, new, _jump("no-endpoints"))]  # fmt: skip
+    commands.append(_isolation_rule(new))
     commands += [
         {"add": _base_chain("nat-postrouting", "nat", "postrouting", 100)},
         _rule("nat-postrouting",
@@ -446,6 +447,24 @@ def _skeleton() -> list[Command]:
               {"masquerade": None}),
     ]  # fmt: skip
     return commands
+
+
+def _isolation_rule(new: dict[str, Any]) -> Command:
+    """Networks are isolated: a new connection from a container of one network to a
+    container of another is dropped (a task on both uses its address on the
+    target's network, its route says so). What a pick chain marked for
+    masquerade (published ports, VIPs reached from outside) is open to anyone;
+    replies belong to established connections."""
+    addresses = [_payload("ip", "saddr"), _payload("ip", "daddr")]
+    return _rule(
+        "filter-forward",
+        new,
+        _match({"&": [_meta("mark"), MASQUERADE_MARK]}, MASQUERADE_MARK, op="!="),
+        _match(addresses[0], f"@{CONTAINER_SUBNETS}"),
+        _match(addresses[1], f"@{CONTAINER_SUBNETS}"),
+        _match({"concat": addresses}, f"@{SAME_SUBNET}", op="!="),
+        {"drop": None},
+    )
 
 
 def _pick_rules(kind: FrontendKind, total: int) -> list[Command]:
