@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -12,14 +13,17 @@ import pytest
 from factories import GIB, make_service, make_task
 from support import eventually
 
-from warren.agent.agent import Agent
+from warren.agent.agent import Agent, WireGuardIdentity
 from warren.agent.cache import TaskCache
 from warren.agent.executor import TaskExecutor
 from warren.agent.runtime import ContainerConfig, ContainerState
 from warren.agent.sim import SimRuntime
 from warren.core.errors import InvalidArgument
 from warren.core.models import Resources, RestartCondition, RestartPolicy, Task, TaskStatus
+from warren.core.node_view import NetworkView, ViewEndpoint, ViewNetwork, ViewService
 from warren.core.states import TaskState
+from warren.proto import warren_pb2 as pb
+from warren.proto.convert import to_message
 from warren.security.tls import IdentityFiles
 
 S = TaskState
@@ -366,3 +370,57 @@ async def test_recover_removes_containers_no_task_explains(
     await agent.recover()
     assert await runtime.list() == []
     assert agent.executors == {}  # not started yet: it waits for the manager
+
+
+# --- the node's share of networking: its WireGuard identity, the network view ------------
+
+_KEY = base64.b64encode(b"w" * 32).decode()
+_VIEW = NetworkView(
+    revision=3,
+    networks=(ViewNetwork("net-a", "front", "10.32.0.0/16", ("10.32.64.0/24",)),),
+    services=(
+        ViewService(
+            "s1",
+            "web",
+            networks=("net-a",),
+            endpoints=(ViewEndpoint("t1", "n1", "net-a", "10.32.64.2/24"),),
+        ),
+    ),
+)
+
+
+async def test_the_agent_registers_its_wireguard_identity_and_hands_views_over(
+    tmp_path: Path, runtime: SimRuntime
+) -> None:
+    views: list[NetworkView] = []
+
+    async def take(view: NetworkView) -> None:
+        views.append(view)
+
+    agent = Agent(
+        node_id="n1",
+        managers=[],
+        identity=IdentityFiles(tmp_path / "identity"),  # unused: no session is opened
+        runtime=runtime,
+        data_dir=tmp_path / "data",
+        hostname="w1",
+        address="192.168.1.1",
+        resources=Resources(2.0, GIB),
+        wireguard=WireGuardIdentity(public_key=_KEY, port=51820),
+        on_network_view=take,
+    )
+    register = agent.registration()
+    assert (register.hostname, register.address) == ("w1", "192.168.1.1")
+    assert (register.wireguard_public_key, register.wireguard_port) == (_KEY, 51820)
+    message = pb.ManagerMessage(network_view=to_message(_VIEW, pb.NetworkView))
+    await agent._handle(pb.ManagerMessage.FromString(message.SerializeToString()))
+    assert views == [_VIEW]
+
+
+async def test_an_agent_serving_no_network_publishes_no_identity_and_ignores_views(
+    agent: Agent,
+) -> None:
+    register = agent.registration()
+    assert (register.wireguard_public_key, register.wireguard_port) == ("", 0)
+    await agent._handle(pb.ManagerMessage(network_view=to_message(_VIEW, pb.NetworkView)))
+    assert agent.tasks == {} and agent.executors == {}

@@ -182,7 +182,10 @@ def _format_1_stores() -> tuple[Store, Store]:
     old, new = Store(max_format=1), Store(max_format=2)
     cluster = Cluster(id="c", ca_fingerprint="f", command_format=1)
     managers = [make_node(n, hostname=n, role=NodeRole.MANAGER) for n in ("m1", "m2")]
-    seed = txn([put(o, MUST_NOT_EXIST) for o in (cluster, *managers)], at=1.0)
+    # Encoded for format 1 (the store holds no cluster yet), as any write is.
+    seed = CommandEncoder(new).encode(
+        txn([put(o, MUST_NOT_EXIST) for o in (cluster, *managers)], at=1.0)
+    )
     for store in (old, new):
         raise_for_result(store.apply(seed))
     return old, new

@@ -3,9 +3,13 @@ messages into the dispatcher's domain events and back, field for field."""
 
 from __future__ import annotations
 
+import base64
+
 from factories import make_service, make_task
 
 from warren.core.models import NodeRole, Resources, TaskStatus
+from warren.core.networks import EndpointMode, PortConfig, PortProtocol, PublishMode, VirtualIP
+from warren.core.node_view import NetworkView, ViewEndpoint, ViewNetwork, ViewPeer, ViewService
 from warren.core.states import TaskState
 from warren.manager.grpc_api import manager_message, node_event, role_update_message
 from warren.manager.sessions import (
@@ -21,6 +25,7 @@ from warren.manager.sessions import (
     StatusReport,
 )
 from warren.proto import warren_pb2 as pb
+from warren.proto.convert import from_message
 
 
 def test_what_a_node_sends_becomes_a_domain_event() -> None:
@@ -63,6 +68,56 @@ def test_what_the_dispatcher_sends_becomes_the_message_the_node_reads() -> None:
     )
     cancel = manager_message(CancelLogs("r1"))
     assert cancel == pb.ManagerMessage(cancel_logs=pb.CancelLogs(request_id="r1"))
+
+
+def test_a_node_registers_its_wireguard_identity() -> None:
+    key = base64.b64encode(b"k" * 32).decode()
+    register = pb.Register(hostname="w1", wireguard_public_key=key, wireguard_port=51820)
+    wire = pb.WorkerMessage.FromString(pb.WorkerMessage(register=register).SerializeToString())
+    assert node_event(wire) == Registration(
+        "w1", "", Resources(), wireguard_public_key=key, wireguard_port=51820
+    )
+    # An older agent sends neither: the node is not in the mesh.
+    older = node_event(pb.WorkerMessage(register=pb.Register(hostname="w1")))
+    assert isinstance(older, Registration)
+    assert (older.wireguard_public_key, older.wireguard_port) == ("", 0)
+
+
+def test_a_network_view_travels_whole_and_reads_back_equal() -> None:
+    view = NetworkView(
+        revision=42,
+        networks=(
+            ViewNetwork("net-a", "front", "10.32.0.0/16", ("10.32.64.0/24", "10.32.65.0/24")),
+            ViewNetwork("net-b", "back", "10.33.0.0/16"),
+        ),
+        services=(
+            ViewService(
+                "s1",
+                "web",
+                EndpointMode.VIP,
+                ("net-a",),
+                (VirtualIP("net-a", "10.32.0.2/16"),),
+                (
+                    PortConfig(target=80, published=8080),
+                    PortConfig(
+                        target=53, published=30053, protocol=PortProtocol.UDP, mode=PublishMode.HOST
+                    ),
+                ),
+                (
+                    ViewEndpoint("t1", "n1", "net-a", "10.32.64.2/24"),
+                    ViewEndpoint("t2", "n2", "net-a", "10.32.65.2/24", weight=3),
+                ),
+            ),
+            ViewService("s2", "db", EndpointMode.DNSRR, ("net-b",)),
+        ),
+        peers=(ViewPeer("n2", base64.b64encode(b"p" * 32).decode(), "[fd00::2]:51820", ()),),
+    )
+    message = manager_message(view)
+    assert message.WhichOneof("message") == "network_view"
+    wire = pb.ManagerMessage.FromString(message.SerializeToString())
+    # What the agent makes of it.
+    assert from_message(NetworkView, wire.network_view) == view
+    assert from_message(NetworkView, pb.NetworkView()) == NetworkView()
 
 
 def test_a_role_update_names_no_desired_role_as_empty() -> None:

@@ -8,6 +8,7 @@ edges included.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import enum
 import typing
@@ -66,6 +67,9 @@ _OVERRIDES: dict[tuple[type[Any], str], st.SearchStrategy[Any]] = {
         ]
     ),
     (Node, "labels"): _labels,
+    # base64 of 32 bytes, or none (see warren.core.models.check_wireguard_key).
+    (Node, "wireguard_public_key"): st.just("")
+    | st.binary(min_size=32, max_size=32).map(lambda raw: base64.b64encode(raw).decode()),
     (Placement, "constraints"): st.lists(
         st.sampled_from(["node.role==worker", "node.labels.zone!=a", "node.hostname==h1"]),
         max_size=2,

@@ -22,8 +22,8 @@ import os
 import random
 import socket
 import time
-from collections.abc import Coroutine, Sequence
-from dataclasses import replace
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from warren.agent.executor import TaskExecutor
 from warren.agent.runtime import ContainerState, Runtime
 from warren.core.errors import NotFound, PermissionDenied, WarrenError
 from warren.core.models import Resources, Task, TaskStatus
+from warren.core.node_view import NetworkView
 from warren.core.states import TaskState
 from warren.proto import warren_pb2 as pb
 from warren.proto import warren_pb2_grpc as pb_grpc
@@ -77,6 +78,20 @@ def manager_channel(
     )
 
 
+@dataclass(frozen=True)
+class WireGuardIdentity:
+    """What the node publishes of itself in the mesh: its public key (base64)
+    and the UDP port it listens on at its address."""
+
+    public_key: str
+    port: int
+
+
+# Called with every network view the manager sends (warren.core.node_view),
+# in the session's read loop: it hands the view over and returns quickly.
+NetworkViewHandler = Callable[[NetworkView], Awaitable[None]]
+
+
 # The worker's end of a Dispatcher.Session stream.
 SessionCall = grpc.aio.StreamStreamCall[pb.WorkerMessage, pb.ManagerMessage]
 
@@ -92,6 +107,8 @@ class Agent:
         hostname: str = "",
         address: str = "",
         resources: Resources | None = None,
+        wireguard: WireGuardIdentity | None = None,
+        on_network_view: NetworkViewHandler | None = None,
     ) -> None:
         self.node_id = node_id
         self.managers = list(managers)
@@ -100,6 +117,8 @@ class Agent:
         self.hostname = hostname or socket.gethostname()
         self.address = address
         self.resources = resources or node_resources()
+        self.wireguard = wireguard
+        self.on_network_view = on_network_view
         self.data_dir = data_dir
         self.cache = TaskCache(data_dir / "tasks.json")
         self.tasks: dict[str, Task] = {}
@@ -227,15 +246,7 @@ class Agent:
         async with manager_channel(self.identity, manager, _KEEPALIVE) as channel:
             stub = pb_grpc.DispatcherStub(channel)
             call = stub.Session()
-            await call.write(
-                pb.WorkerMessage(
-                    register=pb.Register(
-                        hostname=self.hostname,
-                        resources=to_message(self.resources, pb.Resources),
-                        address=self.address,
-                    )
-                )
-            )
+            await call.write(pb.WorkerMessage(register=self.registration()))
             first = await call.read()
             # read() gives grpc.aio.EOF, not a message, once the manager has closed the stream.
             if not isinstance(first, pb.ManagerMessage) or first.WhichOneof("message") != "session":
@@ -263,6 +274,17 @@ class Agent:
                     request.cancel()
                 self._log_requests.clear()
 
+    def registration(self) -> pb.Register:
+        """What the node says of itself as a session opens."""
+        wireguard = self.wireguard or WireGuardIdentity(public_key="", port=0)
+        return pb.Register(
+            hostname=self.hostname,
+            resources=to_message(self.resources, pb.Resources),
+            address=self.address,
+            wireguard_public_key=wireguard.public_key,
+            wireguard_port=wireguard.port,
+        )
+
     async def _handle(self, message: pb.ManagerMessage) -> None:
         kind = message.WhichOneof("message")
         if kind == "assignments":
@@ -281,6 +303,8 @@ class Agent:
             running = self._log_requests.get(message.cancel_logs.request_id)
             if running is not None:
                 running.cancel()
+        elif kind == "network_view" and self.on_network_view is not None:
+            await self.on_network_view(from_message(NetworkView, message.network_view))
 
     async def _write(self, message: pb.WorkerMessage) -> None:
         call = self._call

@@ -6,6 +6,8 @@ references, never the objects.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 import secrets
 import signal
@@ -45,6 +47,9 @@ MAX_HOSTNAME_LENGTH = 253
 MAX_STATUS_TEXT = 4096
 
 _SECONDS = bounded(minimum=0, maximum=MAX_SECONDS)
+# A WireGuard key: 32 bytes, in base64 (44 characters with its padding).
+WIREGUARD_KEY_BYTES = 32
+WIREGUARD_KEY_LENGTH = 44
 
 
 _BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
@@ -100,6 +105,16 @@ class RestartCondition(StrEnum):
     ANY = "any"
 
 
+def check_wireguard_key(key: str, what: str = "WireGuard public key") -> None:
+    """A WireGuard key as WireGuard writes it (base64 of 32 bytes), or a one-line error."""
+    try:
+        raw = base64.b64decode(key, validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != WIREGUARD_KEY_BYTES or len(key) != WIREGUARD_KEY_LENGTH:
+        raise InvalidArgument(f"invalid {what} {show(key)}: expected 32 bytes in base64")
+
+
 def _check_labels(labels: dict[str, str], what: str) -> None:
     for key in labels:
         if not LABEL_KEY_RE.fullmatch(key):
@@ -139,10 +154,21 @@ class Node:
     manager_status: str = ""
     # MANAGER while a promotion waits for the node to take it up (node promote).
     desired_role: NodeRole | None = None
+    # The node's WireGuard identity in the mesh, as it registers it: its public
+    # key (base64 of 32 bytes; "" until it serves networks) and the UDP port it
+    # listens on at ``address`` (0: none).
+    wireguard_public_key: str = field(
+        default="", metadata={**since(2), **bounded(max_length=WIREGUARD_KEY_LENGTH)}
+    )
+    wireguard_port: int = field(
+        default=0, metadata={**since(2), **bounded(minimum=0, maximum=65535)}
+    )
 
     def __post_init__(self) -> None:
         validate(self)
         _check_labels(self.labels, "node label")
+        if self.wireguard_public_key:
+            check_wireguard_key(self.wireguard_public_key)
 
     @property
     def schedulable(self) -> bool:

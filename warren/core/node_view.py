@@ -20,6 +20,7 @@ from warren.core.validation import bounded, validate
 
 _ID = bounded(max_length=64)
 _ADDRESS = bounded(max_length=len("255.255.255.255/32"))
+_HOST_PORT_LENGTH = 253 + len("[]:65535")
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,9 @@ class ViewPeer:
 
     node_id: str = field(metadata=_ID)
     public_key: str = field(metadata=bounded(max_length=64))  # WireGuard, base64
-    endpoint: str = field(metadata=bounded(max_length=64))  # host:port of its underlay
+    # host:port of its underlay; the host is the node's address, which may be a
+    # DNS name (up to 253 characters) or an IPv6 address in brackets.
+    endpoint: str = field(metadata=bounded(max_length=_HOST_PORT_LENGTH))
     # Its node blocks across every network: the container subnets behind it.
     blocks: tuple[str, ...] = ()
 

@@ -38,6 +38,7 @@ from warren.core.models import (
     TaskStatus,
 )
 from warren.core.networks import NetworkSpec
+from warren.core.node_view import NetworkView
 from warren.core.states import TaskState
 from warren.core.validation import show
 from warren.manager import join_tokens
@@ -405,7 +406,13 @@ def node_event(message: pb.WorkerMessage) -> NodeEvent:
     if kind == "register":
         register = message.register
         resources = from_message(Resources, register.resources)
-        return Registration(register.hostname, register.address, resources)
+        return Registration(
+            register.hostname,
+            register.address,
+            resources,
+            wireguard_public_key=register.wireguard_public_key,
+            wireguard_port=register.wireguard_port,
+        )
     if kind == "status":
         statuses = message.status.statuses
         return StatusReport(
@@ -445,6 +452,8 @@ def manager_message(event: ManagerEvent) -> pb.ManagerMessage:
         return pb.ManagerMessage(logs=request)
     if isinstance(event, CancelLogs):
         return pb.ManagerMessage(cancel_logs=pb.CancelLogs(request_id=event.request_id))
+    if isinstance(event, NetworkView):
+        return pb.ManagerMessage(network_view=to_message(event, pb.NetworkView))
     assert_never(event)
 
 

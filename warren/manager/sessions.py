@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from warren.core.models import NodeRole, Resources, Task, TaskStatus
+from warren.core.node_view import NetworkView
 
 # -- from the node ---------------------------------------------------------------
 
@@ -19,6 +20,9 @@ class Registration:
     # The address the node asks to be shown at ("": where its session comes from).
     address: str
     resources: Resources
+    # Its WireGuard identity in the mesh ("" and 0: it serves no network yet).
+    wireguard_public_key: str = ""
+    wireguard_port: int = 0
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,9 @@ class CancelLogs:
     request_id: str
 
 
-ManagerEvent = SessionStarted | Assignments | LogsRequest | CancelLogs
+# A ``NetworkView`` (warren.core.node_view) is what the node serves of the
+# networks: sent after ``SessionStarted`` and again whenever it changes.
+ManagerEvent = SessionStarted | Assignments | LogsRequest | CancelLogs | NetworkView
 
 
 @dataclass(frozen=True)

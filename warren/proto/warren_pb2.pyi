@@ -647,6 +647,8 @@ class Node(_message.Message):
     RAFT_ADDRESS_FIELD_NUMBER: _builtins.int
     MANAGER_STATUS_FIELD_NUMBER: _builtins.int
     DESIRED_ROLE_FIELD_NUMBER: _builtins.int
+    WIREGUARD_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    WIREGUARD_PORT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     role: _builtins.str
     hostname: _builtins.str
@@ -663,6 +665,9 @@ class Node(_message.Message):
     """leader, reachable, unreachable (managers only)"""
     desired_role: _builtins.str
     """"manager" while a promotion waits for the node to take it up."""
+    wireguard_public_key: _builtins.str
+    """Its WireGuard identity in the mesh: base64 public key, UDP port at `address`."""
+    wireguard_port: _builtins.int
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -686,10 +691,12 @@ class Node(_message.Message):
         raft_address: _builtins.str = ...,
         manager_status: _builtins.str = ...,
         desired_role: _builtins.str = ...,
+        wireguard_public_key: _builtins.str = ...,
+        wireguard_port: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "api_address", b"api_address", "availability", b"availability", "created_at", b"created_at", "desired_role", b"desired_role", "hostname", b"hostname", "id", b"id", "labels", b"labels", "manager_status", b"manager_status", "raft_address", b"raft_address", "resources", b"resources", "role", b"role", "status", b"status", "status_message", b"status_message", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "api_address", b"api_address", "availability", b"availability", "created_at", b"created_at", "desired_role", b"desired_role", "hostname", b"hostname", "id", b"id", "labels", b"labels", "manager_status", b"manager_status", "raft_address", b"raft_address", "resources", b"resources", "role", b"role", "status", b"status", "status_message", b"status_message", "updated_at", b"updated_at", "version", b"version", "wireguard_port", b"wireguard_port", "wireguard_public_key", b"wireguard_public_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1544,9 +1551,14 @@ class Register(_message.Message):
     HOSTNAME_FIELD_NUMBER: _builtins.int
     RESOURCES_FIELD_NUMBER: _builtins.int
     ADDRESS_FIELD_NUMBER: _builtins.int
+    WIREGUARD_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    WIREGUARD_PORT_FIELD_NUMBER: _builtins.int
     hostname: _builtins.str
     address: _builtins.str
     """the node's advertised address"""
+    wireguard_public_key: _builtins.str
+    """Its WireGuard identity ("" and 0 while it serves no network)."""
+    wireguard_port: _builtins.int
     @_builtins.property
     def resources(self) -> Global___Resources: ...
     def __init__(
@@ -1555,10 +1567,12 @@ class Register(_message.Message):
         hostname: _builtins.str = ...,
         resources: Global___Resources | None = ...,
         address: _builtins.str = ...,
+        wireguard_public_key: _builtins.str = ...,
+        wireguard_port: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "hostname", b"hostname", "resources", b"resources"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "hostname", b"hostname", "resources", b"resources", "wireguard_port", b"wireguard_port", "wireguard_public_key", b"wireguard_public_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1818,6 +1832,176 @@ class CancelLogs(_message.Message):
 Global___CancelLogs: _TypeAlias = CancelLogs  # noqa: Y015
 
 @_typing.final
+class ViewNetwork(_message.Message):
+    """What the node serves of the cluster's networks (warren.core.node_view):
+    complete, never a diff; a newer one replaces the one before.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    SUBNET_FIELD_NUMBER: _builtins.int
+    BLOCKS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    name: _builtins.str
+    subnet: _builtins.str
+    @_builtins.property
+    def blocks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """this node's blocks of the network"""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        subnet: _builtins.str = ...,
+        blocks: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocks", b"blocks", "id", b"id", "name", b"name", "subnet", b"subnet"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ViewNetwork: _TypeAlias = ViewNetwork  # noqa: Y015
+
+@_typing.final
+class ViewEndpoint(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    NETWORK_ID_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    node_id: _builtins.str
+    network_id: _builtins.str
+    address: _builtins.str
+    weight: _builtins.int
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        node_id: _builtins.str = ...,
+        network_id: _builtins.str = ...,
+        address: _builtins.str = ...,
+        weight: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "network_id", b"network_id", "node_id", b"node_id", "task_id", b"task_id", "weight", b"weight"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ViewEndpoint: _TypeAlias = ViewEndpoint  # noqa: Y015
+
+@_typing.final
+class ViewService(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    NETWORKS_FIELD_NUMBER: _builtins.int
+    VIPS_FIELD_NUMBER: _builtins.int
+    PORTS_FIELD_NUMBER: _builtins.int
+    ENDPOINTS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    name: _builtins.str
+    mode: _builtins.str
+    @_builtins.property
+    def networks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def vips(self) -> _containers.RepeatedCompositeFieldContainer[Global___VirtualIP]: ...
+    @_builtins.property
+    def ports(self) -> _containers.RepeatedCompositeFieldContainer[Global___PortConfig]: ...
+    @_builtins.property
+    def endpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___ViewEndpoint]: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        mode: _builtins.str = ...,
+        networks: _abc.Iterable[_builtins.str] | None = ...,
+        vips: _abc.Iterable[Global___VirtualIP] | None = ...,
+        ports: _abc.Iterable[Global___PortConfig] | None = ...,
+        endpoints: _abc.Iterable[Global___ViewEndpoint] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoints", b"endpoints", "id", b"id", "mode", b"mode", "name", b"name", "networks", b"networks", "ports", b"ports", "vips", b"vips"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ViewService: _TypeAlias = ViewService  # noqa: Y015
+
+@_typing.final
+class ViewPeer(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    ENDPOINT_FIELD_NUMBER: _builtins.int
+    BLOCKS_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    public_key: _builtins.str
+    endpoint: _builtins.str
+    """host:port of its underlay"""
+    @_builtins.property
+    def blocks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """its node blocks across every network"""
+
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        public_key: _builtins.str = ...,
+        endpoint: _builtins.str = ...,
+        blocks: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocks", b"blocks", "endpoint", b"endpoint", "node_id", b"node_id", "public_key", b"public_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ViewPeer: _TypeAlias = ViewPeer  # noqa: Y015
+
+@_typing.final
+class NetworkView(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVISION_FIELD_NUMBER: _builtins.int
+    NETWORKS_FIELD_NUMBER: _builtins.int
+    SERVICES_FIELD_NUMBER: _builtins.int
+    PEERS_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    @_builtins.property
+    def networks(self) -> _containers.RepeatedCompositeFieldContainer[Global___ViewNetwork]: ...
+    @_builtins.property
+    def services(self) -> _containers.RepeatedCompositeFieldContainer[Global___ViewService]: ...
+    @_builtins.property
+    def peers(self) -> _containers.RepeatedCompositeFieldContainer[Global___ViewPeer]: ...
+    def __init__(
+        self,
+        *,
+        revision: _builtins.int = ...,
+        networks: _abc.Iterable[Global___ViewNetwork] | None = ...,
+        services: _abc.Iterable[Global___ViewService] | None = ...,
+        peers: _abc.Iterable[Global___ViewPeer] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["networks", b"networks", "peers", b"peers", "revision", b"revision", "services", b"services"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NetworkView: _TypeAlias = NetworkView  # noqa: Y015
+
+@_typing.final
 class ManagerMessage(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1825,6 +2009,7 @@ class ManagerMessage(_message.Message):
     ASSIGNMENTS_FIELD_NUMBER: _builtins.int
     LOGS_FIELD_NUMBER: _builtins.int
     CANCEL_LOGS_FIELD_NUMBER: _builtins.int
+    NETWORK_VIEW_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def session(self) -> Global___SessionInfo: ...
     @_builtins.property
@@ -1833,6 +2018,8 @@ class ManagerMessage(_message.Message):
     def logs(self) -> Global___TaskLogsRequest: ...
     @_builtins.property
     def cancel_logs(self) -> Global___CancelLogs: ...
+    @_builtins.property
+    def network_view(self) -> Global___NetworkView: ...
     def __init__(
         self,
         *,
@@ -1840,12 +2027,13 @@ class ManagerMessage(_message.Message):
         assignments: Global___Assignments | None = ...,
         logs: Global___TaskLogsRequest | None = ...,
         cancel_logs: Global___CancelLogs | None = ...,
+        network_view: Global___NetworkView | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "cancel_logs", b"cancel_logs", "logs", b"logs", "message", b"message", "session", b"session"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "cancel_logs", b"cancel_logs", "logs", b"logs", "message", b"message", "network_view", b"network_view", "session", b"session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "cancel_logs", b"cancel_logs", "logs", b"logs", "message", b"message", "session", b"session"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "cancel_logs", b"cancel_logs", "logs", b"logs", "message", b"message", "network_view", b"network_view", "session", b"session"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["session", "assignments", "logs", "cancel_logs"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["session", "assignments", "logs", "cancel_logs", "network_view"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 

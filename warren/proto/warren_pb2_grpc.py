@@ -1090,7 +1090,7 @@ class DispatcherServicer:
 
     def Session(self, request_iterator, context):
         """A node's session: register first, then heartbeats and status reports;
-        the manager streams assignments back.
+        the manager streams assignments (and the node's network view) back.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -270,7 +270,7 @@ class DispatcherStub:
     """Callable with a join-root certificate (see warren.security.join)."""
     Session: _grpc.StreamStreamMultiCallable[_warren_pb2.WorkerMessage, _warren_pb2.ManagerMessage]
     """A node's session: register first, then heartbeats and status reports;
-    the manager streams assignments back.
+    the manager streams assignments (and the node's network view) back.
     """
     WatchRole: _grpc.UnaryStreamMultiCallable[_warren_pb2.Empty, _warren_pb2.RoleUpdate]
     """The role the cluster wants for the calling node (leader only): sent
@@ -288,7 +288,7 @@ class DispatcherAsyncStub(DispatcherStub):
     """Callable with a join-root certificate (see warren.security.join)."""
     Session: _aio.StreamStreamMultiCallable[_warren_pb2.WorkerMessage, _warren_pb2.ManagerMessage]  # type: ignore[assignment]
     """A node's session: register first, then heartbeats and status reports;
-    the manager streams assignments back.
+    the manager streams assignments (and the node's network view) back.
     """
     WatchRole: _aio.UnaryStreamMultiCallable[_warren_pb2.Empty, _warren_pb2.RoleUpdate]  # type: ignore[assignment]
     """The role the cluster wants for the calling node (leader only): sent
@@ -315,7 +315,7 @@ class DispatcherServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_warren_pb2.ManagerMessage], _abc.AsyncIterator[_warren_pb2.ManagerMessage]]:
         """A node's session: register first, then heartbeats and status reports;
-        the manager streams assignments back.
+        the manager streams assignments (and the node's network view) back.
         """
 
     @_abc_1.abstractmethod
