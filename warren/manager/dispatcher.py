@@ -4,6 +4,10 @@ Heartbeats stay in memory (they would flood the Raft log); only what they
 change, a node going down, is written. Assignments are pushed: each session
 recomputes its node's task set when a store event touches that node.
 
+Each session also carries its node's ``NetworkView`` (warren.core.node_view):
+sent after the session starts and again whenever it changes. What every node
+shares of it is built once per change (``network_view.shared_view``).
+
 It speaks domain events (``warren.manager.sessions``); protobuf stays in the
 gRPC adapter.
 """
@@ -25,11 +29,15 @@ from warren.core.errors import (
     RuntimeFailure,
     Unavailable,
 )
+from warren.core.formats import field_format
 from warren.core.models import Node, NodeStatus, Task, TaskStatus, new_id
+from warren.core.node_view import NetworkView
 from warren.core.states import TaskState
+from warren.manager.command_format import cluster_format
 from warren.manager.consensus import Consensus
 from warren.manager.events import EventBus
 from warren.manager.leader import require_leader
+from warren.manager.network_view import SharedView, ViewCache, shared_view, view_for
 from warren.manager.sessions import (
     Assignments,
     CancelLogs,
@@ -52,6 +60,10 @@ log = logging.getLogger(__name__)
 _STATUS_FLUSH_PERIOD = 0.05
 # Assignment pushes wait this long so a burst of task events sends one set.
 _ASSIGNMENT_DEBOUNCE = 0.02
+# What may change a network view; assignments follow task and node events only.
+_VIEW_KINDS = frozenset({Kind.TASK, Kind.SERVICE, Kind.NETWORK, Kind.NODE})
+# The command format that stores a node's WireGuard identity.
+_WIREGUARD_FORMAT = field_format(Node.__dataclass_fields__["wireguard_public_key"])
 # How often the live clock checks that the event loop is running.
 _LIVE_CLOCK_TICK = 0.1
 
@@ -100,9 +112,17 @@ class _Session:
     outbox: list[ManagerEvent] = field(default_factory=list)
     # Task ID -> version the node was last sent; None until the first full set.
     sent: dict[str, int] | None = None
+    # Set when the cluster's networks, services, tasks or nodes changed.
+    view_dirty: bool = True
+    # The last network view sent, at revision 0; None until the first.
+    view_sent: NetworkView | None = None
 
     def mark_dirty(self) -> None:
         self.assignments_dirty = True
+        self.wake.set()
+
+    def mark_view_dirty(self) -> None:
+        self.view_dirty = True
         self.wake.set()
 
     def send(self, message: ManagerEvent) -> None:
@@ -132,6 +152,13 @@ class Dispatcher:
         self._leader_since = self.clock.now()
         self._log_streams: dict[str, asyncio.Queue[LogsChunk]] = {}
         self._barrier: asyncio.Future[Any] | None = None
+        # The latest shared part of the network views, reused by every session
+        # at the same store revision.
+        self._shared_view: SharedView | None = None
+        self._view_cache = ViewCache()
+        # Tasks that are endpoints in it: an event about one of them may
+        # change a view even when the task no longer holds an address.
+        self._endpoint_tasks: frozenset[str] = frozenset()
 
     # -- leader-only background work -------------------------------------------
 
@@ -145,15 +172,26 @@ class Dispatcher:
             group.create_task(self._watch_heartbeats())
 
     async def _route_events(self) -> None:
-        subscription = self.bus.subscribe([Kind.TASK, Kind.NODE])
+        subscription = self.bus.subscribe(_VIEW_KINDS)
         try:
             async for event in subscription:
-                node_id = event.object.node_id if event.kind is Kind.TASK else event.object.id
-                session = self._sessions.get(node_id)
-                if session is not None:
-                    session.mark_dirty()
+                if event.kind in (Kind.TASK, Kind.NODE):
+                    node_id = event.object.node_id if event.kind is Kind.TASK else event.object.id
+                    session = self._sessions.get(node_id)
+                    if session is not None:
+                        session.mark_dirty()
+                if self._may_change_views(event.kind, event.object):
+                    for session in self._sessions.values():
+                        session.mark_view_dirty()
         finally:
             subscription.close()
+
+    def _may_change_views(self, kind: Kind, obj: Any) -> bool:
+        # A task that holds no address and was no endpoint is none now either
+        # (most tasks of a cluster without networks).
+        if kind is Kind.TASK:
+            return bool(obj.networks) or obj.id in self._endpoint_tasks
+        return True
 
     async def _flush_statuses(self) -> None:
         while True:
@@ -252,12 +290,18 @@ class Dispatcher:
                 if self.store.find(Kind.NODE, node_id) is None:
                     # node rm --force of a live node: it learns at once, and stops.
                     raise PermissionDenied(f"node {node_id} was removed from this cluster")
-                if session.assignments_dirty:
+                if session.assignments_dirty or session.view_dirty:
                     await asyncio.sleep(_ASSIGNMENT_DEBOUNCE)
                 session.wake.clear()
                 outbox, session.outbox = session.outbox, []
                 for message in outbox:
                     yield message
+                # The view first: a new task's network is set up before it starts.
+                if session.view_dirty:
+                    session.view_dirty = False
+                    view = self._view_if_changed(session)
+                    if view is not None:
+                        yield view
                 if session.assignments_dirty:
                     session.assignments_dirty = False
                     assignments = self._assignments_if_changed(session)
@@ -317,6 +361,17 @@ class Dispatcher:
             # A refused node stops for good: first be sure this store is current.
             await self._shared_barrier()
 
+        # Managers of an older format could not apply a node's WireGuard identity:
+        # until the cluster moves to its format, the node is kept out of the mesh.
+        mesh = cluster_format(self.store) >= _WIREGUARD_FORMAT
+        if not mesh and register.wireguard_public_key:
+            log.warning(
+                "node %s stays out of the network mesh until every manager is upgraded "
+                "(the cluster is at command format %d)",
+                node_id,
+                cluster_format(self.store),
+            )
+
         def registered(node: Node) -> Node | None:
             updated = replace(
                 node,
@@ -326,6 +381,8 @@ class Dispatcher:
                 status=NodeStatus.READY,
                 status_message="",
                 updated_at=time.time(),
+                wireguard_public_key=register.wireguard_public_key if mesh else "",
+                wireguard_port=register.wireguard_port if mesh else 0,
             )
             return changed(node, updated)
 
@@ -368,6 +425,24 @@ class Dispatcher:
             del self._log_streams[request_id]
             if not done:
                 session.send(CancelLogs(request_id))
+
+    def _view_if_changed(self, session: _Session) -> NetworkView | None:
+        view = view_for(self._current_shared_view(), session.node_id)
+        # The revision moves with every write; only a change of content is news.
+        content = replace(view, revision=0)
+        if content == session.view_sent:
+            return None
+        session.view_sent = content
+        return view
+
+    def _current_shared_view(self) -> SharedView:
+        shared = self._shared_view
+        if shared is None or shared.revision != self.store.revision:
+            shared = self._shared_view = shared_view(self.store.snapshot(), self._view_cache)
+            self._endpoint_tasks = frozenset(
+                e.task_id for service in shared.services for e in service.endpoints
+            )
+        return shared
 
     def _assignments_if_changed(self, session: _Session) -> Assignments | None:
         # Everything placed and not yet terminal: tasks to run and tasks to
