@@ -45,6 +45,7 @@ pytestmark = pytest.mark.skipif(
 NODE_SCRIPT = Path(__file__).with_name("controller_node.py")
 WG_PORT = 51820
 SERVICE_PORT = 8000
+OTHER_PORT = 8001
 PUBLISHED = 30080
 VIP = "10.40.0.2"
 
@@ -169,9 +170,9 @@ class Containers:
         subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
         return netns
 
-    def serve(self, netns: str, name: str) -> None:
+    def serve(self, netns: str, name: str, port: int = SERVICE_PORT) -> None:
         proc = subprocess.Popen(
-            _nsenter(netns, [sys.executable, "-c", SERVER, name, str(SERVICE_PORT)]),
+            _nsenter(netns, [sys.executable, "-c", SERVER, name, str(port)]),
             stdout=subprocess.PIPE,
             text=True,
             start_new_session=True,
@@ -299,6 +300,9 @@ def test_a_container_reaches_a_service_across_the_mesh_by_name_vip_and_published
         assert "default via 10.40.1.1 dev eth0" in routes
         containers.serve(web1, "web1")
         containers.serve(web2, "web2")
+        # A VIP carries every port, not only those the service publishes.
+        containers.serve(web1, "web1-other", OTHER_PORT)
+        containers.serve(web2, "web2-other", OTHER_PORT)
         # Isolation: a container only on back, on host 2; web1 is only on front.
         db = containers.make("c-db")
         nodes[1].ask("attach", task=_dump(_task("t-db", ("net-back", "10.41.2.30/24"))),
@@ -328,6 +332,7 @@ def test_a_container_reaches_a_service_across_the_mesh_by_name_vip_and_published
             "nothing.warren.internal": [],
         }
         assert set(through_vip["answers"]) == {"web1", "web2"}
+        assert set(run_client(VIP, OTHER_PORT)["answers"]) == {"web1-other", "web2-other"}
         # Host 2's published port (the routing mesh): forwarded to either endpoint.
         published = run_client(hosts[1].address, PUBLISHED)
         assert set(published["answers"]) == {"web1", "web2"}

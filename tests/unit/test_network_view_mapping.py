@@ -20,7 +20,7 @@ from warren.agent.network.view_mapping import (
     node_networks,
     task_attachment,
 )
-from warren.agent.network.vip_rules import Backend, PublishedPort, ServiceFrontend
+from warren.agent.network.vip_rules import Backend, PublishedPort, VipBackend, VipFrontend
 from warren.agent.network.wireguard import generate_private_key, public_key_of
 from warren.core.errors import FailedPrecondition
 from warren.core.networks import (
@@ -105,13 +105,29 @@ def test_a_task_the_view_does_not_serve_here_is_refused(attachment: NetworkAttac
 # -- nftables ----------------------------------------------------------------------------
 
 
-def test_a_vip_spreads_its_port_over_the_endpoints_on_its_network_with_weights() -> None:
+def test_a_vip_spreads_every_port_over_the_endpoints_on_its_network_with_weights() -> None:
     plane = data_plane(VIEW, ME)
-    assert plane.services == (
-        ServiceFrontend(
-            "10.32.0.2", "tcp", 80, (Backend("10.32.64.2", 80, 3), Backend("10.32.65.2", 80, 1))
+    assert plane.services == ()
+    assert plane.vips == (
+        VipFrontend("10.32.0.2", (VipBackend("10.32.64.2", 3), VipBackend("10.32.65.2", 1))),
+    )
+
+
+def test_a_service_on_two_networks_has_a_vip_on_each_with_that_networks_endpoints() -> None:
+    both = _with(
+        WEB,
+        networks=("net-front", "net-back"),
+        vips=(VirtualIP("net-front", "10.32.0.2/16"), VirtualIP("net-back", "10.33.0.2/16")),
+        endpoints=(
+            _endpoint("t1", ME, "net-front", "10.32.64.2/24"),
+            _endpoint("t1", ME, "net-back", "10.33.64.2/24"),
         ),
     )
+    plane = data_plane(NetworkView(networks=VIEW.networks, services=(both,)), ME)
+    assert {v.vip: [b.address for b in v.backends] for v in plane.vips} == {
+        "10.32.0.2": ["10.32.64.2"],
+        "10.33.0.2": ["10.33.64.2"],
+    }
 
 
 def test_an_ingress_port_is_served_on_every_node_towards_every_endpoint() -> None:
@@ -144,7 +160,7 @@ def test_every_network_subnet_is_a_container_subnet() -> None:
 def test_a_dnsrr_service_has_no_vip_frontend_but_keeps_its_published_port() -> None:
     view = NetworkView(networks=VIEW.networks, services=(_with(WEB, mode=EndpointMode.DNSRR),))
     plane = data_plane(view, ME)
-    assert plane.services == ()
+    assert plane.vips == ()
     assert [p.port for p in plane.published] == [8080]
 
 
@@ -181,7 +197,7 @@ def test_a_service_with_a_bad_address_is_left_out_the_others_are_served() -> Non
     )
     notes: list[str] = []
     plane = data_plane(NetworkView(networks=VIEW.networks, services=(bad, WEB)), ME, notes)
-    assert [s.vip for s in plane.services] == ["10.32.0.2"]
+    assert [v.vip for v in plane.vips] == ["10.32.0.2"]
     assert notes and notes[0].startswith("service bad: not served")
 
 
@@ -208,9 +224,9 @@ def test_every_endpoint_is_a_backend_of_every_frontend_with_its_weight(
         ME,
     )
     expected = {(e.address.split("/")[0], e.weight) for e in endpoints}
-    assert len(plane.services) == len(protocols)
+    assert len(plane.vips) == 1
     assert len(plane.published) == len(protocols)
-    for frontend in (*plane.services, *plane.published):
+    for frontend in (*plane.vips, *plane.published):
         assert {(b.address, b.weight) for b in frontend.backends} == expected
 
 

@@ -12,9 +12,9 @@ How the view maps:
   block's first address (``NodeNetwork.gateway``) and the network's whole
   subnet is routed through it inside tasks. Only the first of a network's
   local blocks gets a bridge (a bridge holds one gateway address).
-- VIPs: in VIP mode, one frontend per VIP and per port the service lists (its
-  target port), spread over the endpoints on the VIP's network, with their
-  weights. The view names no other service port, so a VIP carries only those.
+- VIPs: in VIP mode, one frontend per VIP on every TCP and UDP port (as Docker
+  Swarm's: a service names no ports of its own), spread over the endpoints on
+  the VIP's network with their weights; the port stays the one asked for.
 - published ports: ingress ones on every node, to every endpoint in the
   cluster (one address per task); host ones only on nodes running a task of
   the service, to those tasks alone.
@@ -42,7 +42,8 @@ from warren.agent.network.vip_rules import (
     DataPlane,
     L4Protocol,
     PublishedPort,
-    ServiceFrontend,
+    VipBackend,
+    VipFrontend,
 )
 from warren.agent.network.vip_rules import (
     PublishMode as NftPublishMode,
@@ -146,12 +147,12 @@ def covers(view: NetworkView, attachments: Sequence[NetworkAttachment], mtu: int
 
 def data_plane(view: NetworkView, node_id: str, notes: Notes | None = None) -> DataPlane:
     """Service VIPs and published ports of the view as this node serves them."""
-    services: dict[tuple[str, str, int], ServiceFrontend] = {}
+    vips: dict[tuple[str], VipFrontend] = {}
     published: dict[tuple[str, int], PublishedPort] = {}
     for service in view.services:
         try:
             for frontend in _vip_frontends(service):
-                _keep(services, frontend.key, frontend, f"VIP {frontend.vip}", notes)
+                _keep(vips, frontend.key, frontend, f"VIP {frontend.vip}", notes)
             for port in _published_ports(service, node_id):
                 _keep(published, port.key, port, f"published port {port.port}", notes)
         except InvalidArgument as exc:
@@ -163,7 +164,11 @@ def data_plane(view: NetworkView, node_id: str, notes: Notes | None = None) -> D
             _note(notes, f"network {network.name}: subnet {network.subnet!r} is not one")
         elif str(subnet) not in subnets:
             subnets.append(str(subnet))
-    return DataPlane(tuple(services.values()), tuple(published.values()), tuple(subnets))
+    return DataPlane(
+        published=tuple(published.values()),
+        container_subnets=tuple(subnets),
+        vips=tuple(vips.values()),
+    )
 
 
 def _keep(into: dict[K, V], key: K, value: V, what: str, notes: Notes | None) -> None:
@@ -171,10 +176,6 @@ def _keep(into: dict[K, V], key: K, value: V, what: str, notes: Notes | None) ->
         _note(notes, f"{what} is claimed twice: the first one is served")
         return
     into[key] = value
-
-
-def _target_ports(service: ViewService) -> list[tuple[L4Protocol, int]]:
-    return list(dict.fromkeys((cast(L4Protocol, str(p.protocol)), p.target) for p in service.ports))
 
 
 def _backends(endpoints: Iterable[ViewEndpoint], port: int) -> tuple[Backend, ...]:
@@ -188,7 +189,7 @@ def _backends(endpoints: Iterable[ViewEndpoint], port: int) -> tuple[Backend, ..
     return tuple(found.values())
 
 
-def _vip_frontends(service: ViewService) -> list[ServiceFrontend]:
+def _vip_frontends(service: ViewService) -> list[VipFrontend]:
     if service.mode != EndpointMode.VIP:
         return []
     frontends = []
@@ -197,9 +198,8 @@ def _vip_frontends(service: ViewService) -> list[ServiceFrontend]:
         if address is None:
             raise InvalidArgument(f"VIP {vip.address!r} is not an address")
         on_network = [e for e in service.endpoints if e.network_id == vip.network_id]
-        for protocol, target in _target_ports(service):
-            backends = _backends(on_network, target)
-            frontends.append(ServiceFrontend(str(address.ip), protocol, target, backends))
+        backends = tuple(VipBackend(b.address, b.weight) for b in _backends(on_network, 1))
+        frontends.append(VipFrontend(str(address.ip), backends))
     return frontends
 
 

@@ -6,6 +6,7 @@ transaction grows with the number of services::
 
     services:       ip daddr . meta l4proto . th dport vmap @service-ips
                     fib daddr type local meta l4proto . th dport vmap @published-ports
+                    meta l4proto { tcp, udp } ip daddr vmap @service-vips
     pick-KIND-TOTAL (one per kind and slot total in use, shared by its frontends):
                     svc:     ip saddr != @container-subnets jump mark-for-masquerade
                     ingress: jump mark-for-masquerade (every node forwards anywhere)
@@ -14,6 +15,14 @@ transaction grows with the number of services::
                         . numgen random mod TOTAL map @service-endpoints-tcp
                     (the same for udp; published ports' maps lack the address)
     service-endpoints-tcp: VIP . port . slot : backend address . port
+    vip-endpoints: VIP . slot : backend address (every port, kept as asked)
+
+A ``VipFrontend`` is a VIP on every TCP and UDP port, as Docker Swarm's are (a
+service names no ports of its own); its pick chain (``pick-vip-TOTAL``) DNATs
+to an address only. A ``ServiceFrontend`` (one VIP and port) is looked up
+first. The forward chain also keeps networks apart: a new connection from one
+container subnet to another is dropped unless it is same-subnet or marked for
+masquerade (published ports).
 
 Weights are slots: a frontend's weights over their greatest common divisor sum
 to TOTAL (at most MAX_SLOTS), and each backend owns as many numgen values as its
@@ -67,8 +76,12 @@ MAX_BACKENDS = 10_000
 MAX_SLOTS = 10_000
 # kube-proxy's masquerade bit.
 MASQUERADE_MARK = 0x4000
+ANY_PORT = 0
 
 SERVICE_MAP = "service-ips"
+VIP_MAP = "service-vips"
+VIP_ENDPOINTS = "vip-endpoints"
+NO_ENDPOINT_VIPS = "no-endpoint-vips"
 # Endpoint maps, one per protocol: SERVICE_ENDPOINTS + "-tcp" and so on.
 SERVICE_ENDPOINTS = "service-endpoints"
 PUBLISHED_ENDPOINTS = "published-endpoints"
@@ -86,7 +99,7 @@ Command = dict[str, Any]
 Transaction = tuple[Command, ...]
 K = TypeVar("K")
 V = TypeVar("V")
-F = TypeVar("F", "ServiceFrontend", "PublishedPort")
+F = TypeVar("F", "ServiceFrontend", "PublishedPort", "VipFrontend")
 
 
 # -- inputs ----------------------------------------------------------------------------
@@ -109,6 +122,30 @@ def _protocol(value: str) -> None:
         raise InvalidArgument(f"protocol {value!r} is not tcp or udp")
 
 
+def _check_weight(weight: int) -> None:
+    if isinstance(weight, bool) or not isinstance(weight, int):
+        raise InvalidArgument(f"backend weight {weight!r} is not an integer")
+    if not 0 <= weight <= MAX_WEIGHT:
+        raise InvalidArgument(f"backend weight {weight} is not within 0-{MAX_WEIGHT}")
+
+
+@dataclass(frozen=True)
+class VipBackend:
+    """One task behind a ``VipFrontend``: its address, and its share (0 = none); it
+    gets the port the client asked for."""
+
+    address: str
+    weight: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "address", _ipv4(self.address, "backend address"))
+        _check_weight(self.weight)
+
+    @property
+    def port(self) -> int:
+        return ANY_PORT
+
+
 @dataclass(frozen=True)
 class Backend:
     """One task behind a frontend: where to send, and its share (0 = none)."""
@@ -120,14 +157,13 @@ class Backend:
     def __post_init__(self) -> None:
         object.__setattr__(self, "address", _ipv4(self.address, "backend address"))
         _port(self.port, "backend port")
-        weight = self.weight
-        if isinstance(weight, bool) or not isinstance(weight, int):
-            raise InvalidArgument(f"backend weight {weight!r} is not an integer")
-        if not 0 <= weight <= MAX_WEIGHT:
-            raise InvalidArgument(f"backend weight {weight} is not within 0-{MAX_WEIGHT}")
+        _check_weight(self.weight)
 
 
-def _check_backends(backends: tuple[Backend, ...], owner: str) -> None:
+AnyBackend = Backend | VipBackend
+
+
+def _check_backends(backends: tuple[AnyBackend, ...], owner: str) -> None:
     if len(backends) > MAX_BACKENDS:
         raise InvalidArgument(f"{owner} has {len(backends)} backends, more than {MAX_BACKENDS}")
     seen: set[tuple[str, int]] = set()
@@ -144,13 +180,13 @@ def _check_backends(backends: tuple[Backend, ...], owner: str) -> None:
         )
 
 
-def count_slots(backends: Iterable[Backend]) -> int:
+def count_slots(backends: Iterable[AnyBackend]) -> int:
     """The numgen modulus that expresses the weights exactly: their sum over their gcd."""
     weights = [b.weight for b in backends if b.weight]
     return sum(weights) // math.gcd(*weights) if weights else 0
 
 
-def slots(backends: Iterable[Backend]) -> Iterator[tuple[int, int, Backend]]:
+def slots(backends: Iterable[AnyBackend]) -> Iterator[tuple[int, int, AnyBackend]]:
     """Consecutive slot ranges [low, high] of numgen values, one per backend with a weight."""
     backends = tuple(backends)
     divisor = math.gcd(*(b.weight for b in backends)) or 1
@@ -184,6 +220,26 @@ class ServiceFrontend:
     @property
     def key(self) -> tuple[str, str, int]:
         return (self.vip, self.protocol, self.port)
+
+
+@dataclass(frozen=True)
+class VipFrontend:
+    """A service's virtual IP on every TCP and UDP port: a new connection goes to one
+    of the backends, at the port the client asked for."""
+
+    vip: str
+    backends: tuple[VipBackend, ...] = ()
+    slot_total: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "vip", _ipv4(self.vip, "VIP"))
+        object.__setattr__(self, "backends", tuple(self.backends))
+        _check_backends(self.backends, f"VIP {self.vip}")
+        object.__setattr__(self, "slot_total", count_slots(self.backends))
+
+    @property
+    def key(self) -> tuple[str]:
+        return (self.vip,)
 
 
 @dataclass(frozen=True)
@@ -224,14 +280,17 @@ class DataPlane:
     services: tuple[ServiceFrontend, ...] = ()
     published: tuple[PublishedPort, ...] = ()
     container_subnets: tuple[str, ...] = ()
+    vips: tuple[VipFrontend, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "services", tuple(self.services))
         object.__setattr__(self, "published", tuple(self.published))
+        object.__setattr__(self, "vips", tuple(self.vips))
         object.__setattr__(
             self, "container_subnets", tuple(_subnet(s) for s in self.container_subnets)
         )
         _unique((s.key for s in self.services), "service")
+        _unique((v.key for v in self.vips), "VIP")
         _unique((p.key for p in self.published), "published port")
         _unique(((s,) for s in self.container_subnets), "container subnet")
 
@@ -245,10 +304,15 @@ class DataPlane:
         return {p.key: p for p in self.published}
 
     @cached_property
+    def _vip_map(self) -> dict[tuple[str], VipFrontend]:
+        return {v.key: v for v in self.vips}
+
+    @cached_property
     def _pick_chains(self) -> frozenset[str]:
         return frozenset(
             [pick_chain("svc", s.slot_total) for s in self.services if s.slot_total]
             + [pick_chain(p.mode, p.slot_total) for p in self.published if p.slot_total]
+            + [pick_chain("vip", v.slot_total) for v in self.vips if v.slot_total]
         )
 
     def service_map(self) -> dict[tuple[str, str, int], ServiceFrontend]:
@@ -260,6 +324,9 @@ class DataPlane:
 
     def published_map(self) -> dict[tuple[str, int], PublishedPort]:
         return self._published_map
+
+    def vip_map(self) -> dict[tuple[str], VipFrontend]:
+        return self._vip_map
 
 
 def _subnet(value: str) -> str:
@@ -279,7 +346,7 @@ def _unique(keys: Iterable[tuple[object, ...]], what: str) -> None:
 
 # -- names -----------------------------------------------------------------------------
 
-FrontendKind = Literal["svc", "ingress", "host"]
+FrontendKind = Literal["svc", "ingress", "host", "vip"]
 
 
 def service_id(service: ServiceFrontend) -> str:
@@ -373,7 +440,19 @@ def _endpoint_maps() -> list[Command]:
         )}}
         for kind in ("svc", "published")
         for protocol in ("tcp", "udp")
+    ] + [
+        {"add": {"map": _obj(
+            name=VIP_ENDPOINTS, typeof=_vip_endpoint_key(1),
+            map={"typeof": _payload("ip", "daddr")},
+        )}}
     ]  # fmt: skip
+
+
+def _vip_endpoint_key(total: int) -> dict[str, Any]:
+    return {"concat": [_payload("ip", "daddr"), _numgen(total)]}
+
+
+_TCP_OR_UDP = _match(_meta("l4proto"), {"set": ["tcp", "udp"]})
 
 
 def _prefix(subnet: str) -> dict[str, Any]:
@@ -396,6 +475,8 @@ def _skeleton() -> list[Command]:
                              type=["ipv4_addr", "inet_proto", "inet_service"], map="verdict")}},
         {"add": {"map": _obj(name=NO_ENDPOINT_PORTS, type=["inet_proto", "inet_service"],
                              map="verdict")}},
+        {"add": {"map": _obj(name=VIP_MAP, type="ipv4_addr", map="verdict")}},
+        {"add": {"map": _obj(name=NO_ENDPOINT_VIPS, type="ipv4_addr", map="verdict")}},
         {"add": {"set": _obj(name=CONTAINER_SUBNETS, type="ipv4_addr", flags=["interval"])}},
         {"add": {"set": _obj(name=SAME_SUBNET, type=["ipv4_addr", "ipv4_addr"],
                              flags=["interval"])}},
@@ -410,11 +491,15 @@ def _skeleton() -> list[Command]:
                                     "data": f"@{SERVICE_MAP}"}}),
         _rule("services", _FIB_LOCAL, {"vmap": {"key": {"concat": _PROTO_PORT},
                                                 "data": f"@{PUBLISHED_MAP}"}}),
+        _rule("services", _TCP_OR_UDP, {"vmap": {"key": _payload("ip", "daddr"),
+                                                 "data": f"@{VIP_MAP}"}}),
         {"add": _chain("no-endpoints")},
         _rule("no-endpoints", {"vmap": {"key": {"concat": _ADDR_PROTO_PORT},
                                         "data": f"@{NO_ENDPOINT_SERVICES}"}}),
         _rule("no-endpoints", _FIB_LOCAL, {"vmap": {"key": {"concat": _PROTO_PORT},
                                                     "data": f"@{NO_ENDPOINT_PORTS}"}}),
+        _rule("no-endpoints", _TCP_OR_UDP, {"vmap": {"key": _payload("ip", "daddr"),
+                                                     "data": f"@{NO_ENDPOINT_VIPS}"}}),
     ]  # fmt: skip
     for name, hook in (("nat-prerouting", "prerouting"), ("nat-output", "output")):
         commands += [{"add": _base_chain(name, "nat", hook, -100)}, _rule(name, _jump("services"))]
@@ -472,6 +557,11 @@ def _pick_rules(kind: FrontendKind, total: int) -> list[Command]:
     element for (frontend, numgen random mod total)."""
     chain = pick_chain(kind, total)
     rules: list[Command] = []
+    if kind == "vip":
+        outside = _match(_payload("ip", "saddr"), f"@{CONTAINER_SUBNETS}", op="!=")
+        dnat = {"family": "ip", "addr": {"map": {"key": _vip_endpoint_key(total),
+                                                 "data": f"@{VIP_ENDPOINTS}"}}}  # fmt: skip
+        return [_rule(chain, outside, _jump(MARK_CHAIN)), _rule(chain, {"dnat": dnat})]
     if kind == "svc":
         outside = _match(_payload("ip", "saddr"), f"@{CONTAINER_SUBNETS}", op="!=")
         rules.append(_rule(chain, outside, _jump(MARK_CHAIN)))
@@ -510,7 +600,7 @@ class _Frontend:
     endpoint_key: tuple[Any, ...]  # the endpoint map's key, before the slot
     kind: FrontendKind
     total: int
-    backends: tuple[Backend, ...]
+    backends: tuple[AnyBackend, ...]
 
     @property
     def chain(self) -> str:
@@ -537,10 +627,19 @@ def _published_frontend(published: PublishedPort) -> _Frontend:
                      published.slot_total, published.backends)  # fmt: skip
 
 
+def _vip_frontend(vip: VipFrontend) -> _Frontend:
+    return _Frontend(VIP_MAP, VIP_ENDPOINTS, NO_ENDPOINT_VIPS, vip.key, vip.key, "vip",
+                     vip.slot_total, vip.backends)  # fmt: skip
+
+
 def _frontends(plane: DataPlane | None) -> list[_Frontend]:
     if plane is None:
         return []
-    return [*map(_service_frontend, plane.services), *map(_published_frontend, plane.published)]
+    return [
+        *map(_service_frontend, plane.services),
+        *map(_published_frontend, plane.published),
+        *map(_vip_frontend, plane.vips),
+    ]
 
 
 def _slot_key(frontend: _Frontend, slot: int) -> dict[str, Any]:
@@ -548,6 +647,8 @@ def _slot_key(frontend: _Frontend, slot: int) -> dict[str, Any]:
 
 
 def _endpoint_elements(frontend: _Frontend, targets: Mapping[int, tuple[str, int]]) -> list[Any]:
+    if frontend.kind == "vip":  # the address alone: the port stays the one asked for
+        return [[_slot_key(frontend, slot), address] for slot, (address, _) in targets.items()]
     return [
         [_slot_key(frontend, slot), {"concat": [address, port]}]
         for slot, (address, port) in targets.items()
@@ -643,6 +744,7 @@ def _changes(current: DataPlane, desired: DataPlane) -> list[Command]:
                  current, desired, _service_frontend),
         _changed(current.published, desired.published, DataPlane.published_map,
                  current, desired, _published_frontend),
+        _changed(current.vips, desired.vips, DataPlane.vip_map, current, desired, _vip_frontend),
     ]  # fmt: skip
     gone = [f for pair in pairs for f in pair[0]]
     added = [f for pair in pairs for f in pair[1]]
@@ -712,12 +814,13 @@ def build_steps(desired: DataPlane, size: int) -> Iterator[DataPlane]:
     """
     if size < 1:
         raise InvalidArgument(f"build step size {size} is not positive")
-    services, published = desired.services, desired.published
-    for end in range(size, len(services) + len(published), size):
+    services, published, vips = desired.services, desired.published, desired.vips
+    for end in range(size, len(services) + len(published) + len(vips), size):
         yield DataPlane(
             services[:end],
             published[: max(0, end - len(services))],
             desired.container_subnets,
+            vips[: max(0, end - len(services) - len(published))],
         )
     yield desired
 
