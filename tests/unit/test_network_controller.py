@@ -437,3 +437,37 @@ def test_an_mtu_wireguard_cannot_carry_is_refused(mtu: int) -> None:
     with pytest.raises(InvalidArgument, match=f"network MTU {mtu} is outside 1280-65535"):
         NetworkController(ME, FakeBridgeNetwork(), ServiceProxy(FakePacketFilter()),
                           FakeDnsServer(), None, mtu=mtu)  # fmt: skip
+
+
+async def test_the_next_agent_serves_the_kept_view_at_start(tmp_path: Path) -> None:
+    kept = tmp_path / "network-view.json"
+    first = _parts()
+    first.controller.view_file = kept
+    await first.controller.apply_view(VIEW)
+    assert oct(kept.stat().st_mode & 0o777) == "0o600"
+    await first.controller.stop()
+    # A new agent, cut off from the managers: its DNS answers from the kept view.
+    dns = FakeDnsServer()
+    later = NetworkController(ME, FakeBridgeNetwork(), ServiceProxy(FakePacketFilter()), dns,
+                              None, mtu=1400, view_file=kept)  # fmt: skip
+    await later.start()
+    try:
+        assert later.view == VIEW
+        assert dns.listen_addresses == {"10.32.64.1", "10.33.64.1"}
+    finally:
+        await later.close()
+    assert not kept.exists()  # the node left: nothing of its view stays
+
+
+async def test_an_unreadable_kept_view_is_ignored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    kept = tmp_path / "network-view.json"
+    kept.write_text('{"revision": "not a number"}')
+    made = NetworkController(ME, FakeBridgeNetwork(), ServiceProxy(FakePacketFilter()),
+                             FakeDnsServer(), None, view_file=kept)  # fmt: skip
+    with caplog.at_level(logging.WARNING):
+        await made.start()
+    assert made.view is None
+    assert "ignoring the kept network view" in caplog.text
+    await made.stop()

@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 DEFAULT_INTERFACE = "warren-wg0"
 # Where a route lookup finds the default route (no packet is sent).
 _EGRESS_PROBE = "198.51.100.1"
+VIEW_FILE = "network-view.json"
 ROUTE_LOCALNET = Path("/proc/sys/net/ipv4/conf/all/route_localnet")
 
 
@@ -65,10 +66,12 @@ class NetworkComponents:
     dns: EmbeddedDnsServer
     mesh: MeshSettings
     mtu: int
+    state_dir: Path
 
     def controller(
         self, node_id: str, view_wait: float = VIEW_WAIT, retry_interval: float = RETRY_INTERVAL
     ) -> NetworkController:
+        """The node's controller; it keeps its last view in the state directory."""
         return NetworkController(
             node_id,
             self.bridges,
@@ -78,6 +81,7 @@ class NetworkComponents:
             mtu=self.mtu,
             view_wait=view_wait,
             retry_interval=retry_interval,
+            view_file=self.state_dir / VIEW_FILE,
         )
 
 
@@ -113,9 +117,10 @@ async def build_components(
 ) -> NetworkComponents:
     """The real parts for this node; FailedPrecondition listing what the node lacks.
 
-    ``state_dir`` holds the WireGuard private key (0600, made on first use) and
-    wireguard-go's log; ``listen_port`` is the UDP port peers reach (the one the
-    node publishes with its public key); ``mtu`` None reads the egress route's.
+    ``state_dir`` holds the WireGuard private key (0600, made on first use),
+    wireguard-go's log and the last network view (``VIEW_FILE``); ``listen_port``
+    is the UDP port peers reach (the one the node publishes with its public key);
+    ``mtu`` None reads the egress route's.
     """
     facts = await SystemProber().probe()
     # Forwarding is the one thing the node turns on itself.
@@ -134,4 +139,5 @@ async def build_components(
         dns=EmbeddedDnsServer(settings=dns_settings),
         mesh=MeshSettings(device, key, interface, listen_port),
         mtu=await asyncio.to_thread(node_mtu) if mtu is None else mtu,
+        state_dir=state_dir,
     )

@@ -28,11 +28,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
 import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Protocol
 
 from warren.agent.executor import needs_networking
@@ -51,9 +53,11 @@ from warren.agent.network.view_mapping import (
 from warren.agent.network.vip_rules import DataPlane, Transaction
 from warren.agent.network.wireguard import MIN_MTU, InterfaceConfig, Mesh, NodeKey, WireGuardDevice
 from warren.agent.runtime import ContainerNames
+from warren.core.codec import from_dict, to_json
 from warren.core.errors import FailedPrecondition, InvalidArgument, RuntimeFailure, WarrenError
 from warren.core.models import Task
 from warren.core.node_view import NetworkView
+from warren.security.tls import write_private
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +120,21 @@ def resolve_peer_endpoints(view: NetworkView, notes: list[str]) -> NetworkView:
     return replace(view, peers=tuple(peers))
 
 
+def load_view(path: Path) -> NetworkView | None:
+    """The view kept in ``path``; None (logged) if there is none or it is unreadable."""
+    try:
+        return from_dict(NetworkView, json.loads(path.read_bytes()))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, WarrenError) as exc:
+        log.warning("ignoring the kept network view %s: %s", path, exc)
+        return None
+
+
+async def _forget(path: Path) -> None:
+    await asyncio.to_thread(path.unlink, missing_ok=True)
+
+
 class NetworkController:
     """Serves the node's networks; see the module's docstring."""
 
@@ -129,6 +148,7 @@ class NetworkController:
         mtu: int = 1420,
         view_wait: float = VIEW_WAIT,
         retry_interval: float = RETRY_INTERVAL,
+        view_file: Path | None = None,
     ) -> None:
         if not MIN_MTU <= mtu <= MAX_MTU:
             raise InvalidArgument(f"network MTU {mtu} is outside {MIN_MTU}-{MAX_MTU}")
@@ -140,6 +160,10 @@ class NetworkController:
         self.mtu = mtu
         self.view_wait = view_wait
         self.retry_interval = retry_interval
+        # The last view served, kept for the next agent: it serves (names above all)
+        # from it at start, also while the managers are out of reach.
+        self.view_file = view_file
+        self._saved_revision: int | None = None
         self.view: NetworkView | None = None
         # What failed in the last convergence, by part (empty: all converged).
         self.failures: dict[str, str] = {}
@@ -155,8 +179,14 @@ class NetworkController:
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the DNS server and the retry loop (no view is served before one comes)."""
+        """Start the DNS server, serve the view an earlier agent kept (if any) and
+        start the retry loop."""
         await self.dns.start()
+        if self.view is None and self.view_file is not None:
+            saved = await asyncio.to_thread(load_view, self.view_file)
+            if saved is not None:
+                self._saved_revision = saved.revision
+                await self.apply_view(saved)
         if self._retry is None:
             self._retry = asyncio.create_task(self._retry_loop(), name="network-retry")
 
@@ -179,6 +209,8 @@ class NetworkController:
             await self._attempt(failed, "bridges", self._remove_bridges(frozenset()))
             await self._attempt(failed, "nftables", asyncio.to_thread(self.data_plane_sync.close))
             await self._attempt(failed, "WireGuard", self._close_mesh())
+            if self.view_file is not None:
+                await self._attempt(failed, "the kept view", _forget(self.view_file))
             self._local.clear()
         if failed:
             raise RuntimeFailure("could not remove the node's networking: " + "; ".join(failed))
@@ -242,8 +274,18 @@ class NetworkController:
         async with self._lock:
             self.view = view
             await self._converge()
+            await self._keep(view)
         async with self._view_changed:
             self._view_changed.notify_all()
+
+    async def _keep(self, view: NetworkView) -> None:
+        if self.view_file is None or self._saved_revision == view.revision:
+            return
+        try:
+            await asyncio.to_thread(write_private, self.view_file, to_json(view))
+            self._saved_revision = view.revision
+        except (OSError, WarrenError) as exc:
+            log.warning("cannot keep network view %d in %s: %s", view.revision, self.view_file, exc)
 
     async def _converge(self) -> None:
         view = self.view
