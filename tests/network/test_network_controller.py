@@ -46,6 +46,13 @@ NODE_SCRIPT = Path(__file__).with_name("controller_node.py")
 WG_PORT = 51820
 SERVICE_PORT = 8000
 OTHER_PORT = 8001
+# Each node's blocks of each network; node 1 holds two of front (web1 is in the second).
+BLOCKS = {
+    (1, "net-front"): ("10.40.1.0/24", "10.40.11.0/24"),
+    (1, "net-back"): ("10.41.1.0/24",),
+    (2, "net-front"): ("10.40.2.0/24",),
+    (2, "net-back"): ("10.41.2.0/24",),
+}
 PUBLISHED = 30080
 VIP = "10.40.0.2"
 
@@ -218,13 +225,16 @@ def _view(hosts: list[netlab.Host], keys: list[str]) -> NetworkView:
         vips=(VirtualIP("net-front", f"{VIP}/16"),),
         ports=(PortConfig(target=SERVICE_PORT, published=PUBLISHED),),
         endpoints=(
-            ViewEndpoint("t-web1", "node-1", "net-front", "10.40.1.10/24"),
+            ViewEndpoint("t-web1", "node-1", "net-front", "10.40.11.10/24"),
             ViewEndpoint("t-web2", "node-2", "net-front", "10.40.2.10/24"),
         ),
     )
     peers = tuple(
         ViewPeer(
-            f"node-{i}", key, f"{host.address}:{WG_PORT}", (f"10.40.{i}.0/24", f"10.41.{i}.0/24")
+            f"node-{i}",
+            key,
+            f"{host.address}:{WG_PORT}",
+            tuple(b for (node, _), blocks in BLOCKS.items() if node == i for b in blocks),
         )
         for i, (host, key) in enumerate(zip(hosts, keys, strict=True), start=1)
     )
@@ -234,8 +244,7 @@ def _view(hosts: list[netlab.Host], keys: list[str]) -> NetworkView:
 def _for_node(view: NetworkView, index: int) -> NetworkView:
     """The view as node ``index`` gets it: its own blocks on each network."""
     networks = tuple(
-        ViewNetwork(n.id, n.name, n.subnet, (n.subnet.replace(".0.0/16", f".{index}.0/24"),))
-        for n in view.networks
+        ViewNetwork(n.id, n.name, n.subnet, BLOCKS[index, n.id]) for n in view.networks
     )
     return NetworkView(view.revision, networks, view.services, view.peers)
 
@@ -280,7 +289,7 @@ def test_a_container_reaches_a_service_across_the_mesh_by_name_vip_and_published
             assert node.ask("view", view=_dump(_for_node(view, index)))["failures"] == {}
 
         web1, web2, client = (containers.make(tag) for tag in ("c-web1", "c-web2", "c-client"))
-        nodes[0].ask("attach", task=_dump(_task("t-web1", ("net-front", "10.40.1.10/24"))),
+        nodes[0].ask("attach", task=_dump(_task("t-web1", ("net-front", "10.40.11.10/24"))),
                      netns=str(netlab.NETNS_DIR / web1))  # fmt: skip
         nodes[1].ask("attach", task=_dump(_task("t-web2", ("net-front", "10.40.2.10/24"))),
                      netns=str(netlab.NETNS_DIR / web2))  # fmt: skip
@@ -310,8 +319,9 @@ def test_a_container_reaches_a_service_across_the_mesh_by_name_vip_and_published
         containers.serve(db, "db")
         assert _connect(client, "10.41.2.30") == ["db"]  # on both networks: reaches back
         assert _connect(web1, "10.41.2.30") is None  # front only: cut off
-        assert _connect(db, "10.40.1.10") is None  # and the other way round
+        assert _connect(db, "10.40.11.10") is None  # and the other way round
         assert _connect(client, "10.40.2.10") == ["web2"]  # front to front, across nodes
+        assert _connect(client, "10.40.11.10") == ["web1"]  # via its own gateway, another block
 
         def run_client(target: str, port: int, *queries: str) -> dict[str, Any]:
             args = [sys.executable, "-c", CLIENT, "10.40.1.1", target, str(port), "24", *queries]
@@ -327,7 +337,7 @@ def test_a_container_reaches_a_service_across_the_mesh_by_name_vip_and_published
         )
         assert through_vip["names"] == {
             "web": [VIP],
-            "tasks.web": ["10.40.1.10", "10.40.2.10"],
+            "tasks.web": ["10.40.11.10", "10.40.2.10"],
             "web.front": [VIP],
             "nothing.warren.internal": [],
         }
@@ -357,7 +367,7 @@ def test_a_container_reaches_a_service_across_the_mesh_by_name_vip_and_published
         nodes[0] = ControllerNode(hosts[0], "node-1", nodes[0].interface, tmp_path / "state-1")
         assert nodes[0].start() == keys[0]  # the key stays in the state directory
         running = [
-            _task("t-web1", ("net-front", "10.40.1.10/24")),
+            _task("t-web1", ("net-front", "10.40.11.10/24")),
             _task("t-client", ("net-front", "10.40.1.20/24"), ("net-back", "10.41.1.20/24")),
         ]
         # No view from the managers yet: it serves the one the last agent kept.

@@ -471,3 +471,13 @@ async def test_an_unreadable_kept_view_is_ignored(
     assert made.view is None
     assert "ignoring the kept network view" in caplog.text
     await made.stop()
+
+
+async def test_a_task_in_a_second_block_gets_that_blocks_gateway(parts: Parts) -> None:
+    two = replace(FRONT, blocks=("10.32.64.0/24", "10.32.100.0/24"))
+    await parts.controller.apply_view(replace(VIEW, networks=(two, BACK)))
+    assert parts.dns.listen_addresses == {"10.32.64.1", "10.32.100.1", "10.33.64.1"}
+    task = _task("t1", ("net-front", "10.32.100.5/24"), ("net-back", "10.33.64.5/24"))
+    names = await parts.controller.attach(task, "/run/netns/t1")
+    assert (names.nameserver, names.address) == ("10.32.100.1", "10.32.100.5")
+    assert parts.bridges.routes["t1"] == {("10.33.0.0/16", "10.33.64.1")}

@@ -285,3 +285,20 @@ def test_the_mesh_address_is_a_gateway_of_this_node() -> None:
 
 def _with(service: ViewService, **changes: object) -> ViewService:
     return replace(service, **changes)  # type: ignore[arg-type]
+
+
+def test_a_network_with_several_blocks_here_has_one_bridge_with_a_gateway_each() -> None:
+    # The view lists blocks as text: 10.32.100.0 sorts before 10.32.64.0 there.
+    two = replace(FRONT, blocks=("10.32.100.0/24", "10.32.64.0/24"))
+    (network,) = node_networks(NetworkView(networks=(two,)), 1420)
+    assert network.block == IPv4Network("10.32.64.0/24")  # the lowest stays first
+    assert [str(g) for g in network.gateways] == ["10.32.64.1/24", "10.32.100.1/24"]
+    attached = task_attachment(
+        NetworkView(networks=(two,)),
+        "t9",
+        (NetworkAttachment("net-front", "10.32.100.7/24"),),
+        "/run/netns/t9",
+        1420,
+    )
+    assert str(attached.gateway) == "10.32.100.1"
+    assert mesh_address([network]) == "10.32.64.1"

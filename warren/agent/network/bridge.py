@@ -1,8 +1,8 @@
 """A task's network namespace on the node's per-network bridges.
 
 Each network a node takes part in is a Linux bridge on the node holding the
-gateway (the first address of the node's block of the network's subnet, where
-Warren's DNS listens too). A task joins it through a veth pair: the host end on
+gateways (the first address of each of the node's blocks of the network's
+subnet, where Warren's DNS listens too). A task joins it through a veth pair: the host end on
 the bridge, the peer created straight inside the task's namespace as ``eth0``,
 ``eth1``, ... in the order of the task's networks, with its address, the
 network's MTU, and (for the first network) the default route via its gateway.
@@ -126,31 +126,41 @@ class NodeNetwork:
     subnet (e.g. 10.32.5.0/24 of 10.32.0.0/16) and the MTU of its interfaces.
     ``subnet`` (the whole network), when given, is routed via the gateway inside
     tasks for which it is not the first network (the first one has the default
-    route): other nodes' blocks and the VIPs are reached through this node."""
+    route): other nodes' blocks and the VIPs are reached through this node.
+    ``more_blocks``: the node's other blocks of the network (it takes another when
+    one is full); the bridge holds the gateway of each, a task's is its block's."""
 
     network_id: str
     block: IPv4Network
     mtu: int = 1420  # a 1500-byte underlay minus WireGuard's 80 bytes
     subnet: IPv4Network | None = None
+    more_blocks: tuple[IPv4Network, ...] = ()
 
     def __post_init__(self) -> None:
         _check_id("network", self.network_id)
-        if not isinstance(self.block, IPv4Network):
-            raise InvalidArgument(f"network {self.network_id}: block must be an IPv4 network")
-        if self.block.prefixlen > 30:
-            raise InvalidArgument(
-                f"network {self.network_id}: block {self.block} is too small "
-                "(a /30 or larger holds the gateway and a task)"
-            )
+        object.__setattr__(self, "more_blocks", tuple(self.more_blocks))
+        for block in self.blocks:
+            self._check_block(block)
         if not isinstance(self.mtu, int) or not MIN_MTU <= self.mtu <= MAX_MTU:
             raise InvalidArgument(
                 f"network {self.network_id}: MTU {self.mtu!r} is outside {MIN_MTU}-{MAX_MTU}"
             )
+        if len(set(self.blocks)) != len(self.blocks):
+            raise InvalidArgument(f"network {self.network_id}: a block is listed twice")
+
+    def _check_block(self, block: IPv4Network) -> None:
+        if not isinstance(block, IPv4Network):
+            raise InvalidArgument(f"network {self.network_id}: block must be an IPv4 network")
+        if block.prefixlen > 30:
+            raise InvalidArgument(
+                f"network {self.network_id}: block {block} is too small "
+                "(a /30 or larger holds the gateway and a task)"
+            )
         if self.subnet is not None and (
-            not isinstance(self.subnet, IPv4Network) or not self.block.subnet_of(self.subnet)
+            not isinstance(self.subnet, IPv4Network) or not block.subnet_of(self.subnet)
         ):
             raise InvalidArgument(
-                f"network {self.network_id}: block {self.block} is not part of subnet {self.subnet}"
+                f"network {self.network_id}: block {block} is not part of subnet {self.subnet}"
             )
 
     @property
@@ -158,9 +168,23 @@ class NodeNetwork:
         return bridge_name(self.network_id)
 
     @property
+    def blocks(self) -> tuple[IPv4Network, ...]:
+        return (self.block, *self.more_blocks)
+
+    @property
     def gateway(self) -> IPv4Interface:
-        """The bridge's address: the block's first usable address, with its prefix."""
-        return IPv4Interface(f"{self.block.network_address + 1}/{self.block.prefixlen}")
+        """The bridge's address in ``block``: its first usable address, with its prefix."""
+        return block_gateway(self.block)
+
+    @property
+    def gateways(self) -> tuple[IPv4Interface, ...]:
+        """The bridge's addresses: one per block."""
+        return tuple(block_gateway(block) for block in self.blocks)
+
+
+def block_gateway(block: IPv4Network) -> IPv4Interface:
+    """A block's gateway: its first usable address, with its prefix."""
+    return IPv4Interface(f"{block.network_address + 1}/{block.prefixlen}")
 
 
 @dataclass(frozen=True)
@@ -176,17 +200,24 @@ class NetworkAddress:
             raise InvalidArgument(f"network {net.network_id}: the address must be IPv4")
         # The block's prefix, not the cluster subnet's: other nodes' tasks are
         # then reached through the gateway, not by ARP on a bridge they are not on.
-        if self.address.network != net.block:
+        block = self.address.network
+        if block not in net.blocks:
+            blocks = ", ".join(map(str, net.blocks))
             raise InvalidArgument(
                 f"address {self.address} is not in network {net.network_id}'s block "
-                f"{net.block} with its prefix"
+                f"{blocks} with its prefix"
             )
-        reserved = {net.block.network_address, net.block.broadcast_address, net.gateway.ip}
+        reserved = {block.network_address, block.broadcast_address, self.gateway.ip}
         if self.address.ip in reserved:
             raise InvalidArgument(
                 f"address {self.address.ip} is reserved in network {net.network_id} "
                 "(the block's network, broadcast or gateway address)"
             )
+
+    @property
+    def gateway(self) -> IPv4Interface:
+        """The task's next hop on this network: the gateway of its address's block."""
+        return block_gateway(self.address.network)
 
 
 @dataclass(frozen=True)
@@ -213,7 +244,7 @@ class TaskAttachment:
 
     @property
     def gateway(self) -> IPv4Address:
-        return self.networks[0].network.gateway.ip
+        return self.networks[0].gateway.ip
 
 
 @dataclass(frozen=True)
@@ -292,23 +323,31 @@ async def _addresses(ipr: Any, index: int) -> set[IPv4Interface]:
 
 
 async def _ensure_address(ipr: Any, link: Link, wanted: IPv4Interface) -> None:
-    """``wanted`` is the interface's only IPv4 address.
+    """``wanted`` is the interface's only IPv4 address."""
+    await _ensure_addresses(ipr, link, {wanted})
+
+
+async def _ensure_addresses(ipr: Any, link: Link, wanted: set[IPv4Interface]) -> None:
+    """``wanted`` are the interface's only IPv4 addresses.
 
     Others go first: removing a primary address also removes the secondaries of
     its subnet, so one added before would vanish with it."""
     present = await _addresses(ipr, link.index)
-    for stale in sorted(present - {wanted}):
+    for stale in sorted(present - wanted):
         await _netlink(
             f"remove address {stale} from {link.name}",
             ipr.addr(
                 "del", index=link.index, address=str(stale.ip), prefixlen=stale.network.prefixlen
             ),
         )
-    if wanted not in present:
+    for missing in sorted(wanted - present):
         await _netlink(
-            f"add address {wanted} to {link.name}",
+            f"add address {missing} to {link.name}",
             ipr.addr(
-                "add", index=link.index, address=str(wanted.ip), prefixlen=wanted.network.prefixlen
+                "add",
+                index=link.index,
+                address=str(missing.ip),
+                prefixlen=missing.network.prefixlen,
             ),
         )
 
@@ -449,7 +488,7 @@ class PyrouteBridgeNetwork:
                 f"{network.network_id}: remove it (ip link del {name})"
             )
         await _ensure_link_settings(node.ipr, bridge, network.mtu, master=None)
-        await _ensure_address(node.ipr, bridge, network.gateway)
+        await _ensure_addresses(node.ipr, bridge, set(network.gateways))
         return bridge
 
     async def _label(self, side: _Side, name: str, alias: str) -> Link:
@@ -568,11 +607,11 @@ class PyrouteBridgeNetwork:
             if network.subnet is None:
                 continue
             await _netlink(
-                f"route {network.subnet} via {network.gateway.ip} in task {task.task_id}",
+                f"route {network.subnet} via {entry.gateway.ip} in task {task.task_id}",
                 inside.ipr.route(
                     "replace",
                     dst=str(network.subnet),
-                    gateway=str(network.gateway.ip),
+                    gateway=str(entry.gateway.ip),
                     oif=interface.index,
                     table=_MAIN_TABLE,
                 ),
@@ -582,7 +621,7 @@ class PyrouteBridgeNetwork:
 def subnet_routes(task: TaskAttachment) -> frozenset[tuple[str, str]]:
     """(subnet, gateway) routed inside the task besides its default route."""
     return frozenset(
-        (str(entry.network.subnet), str(entry.network.gateway.ip))
+        (str(entry.network.subnet), str(entry.gateway.ip))
         for entry in task.networks[1:]
         if entry.network.subnet is not None
     )

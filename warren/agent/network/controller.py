@@ -93,7 +93,7 @@ class MeshSettings:
 def container_names(attachment: TaskAttachment) -> ContainerNames:
     """resolv.conf at the first network's gateway, the hostname at its first address."""
     first = attachment.networks[0]
-    return ContainerNames(str(first.network.gateway.ip), str(first.address.ip))
+    return ContainerNames(str(first.gateway.ip), str(first.address.ip))
 
 
 def resolve_peer_endpoints(view: NetworkView, notes: list[str]) -> NetworkView:
@@ -326,7 +326,9 @@ class NetworkController:
     async def _converge_dns(self, networks: tuple[NodeNetwork, ...], notes: list[str]) -> None:
         assert self.view is not None
         self.dns.update_view(dns_view(self.view, self._local.values(), notes))
-        await self.dns.set_addresses(str(network.gateway.ip) for network in networks)
+        await self.dns.set_addresses(
+            str(gateway.ip) for network in networks for gateway in network.gateways
+        )
 
     async def _converge_mesh(self, networks: tuple[NodeNetwork, ...], notes: list[str]) -> None:
         settings = self.mesh_settings
@@ -383,7 +385,7 @@ class NetworkController:
             assert self.view is not None
             self.dns.update_view(dns_view(self.view, self._local.values()))
             for entry in attachment.networks:
-                await self.dns.add_address(str(entry.network.gateway.ip))
+                await self.dns.add_address(str(entry.gateway.ip))
         except WarrenError as exc:
             log.warning("DNS for task %s: %s", attachment.task_id, exc)
             self.failures["DNS"] = str(exc)

@@ -53,7 +53,7 @@ def name_files_for(task: TaskAttachment, hostname: str) -> dict[str, str]:
     first = task.networks[0]
     return {
         HOSTS_FILE: hosts_content(hostname, first.address.ip),
-        RESOLV_FILE: resolv_conf_content(first.network.gateway.ip),
+        RESOLV_FILE: resolv_conf_content(first.gateway.ip),
     }
 
 

@@ -8,10 +8,9 @@ bad service does not take the node's whole data plane down with it.
 
 How the view maps:
 
-- bridges: one per network with a block on this node; the gateway is the
-  block's first address (``NodeNetwork.gateway``) and the network's whole
-  subnet is routed through it inside tasks. Only the first of a network's
-  local blocks gets a bridge (a bridge holds one gateway address).
+- bridges: one per network with a block on this node, holding each block's
+  gateway (its first address); a task's gateway is its block's, and the
+  network's whole subnet is routed through it inside tasks.
 - VIPs: in VIP mode, one frontend per VIP on every TCP and UDP port (as Docker
   Swarm's: a service names no ports of its own), spread over the endpoints on
   the VIP's network with their weights; the port stays the one asked for.
@@ -103,11 +102,14 @@ def node_networks(
 def _node_network(network: ViewNetwork, mtu: int, notes: Notes | None) -> NodeNetwork | None:
     if not network.blocks:
         return None
-    subnet, block = _network(network.subnet), _network(network.blocks[0])
+    subnet = _network(network.subnet)
+    blocks = [_network(text) for text in network.blocks]
     try:
-        if subnet is None or block is None:
-            raise InvalidArgument(f"subnet {network.subnet} or block {network.blocks[0]} is bad")
-        return NodeNetwork(network.id, block, mtu=mtu, subnet=subnet)
+        if subnet is None or None in blocks:
+            raise InvalidArgument(f"subnet {network.subnet} or a block of {network.blocks} is bad")
+        # In address order: the first stays first as the node takes more.
+        first, *more = sorted(b for b in blocks if b is not None)
+        return NodeNetwork(network.id, first, mtu=mtu, subnet=subnet, more_blocks=tuple(more))
     except InvalidArgument as exc:
         _note(notes, f"network {network.name}: no bridge: {exc.message}")
         return None
@@ -123,7 +125,7 @@ def task_attachment(
     for attachment in attachments:
         bridge = bridges.get(attachment.network_id)
         address = _interface(attachment.address)
-        if bridge is None or address is None or address.network != bridge.block:
+        if bridge is None or address is None or address.network not in bridge.blocks:
             raise FailedPrecondition(
                 f"task {task_id}: network {attachment.network_id} with address "
                 f"{attachment.address} is not served on this node (no such network, or "
@@ -294,7 +296,7 @@ def mesh_peers(view: NetworkView, node_id: str, notes: Notes | None = None) -> t
 def mesh_address(networks: Sequence[NodeNetwork]) -> str | None:
     """The WireGuard interface's address: a gateway of this node, so that peers
     route replies to it (inside one of its allowed IPs); None without a block."""
-    gateways = sorted(network.gateway.ip for network in networks)
+    gateways = sorted(gateway.ip for network in networks for gateway in network.gateways)
     return str(gateways[0]) if gateways else None
 
 
