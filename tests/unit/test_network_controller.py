@@ -445,7 +445,8 @@ async def test_the_next_agent_serves_the_kept_view_at_start(tmp_path: Path) -> N
     first.controller.view_file = kept
     await first.controller.apply_view(VIEW)
     assert oct(kept.stat().st_mode & 0o777) == "0o600"
-    await first.controller.stop()
+    await first.controller.attach(_task("t1", ("net-front", "10.32.64.2/24")), "/run/netns/t1")
+    await first.controller.stop()  # a container still runs: the view is kept
     # A new agent, cut off from the managers: its DNS answers from the kept view.
     dns = FakeDnsServer()
     later = NetworkController(ME, FakeBridgeNetwork(), ServiceProxy(FakePacketFilter()), dns,
@@ -481,3 +482,16 @@ async def test_a_task_in_a_second_block_gets_that_blocks_gateway(parts: Parts) -
     names = await parts.controller.attach(task, "/run/netns/t1")
     assert (names.nameserver, names.address) == ("10.32.100.1", "10.32.100.5")
     assert parts.bridges.routes["t1"] == {("10.33.0.0/16", "10.33.64.1")}
+
+
+async def test_stop_without_attached_tasks_removes_everything() -> None:
+    made = _parts()
+    await made.controller.start()
+    await made.controller.apply_view(VIEW)
+    await made.controller.attach(_task("t1", ("net-front", "10.32.64.2/24")), "/run/netns/t1")
+    await made.controller.detach("t1")
+    await made.controller.stop()
+    assert made.bridges.bridges == {}
+    assert made.packet_filter.table is None
+    assert made.device.interfaces == {}
+    assert not made.dns.started

@@ -19,8 +19,9 @@ what lives in the agent's process, the DNS listeners and the retry loop; the
 bridges, veths, nftables table and WireGuard interface (a wireguard-go process
 runs in its own session) stay, so running containers keep their traffic and
 the next agent takes them over without a change. Their names do not resolve
-until it is back. ``close`` (the node leaves the cluster or stops serving
-networks) removes everything Warren made on the node.
+until it is back. When no task is attached any more, ``stop`` removes it all
+as ``close`` does (the node leaves the cluster or stops serving networks):
+nothing is left behind that no container uses.
 """
 
 from __future__ import annotations
@@ -192,7 +193,16 @@ class NetworkController:
 
     async def stop(self) -> None:
         """The agent stops, its containers keep running: end the DNS listeners and the
-        retry loop, leave the kernel's state (bridges, veths, table, mesh) serving."""
+        retry loop, leave the kernel's state (bridges, veths, table, mesh) serving.
+        With no task attached nothing needs it: everything goes, as with ``close``."""
+        try:
+            attached = bool(await self.bridges.attachments())
+        except WarrenError as exc:
+            log.warning("cannot tell whether tasks are attached, keeping their networks: %s", exc)
+            attached = True
+        if not attached:
+            await self.close()
+            return
         await self._stop_loop()
         await self.dns.stop()
 
