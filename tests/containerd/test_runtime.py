@@ -20,7 +20,13 @@ from warren.agent.containerd.netns import netns_path
 from warren.agent.containerd.proto import containers_pb2, leases_pb2, snapshots_pb2
 from warren.agent.containerd.runtime import ContainerdRuntime
 from warren.agent.containerd.snapshots import SNAPSHOTTER
-from warren.agent.runtime import ContainerConfig, ContainerState, LogStream, RuntimeEvent
+from warren.agent.runtime import (
+    ContainerConfig,
+    ContainerNames,
+    ContainerState,
+    LogStream,
+    RuntimeEvent,
+)
 from warren.core.errors import (
     FailedPrecondition,
     ImageNotFound,
@@ -318,6 +324,16 @@ async def test_exec(runtime: ContainerdRuntime, busybox: str) -> None:
         with pytest.raises(RuntimeFailure):
             await runtime.exec(cid, ["/no/such/binary"], 5)
         assert (await runtime.exec(cid, ["true"], 5)).exit_code == 0
+
+
+async def test_names_point_at_warrens_dns(runtime: ContainerdRuntime, busybox: str) -> None:
+    names = ContainerNames(nameserver="10.32.64.1", address="10.32.64.7")
+    config = ContainerConfig(new_id("names"), busybox, args=("sleep", "60"), names=names)
+    async with running(runtime, config) as cid:
+        resolv = await runtime.exec(cid, ["cat", "/etc/resolv.conf"], 5)
+        assert resolv.output == b"nameserver 10.32.64.1\noptions ndots:0\n"
+        hosts = await runtime.exec(cid, ["cat", "/etc/hosts"], 5)
+        assert f"10.32.64.7\t{cid[:12]}\n".encode() in hosts.output
 
 
 async def test_missing_image(runtime: ContainerdRuntime, registry: LocalRegistry) -> None:
