@@ -310,7 +310,9 @@ def site(
     socket = Path(containerd.socket)
     prefix = f"chaos-{secrets.token_hex(3)}"
     namespaces = {w: f"{prefix}-{w}" for w in ("w1", "w2")}
-    runtime = ["--runtime", "containerd", "--containerd-socket", str(socket),
+    # Simulated networks: this test is about a cut worker's containers, not their traffic.
+    runtime = ["--runtime", "containerd", "--network-plane", "sim",
+               "--containerd-socket", str(socket),
                "--containerd-namespace", prefix + "-{node}"]  # fmt: skip
     with managed(lab, tmp_path, request, worker_runtime=runtime) as cluster:
         try:

@@ -74,6 +74,8 @@ def node(
         tmp_path,
         runtime_args=[
             "--runtime", "containerd",
+            # Simulated networks: the tests share the machine's network namespace.
+            "--network-plane", "sim",
             "--containerd-socket", str(containerd.socket),
             "--containerd-namespace", prefix + "-{node}",
             "--insecure-registry", registry.address,
@@ -264,7 +266,8 @@ def test_a_second_node_on_a_namespace_in_use_is_refused_before_it_joins(
     intruder = subprocess.run(
         [*WARREN, "worker", "join", "--token", node.join_token("worker"),
          "--manager", node.manager_address, "--data-dir", str(node.root / "intruder"),
-         "--runtime", "containerd", "--containerd-socket", str(containerd.socket),
+         "--runtime", "containerd", "--network-plane", "sim",
+         "--containerd-socket", str(containerd.socket),
          "--containerd-namespace", node.namespace, "--node-name", "intruder"],
         capture_output=True, text=True, env=node.env, timeout=60,
     )  # fmt: skip

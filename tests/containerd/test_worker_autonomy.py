@@ -83,6 +83,8 @@ def site(
         node_down_timeout=60,
         runtime_args=[
             "--runtime", "containerd",
+            # Simulated networks: both nodes share the machine's network namespace.
+            "--network-plane", "sim",
             "--containerd-socket", str(containerd.socket),
             "--containerd-namespace", prefix + "-{node}",
             "--insecure-registry", registry.address,

@@ -853,6 +853,7 @@ def test_cluster_init_builds_manager_options(
             insecure_registries=[],
             registry_config=None,
             wireguard_port=51820,
+            network_plane="",
             replace_admin_credentials=False,
         )
     ]
@@ -1334,7 +1335,7 @@ def test_daemons_take_runtime_and_registry_flags(
         "--data-dir", str(tmp_path / "d"), "--runtime", "sim",
         "--containerd-socket", "/run/k3s/containerd.sock", "--containerd-namespace", "edge",
         "--insecure-registry", "10.0.0.5:5000", "--insecure-registry", "registry.local",
-        "--registry-config", str(auths), "--wireguard-port", "51999",
+        "--registry-config", str(auths), "--wireguard-port", "51999", "--network-plane", "sim",
     ]  # fmt: skip
     assert run("cluster", "init", *flags, daemons=daemons).exit_code == 0
     worker = run("worker", "join", "--token", TOKEN, "--manager", "m:1", *flags, daemons=daemons)
@@ -1347,7 +1348,7 @@ def test_daemons_take_runtime_and_registry_flags(
         )
         assert options.insecure_registries == ["10.0.0.5:5000", "registry.local"]
         assert options.registry_config == auths
-        assert options.wireguard_port == 51999
+        assert (options.wireguard_port, options.network_plane) == (51999, "sim")
     assert [type(o) for o in started] == [ManagerOptions, WorkerOptions]
 
 

@@ -14,7 +14,6 @@ from factories import make_node, make_service, make_task
 from warren.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from warren.core.models import ContainerSpec, NetworkMode, Service, ServiceSpec, Task
 from warren.core.networks import (
-    Endpoint,
     EndpointMode,
     EndpointSpec,
     Network,
@@ -48,7 +47,7 @@ def networks(consensus: LocalConsensus) -> NetworkControl:
 
 @pytest.fixture
 def services(consensus: LocalConsensus, networks: NetworkControl) -> ServiceControl:
-    return ServiceControl(consensus, networks, nodes_serve_networks=True)
+    return ServiceControl(consensus, networks)
 
 
 def _spec(name: str, **changes: object) -> ServiceSpec:
@@ -248,17 +247,3 @@ def test_a_service_without_networks_is_placed_in_one_pass() -> None:
 def test_vips_are_a_services_own() -> None:
     vip = VirtualIP("net", "10.32.0.5/16")
     assert vip.ip == "10.32.0.5"
-
-
-async def test_until_nodes_serve_networks_services_neither_join_nor_publish(
-    consensus: LocalConsensus, networks: NetworkControl
-) -> None:
-    services = ServiceControl(consensus, networks)  # as managers run today
-    web = await services.create(_spec("web"))
-    assert web.spec.networks == () and web.endpoint == Endpoint()
-    revision = consensus.store.revision
-    published = _spec("api", endpoint=EndpointSpec(ports=(PortConfig(target=80),)))
-    for spec in (_spec("db", networks=("default",)), published):
-        with pytest.raises(FailedPrecondition, match="not served yet"):
-            await services.create(spec)
-    assert consensus.store.revision == revision

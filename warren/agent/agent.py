@@ -22,15 +22,15 @@ import os
 import random
 import socket
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
 from warren.agent.cache import TaskCache
-from warren.agent.executor import TaskExecutor
+from warren.agent.executor import TaskExecutor, TaskNetworking
 from warren.agent.runtime import ContainerState, Runtime
 from warren.core.errors import NotFound, PermissionDenied, WarrenError
 from warren.core.models import Resources, Task, TaskStatus
@@ -92,6 +92,13 @@ class WireGuardIdentity:
 NetworkViewHandler = Callable[[NetworkView], Awaitable[None]]
 
 
+class NodeNetworking(TaskNetworking, Protocol):
+    """The node's network controller as the agent sees it: it plugs tasks in,
+    and after a restart learns which tasks still run."""
+
+    async def resync(self, running: Iterable[Task]) -> None: ...
+
+
 # The worker's end of a Dispatcher.Session stream.
 SessionCall = grpc.aio.StreamStreamCall[pb.WorkerMessage, pb.ManagerMessage]
 
@@ -109,6 +116,7 @@ class Agent:
         resources: Resources | None = None,
         wireguard: WireGuardIdentity | None = None,
         on_network_view: NetworkViewHandler | None = None,
+        networking: NodeNetworking | None = None,
     ) -> None:
         self.node_id = node_id
         self.managers = list(managers)
@@ -119,6 +127,8 @@ class Agent:
         self.resources = resources or node_resources()
         self.wireguard = wireguard
         self.on_network_view = on_network_view
+        # Plugs networked tasks' containers in (None: tasks keep only loopback).
+        self.networking = networking
         self.data_dir = data_dir
         self.cache = TaskCache(data_dir / "tasks.json")
         self.tasks: dict[str, Task] = {}
@@ -165,9 +175,19 @@ class Agent:
             with contextlib.suppress(WarrenError):
                 await self.runtime.stop(container_id, 0)
                 await self.runtime.remove(container_id)
+        if self.networking is not None:
+            # Running containers keep their interfaces; those of gone tasks go.
+            running = [
+                task
+                for task in self.tasks.values()
+                if task.id in containers and containers[task.id].state == ContainerState.RUNNING
+            ]
+            await self.networking.resync(running)
 
     def _new_executor(self, task: Task) -> TaskExecutor:
-        executor = TaskExecutor(task, self.runtime, self._on_status, self._disconnected)
+        executor = TaskExecutor(
+            task, self.runtime, self._on_status, self._disconnected, self.networking
+        )
         self.executors[task.id] = executor
         return executor
 

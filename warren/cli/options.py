@@ -260,6 +260,7 @@ DEFAULT_RUNTIME = "containerd"
 DEFAULT_CONTAINERD_SOCKET = "/run/containerd/containerd.sock"
 DEFAULT_CONTAINERD_NAMESPACE = "warren"
 DEFAULT_WIREGUARD_PORT = 51820  # WireGuard's own
+NETWORK_PLANES = ("kernel", "sim")
 
 
 @dataclass(frozen=True)
@@ -273,6 +274,7 @@ class RuntimeOptions:
     insecure_registries: tuple[str, ...] = ()
     registry_config: Path | None = None
     wireguard_port: int = DEFAULT_WIREGUARD_PORT
+    network_plane: str | None = None  # None: by the runtime
 
     def daemon_fields(self) -> dict[str, Any]:
         """As the keyword arguments of ``ManagerOptions`` and ``WorkerOptions``."""
@@ -283,6 +285,7 @@ class RuntimeOptions:
             "insecure_registries": list(self.insecure_registries),
             "registry_config": self.registry_config,
             "wireguard_port": self.wireguard_port,
+            "network_plane": self.network_plane or "",
         }
 
 
@@ -340,6 +343,14 @@ runtime_options = option_group(
         show_default=True,
         metavar="PORT",
         help="UDP port of the node's WireGuard mesh (other nodes must reach it).",
+    ),
+    click.option(
+        "--network-plane",
+        type=click.Choice(NETWORK_PLANES),
+        metavar="[kernel|sim]",
+        help="How the node serves networks: kernel (bridges, nftables, DNS, WireGuard) or "
+        "sim (simulated, for several test nodes on one machine)  [default: kernel with "
+        "containerd, sim with the sim runtime]",
     ),
 )
 node_name_option = click.option(

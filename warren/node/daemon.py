@@ -23,6 +23,7 @@ from warren.core.errors import FailedPrecondition, InvalidArgument
 from warren.core.models import NodeRole
 from warren.manager.manager import Manager, ManagerState
 from warren.node.join import join_as_manager, join_cluster, joins_as_manager
+from warren.node.networking import NodeNetworking, network_parts
 from warren.node.options import (
     ManagerOptions,
     NodeOptions,
@@ -76,8 +77,10 @@ def new_manager(options: ManagerOptions) -> Manager:
 
 async def serve_worker(options: WorkerOptions, stop: asyncio.Event) -> None:
     secure_data_dir(options.data_dir)
-    # Before joining: a node refused its containerd namespace joins nothing.
+    # Before joining: a node refused its containerd namespace, or lacking what
+    # networks need, joins nothing.
     runtime = make_runtime(options)
+    parts = await network_parts(options)
     identity = IdentityFiles(options.data_dir / "certs")
     state = NodeState.load(options.data_dir)
     if state is None or not identity.exists():
@@ -87,6 +90,7 @@ async def serve_worker(options: WorkerOptions, stop: asyncio.Event) -> None:
     else:
         log.info("resuming node", extra={"node_id": state.node_id})
     managers = options.managers + [m for m in state.managers if m not in options.managers]
+    networking = parts.for_node(state.node_id)
     agent = Agent(
         node_id=state.node_id,
         managers=managers,
@@ -94,13 +98,18 @@ async def serve_worker(options: WorkerOptions, stop: asyncio.Event) -> None:
         runtime=runtime,
         data_dir=options.data_dir / "agent",
         hostname=options.node_name,
+        wireguard=networking.identity,
+        on_network_view=networking.controller.receive_view,
+        networking=networking.controller,
     )
     # Runs a manager next to the agent while the cluster wants one (node promote).
     keeper = RoleKeeper(manager_options(options), state.node_id, agent, new_manager)
+    await networking.start()
     try:
         await run_until(run_all(agent.run(), keeper.run()), stop)
     finally:
         await keeper.close()
+        await networking.shutdown()
 
 
 # -- a manager and its agent -------------------------------------------------------------
@@ -142,15 +151,19 @@ async def serve_manager(options: ManagerOptions, stop: asyncio.Event) -> None:
         log.info("this node was demoted: running it as a worker")
         await serve_worker(worker_options(options), stop)
         return
-    # Before the manager starts: a node refused its containerd namespace creates nothing.
+    # Before the manager starts: a node refused its containerd namespace, or
+    # lacking what networks need, creates nothing.
     runtime = make_runtime(options)
+    parts = await network_parts(options)
     manager = new_manager(options)
     keeper: RoleKeeper | None = None
+    networking: NodeNetworking | None = None
     try:
         await manager.start()
         # The advertised address: the API may listen on it alone, not on loopback.
         own = options.api_address
         others = [m for m in manager.control.manager_addresses() if m != own]
+        networking = parts.for_node(manager.node_id)
         agent = Agent(
             node_id=manager.node_id,
             # Sessions are the leader's: the agent tries each manager in turn.
@@ -160,13 +173,19 @@ async def serve_manager(options: ManagerOptions, stop: asyncio.Event) -> None:
             data_dir=options.data_dir / "agent",
             hostname=options.node_name,
             address=options.advertise_addr,
+            wireguard=networking.identity,
+            on_network_view=networking.controller.receive_view,
+            networking=networking.controller,
         )
         # Stops the manager if the node is demoted; the agent keeps running.
         keeper = RoleKeeper(options, manager.node_id, agent, new_manager, manager)
+        await networking.start()
         await run_until(run_all(agent.run(), keeper.run()), stop)
     finally:
         if keeper is not None:
             await keeper.close()
+        if networking is not None:
+            await networking.shutdown()
         await manager.stop()
 
 

@@ -38,6 +38,12 @@ class NodeOptions:
     node_down_timeout: float = 15.0
     # UDP port of the node's WireGuard mesh endpoint (published in its node object).
     wireguard_port: int = 51820
+    # kernel or sim; "": kernel with containerd, sim with the sim runtime.
+    network_plane: str = ""
+
+    @property
+    def kernel_network_plane(self) -> bool:
+        return (self.network_plane or self.runtime) != "sim"
 
     @property
     def api_address(self) -> str:

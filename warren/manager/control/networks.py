@@ -20,11 +20,6 @@ from warren.manager.writes import write
 
 # The network services join when they name none (created by `cluster init`).
 DEFAULT_NETWORK = "default"
-# Whether nodes attach tasks to their networks and serve VIPs and published
-# ports. Until the agent drives the node data plane (warren/agent/network/),
-# services neither join networks nor publish ports: a request for either is
-# refused rather than accepted and not served.
-NODES_SERVE_NETWORKS = False
 
 
 def current_allocation(store: Store) -> AllocatorState:

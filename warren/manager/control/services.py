@@ -7,17 +7,13 @@ import time
 from dataclasses import replace
 from typing import cast
 
-from warren.core.errors import AlreadyExists, Conflict, FailedPrecondition, InvalidArgument
+from warren.core.errors import AlreadyExists, Conflict, InvalidArgument
 from warren.core.models import NetworkMode, Service, ServiceMode, ServiceSpec, new_id
 from warren.core.networks import Endpoint
 from warren.manager.allocator import allocate_service
 from warren.manager.allocator.view import service_request
 from warren.manager.consensus import Consensus
-from warren.manager.control.networks import (
-    NODES_SERVE_NETWORKS,
-    NetworkControl,
-    current_allocation,
-)
+from warren.manager.control.networks import NetworkControl, current_allocation
 from warren.manager.control.resolve import DESTRUCTIVE_MIN_PREFIX, resolve
 from warren.manager.images import ImageResolver
 from warren.manager.store import MUST_NOT_EXIST, Kind, delete, put
@@ -30,26 +26,16 @@ class ServiceControl:
         consensus: Consensus,
         networks: NetworkControl,
         images: ImageResolver | None = None,
-        nodes_serve_networks: bool = NODES_SERVE_NETWORKS,
     ) -> None:
         self.consensus = consensus
         self.store = consensus.store
         self.networks = networks
-        self.nodes_serve_networks = nodes_serve_networks
         # None: images are not pinned (the simulated runtime has no registry).
         self.images = images
 
     def _on_networks(self, spec: ServiceSpec, default: bool) -> ServiceSpec:
         """The spec with its networks as IDs; on create, a service that names
         none (and has its own network namespace) joins the default network."""
-        if not self.nodes_serve_networks:
-            if spec.networks or spec.endpoint.ports:
-                raise FailedPrecondition(
-                    "networks and published ports are not served yet: nodes do not attach "
-                    "tasks to networks before issue 9's node data plane is wired; create the "
-                    "service without --network/--publish"
-                )
-            return spec
         networks = self.networks.resolve_ids(spec.networks)
         if not networks and default and spec.container.network_mode == NetworkMode.PRIVATE:
             networks = self.networks.default_ids()

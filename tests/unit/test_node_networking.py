@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from warren.agent.network.bridge import FakeBridgeNetwork
+from warren.core.errors import InvalidArgument
+from warren.node.networking import mesh_interface, network_parts
+from warren.node.options import NodeOptions
+
+
+def test_mesh_interfaces_are_per_node_and_fit_the_kernels_limit() -> None:
+    names = {mesh_interface(node_id) for node_id in ("a1b2c3d4e5f6g7h8i9", "z9y8x7w6v5u4")}
+    assert len(names) == 2
+    assert all(name.startswith("warren-") and len(name) <= 15 for name in names)
+
+
+@pytest.mark.parametrize(
+    ("runtime", "plane", "kernel"),
+    [
+        ("containerd", "", True),
+        ("containerd", "kernel", True),
+        ("containerd", "sim", False),
+        ("sim", "", False),
+        ("sim", "sim", False),
+    ],
+)
+def test_the_plane_follows_the_runtime_unless_told(runtime: str, plane: str, kernel: bool) -> None:
+    options = NodeOptions(Path("/nonexistent"), runtime=runtime, network_plane=plane)
+    assert options.kernel_network_plane is kernel
+
+
+async def test_a_sim_plane_touches_nothing_and_publishes_no_identity(tmp_path: Path) -> None:
+    options = NodeOptions(tmp_path / "data", runtime="containerd", network_plane="sim")
+    networking = (await network_parts(options)).for_node("node-1")
+    assert networking.identity is None
+    assert isinstance(networking.controller.bridges, FakeBridgeNetwork)
+    assert networking.controller.mesh_settings is None
+    await networking.start()
+    await networking.shutdown()
+    assert not (tmp_path / "data").exists()  # no key, no view file: nothing written
+
+
+async def test_the_kernel_plane_needs_real_containers(tmp_path: Path) -> None:
+    options = NodeOptions(tmp_path, runtime="sim", network_plane="kernel")
+    with pytest.raises(InvalidArgument, match="--runtime containerd"):
+        await network_parts(options)

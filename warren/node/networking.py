@@ -1,0 +1,94 @@
+"""The node's network data plane: in the kernel, or simulated.
+
+The kernel plane (``warren.agent.network.components``: bridges, nftables, DNS,
+the WireGuard mesh) is the default with containerd; a node refuses to start,
+saying what is missing, when the machine cannot serve it. The sim plane is
+the same controller over the fakes: addresses, VIPs and names are decided the
+same way and nothing touches the machine. It is the default with the sim
+runtime, and lets several test nodes share one machine's network namespace
+(two kernel planes there would fight over one nftables table and port). A
+sim-plane node publishes no WireGuard identity: no peer could reach it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+
+from warren.agent.agent import WireGuardIdentity
+from warren.agent.network.bridge import FakeBridgeNetwork
+from warren.agent.network.components import NetworkComponents, build_components
+from warren.agent.network.controller import NetworkController
+from warren.agent.network.dns import FakeDnsServer
+from warren.agent.network.nftables import FakePacketFilter, ServiceProxy
+from warren.core.errors import InvalidArgument
+from warren.node.options import NodeOptions
+
+log = logging.getLogger(__name__)
+
+# wireguard-go's control socket is named after the interface and global to the
+# machine: a name per node lets several nodes share one (each in its own
+# network namespace, as in the tests). 15 bytes at most.
+_INTERFACE_PREFIX = "warren-"
+_INTERFACE_ID_CHARS = 15 - len(_INTERFACE_PREFIX)
+
+
+def mesh_interface(node_id: str) -> str:
+    return _INTERFACE_PREFIX + node_id[:_INTERFACE_ID_CHARS]
+
+
+@dataclass
+class NodeNetworking:
+    controller: NetworkController
+    # What the node publishes of itself in the mesh (None: it is in none).
+    identity: WireGuardIdentity | None
+
+    async def start(self) -> None:
+        await self.controller.start()
+
+    async def shutdown(self) -> None:
+        """The node process ends. Containers still attached keep running and keep
+        their traffic (the next start takes the data plane over); with none left,
+        everything Warren made on the node is removed."""
+        if await self.controller.bridges.attachments():
+            await self.controller.stop()
+        else:
+            await self.controller.close()
+
+
+class NetworkParts:
+    """What the node serves networks with, checked and ready before the node joins
+    or starts anything (a node that cannot serve them changes nothing)."""
+
+    def __init__(self, components: NetworkComponents | None, wireguard_port: int) -> None:
+        self._components = components  # None: simulated
+        self._port = wireguard_port
+
+    def for_node(self, node_id: str) -> NodeNetworking:
+        if self._components is None:
+            simulated = NetworkController(
+                node_id,
+                FakeBridgeNetwork(),
+                ServiceProxy(FakePacketFilter()),
+                FakeDnsServer(),
+                None,
+            )
+            return NodeNetworking(simulated, None)
+        parts = self._components
+        parts.mesh = replace(parts.mesh, interface=mesh_interface(node_id))
+        identity = WireGuardIdentity(parts.mesh.key.public_key, self._port)
+        return NodeNetworking(parts.controller(node_id), identity)
+
+
+async def network_parts(options: NodeOptions) -> NetworkParts:
+    """Raises FailedPrecondition naming what the machine lacks (kernel plane)."""
+    if options.runtime == "sim" and options.network_plane == "kernel":
+        raise InvalidArgument(
+            "--network-plane kernel needs real containers: use --runtime containerd"
+        )
+    if not options.kernel_network_plane:
+        return NetworkParts(None, options.wireguard_port)
+    components = await build_components(
+        options.data_dir / "network", listen_port=options.wireguard_port
+    )
+    return NetworkParts(components, options.wireguard_port)
