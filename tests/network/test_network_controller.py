@@ -32,6 +32,7 @@ import pytest
 from chaos import netlab
 
 from network.wg_lab import leftovers, wireguard_go_pids
+from warren.agent.network.wg_uapi import SOCKET_DIR
 from warren.core.models import ContainerSpec, ServiceSpec, Task
 from warren.core.networks import NetworkAttachment, PortConfig, VirtualIP
 from warren.core.node_view import NetworkView, ViewEndpoint, ViewNetwork, ViewPeer, ViewService
@@ -394,3 +395,5 @@ def test_a_container_reaches_a_service_across_the_mesh_by_name_vip_and_published
         for pid in wireguard_go_pids([n.interface for n in nodes]):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        for node in nodes:  # a killed wireguard-go leaves its socket
+            (SOCKET_DIR / f"{node.interface}.sock").unlink(missing_ok=True)
