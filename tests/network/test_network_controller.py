@@ -1,15 +1,18 @@
-"""The agent's network controller with the real parts, on two lab hosts.
+"""The agent's network controller with the real parts, on three lab hosts.
 
 Each host runs ``controller_node.py`` (bridges through pyroute2, the nftables
 table through libnftables, the embedded DNS, wireguard-go: this kernel has no
 WireGuard module) and is given one hand-built NetworkView: networks front and
 back, a service ``web`` with a VIP, a published port and one endpoint on each
-host. "Containers" are plain network namespaces the controller attaches, with
-a tiny TCP server answering its name. A client container on host 1 resolves
-``web`` at its gateway, reaches both endpoints through the VIP (one across the
-WireGuard mesh) and through the published port of host 2; after ``close`` no
-interface, table or wireguard-go process of Warren's is left.
-Needs root, ip, nft, nsenter and wireguard-go.
+of hosts 1 and 2 (host 1's in its second block of front); host 3 holds no
+block. "Containers" are plain network namespaces the controller attaches,
+with a tiny TCP server answering its name. A client container on host 1 (on
+both networks) resolves ``web`` at its gateway, reaches both endpoints
+through the VIP on any port (one across the WireGuard mesh) and through the
+published port of hosts 2 and 3 (and 127.0.0.1 on host 2); networks are
+isolated; an agent stop keeps the traffic and the next agent takes over from
+the view it kept; after ``close`` no interface, table or wireguard-go process
+of Warren's is left. Needs root, ip, nft, nsenter and wireguard-go.
 """
 
 from __future__ import annotations
@@ -53,6 +56,9 @@ BLOCKS = {
     (1, "net-back"): ("10.41.1.0/24",),
     (2, "net-front"): ("10.40.2.0/24",),
     (2, "net-back"): ("10.41.2.0/24",),
+    # Node 3 runs no task (a drained manager): no block, yet it serves published ports.
+    (3, "net-front"): (),
+    (3, "net-back"): (),
 }
 PUBLISHED = 30080
 VIP = "10.40.0.2"
@@ -276,7 +282,7 @@ def _warren_state(netns: str, interface: str) -> list[str]:
 def test_a_container_reaches_a_service_across_the_mesh_by_name_vip_and_published_port(
     lab: netlab.Lab, tmp_path: Path
 ) -> None:
-    hosts = [lab.add_host("h1"), lab.add_host("h2")]
+    hosts = [lab.add_host("h1"), lab.add_host("h2"), lab.add_host("h3")]
     token = secrets.token_hex(3)
     nodes = [
         ControllerNode(host, f"node-{i}", f"wgc{token}{i}", tmp_path / f"state-{i}")
@@ -347,6 +353,8 @@ def test_a_container_reaches_a_service_across_the_mesh_by_name_vip_and_published
         # Host 2's published port (the routing mesh): forwarded to either endpoint.
         published = run_client(hosts[1].address, PUBLISHED)
         assert set(published["answers"]) == {"web1", "web2"}
+        # Host 3 holds no block: it forwards to both through the mesh, on its own address.
+        assert set(run_client(hosts[2].address, PUBLISHED)["answers"]) == {"web1", "web2"}
         # And on the node itself, at 127.0.0.1 (the quick start's curl).
         local = subprocess.run(
             _nsenter(

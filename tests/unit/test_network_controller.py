@@ -25,7 +25,7 @@ from warren.agent.network.controller import (
 from warren.agent.network.dns import FakeDnsServer
 from warren.agent.network.dns_view import QTYPE_A, Outcome
 from warren.agent.network.nftables import FakePacketFilter, ServiceProxy
-from warren.agent.network.view_mapping import data_plane
+from warren.agent.network.view_mapping import data_plane, mesh_addresses
 from warren.agent.network.wg_fake import FakeDevice
 from warren.agent.network.wireguard import (
     NodeKey,
@@ -62,6 +62,7 @@ VIEW = NetworkView(revision=3, networks=(FRONT, BACK), services=(WEB,), peers=(P
 
 @dataclass
 class Parts:
+    device_key: str
     bridges: FakeBridgeNetwork
     packet_filter: FakePacketFilter
     proxy: ServiceProxy
@@ -90,7 +91,7 @@ def _parts(view_wait: float = 1.0, retry_interval: float = 60.0) -> Parts:
         view_wait=view_wait,
         retry_interval=retry_interval,
     )
-    return Parts(bridges, packet_filter, proxy, dns, device, controller)
+    return Parts(mesh.key.public_key, bridges, packet_filter, proxy, dns, device, controller)
 
 
 @pytest.fixture
@@ -124,12 +125,14 @@ async def test_a_view_converges_bridges_table_dns_and_mesh(parts: Parts) -> None
     assert parts.packet_filter.table is not None
     assert parts.dns.listen_addresses == {"10.32.64.1", "10.33.64.1"}
     device = parts.device.interfaces[IFACE]
-    assert device.config.address == "10.32.64.1"
+    addresses = mesh_addresses([(ME, parts.device_key), (OTHER, OTHER_KEY)])
+    assert device.config.address == addresses[ME]
     assert device.config.mtu == 1400
-    assert [(p.public_key, p.endpoint, p.allowed_ips) for p in device.peers.values()] == [
-        (OTHER_KEY, "192.0.2.2:51820", ("10.32.65.0/24",))
+    theirs = f"{addresses[OTHER]}/32"
+    assert [(p.public_key, p.endpoint, set(p.allowed_ips)) for p in device.peers.values()] == [
+        (OTHER_KEY, "192.0.2.2:51820", {"10.32.65.0/24", theirs})
     ]
-    assert device.routes == {"10.32.65.0/24"}
+    assert device.routes == {"10.32.65.0/24", theirs}
 
 
 async def test_an_older_view_is_ignored(parts: Parts) -> None:
@@ -186,18 +189,18 @@ async def test_receive_view_returns_at_once_and_serves_the_newest(parts: Parts) 
     assert set(parts.bridges.bridges) == {"net-front", "net-back"}
 
 
-async def test_the_mesh_is_remade_when_its_address_leaves_this_nodes_blocks(
-    parts: Parts,
-) -> None:
+async def test_the_mesh_keeps_its_address_and_session_as_blocks_change(parts: Parts) -> None:
     await parts.controller.apply_view(VIEW)
+    address = parts.device.interfaces[IFACE].config.address
     await parts.controller.apply_view(replace(VIEW, revision=4, networks=(BACK,)))
-    assert parts.device.interfaces[IFACE].config.address == "10.33.64.1"
-    assert parts.device.calls.count(("delete", IFACE)) == 1
+    assert parts.device.interfaces[IFACE].config.address == address
+    assert ("delete", IFACE) not in parts.device.calls
 
 
-async def test_without_a_block_here_there_is_no_mesh_yet(parts: Parts) -> None:
+async def test_a_node_without_blocks_is_in_the_mesh_too(parts: Parts) -> None:
+    # A drained manager: no task, so no block, yet it forwards published ports.
     await parts.controller.apply_view(replace(VIEW, networks=(replace(FRONT, blocks=()),)))
-    assert parts.device.interfaces == {}
+    assert OTHER_KEY in parts.device.interfaces[IFACE].peers
     assert parts.controller.failures == {}
 
 

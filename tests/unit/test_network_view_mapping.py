@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from ipaddress import IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 import pytest
 from hypothesis import given, settings
@@ -11,12 +11,13 @@ from hypothesis import strategies as st
 
 from warren.agent.network.dns_view import QTYPE_A, Outcome, answer
 from warren.agent.network.view_mapping import (
+    MESH_RANGE,
     LocalTask,
     covers,
     data_plane,
     dns_view,
-    mesh_address,
-    mesh_peers,
+    mesh_addresses,
+    mesh_plan,
     node_networks,
     task_attachment,
 )
@@ -56,11 +57,12 @@ WEB = ViewService(
         _endpoint("t2", OTHER, "net-front", "10.32.65.2/24"),
     ),
 )
+PEER_2 = ViewPeer(OTHER, KEY_2, "192.0.2.2:51820", ("10.32.65.0/24",))
 VIEW = NetworkView(
     revision=7,
     networks=(FRONT, BACK, ELSEWHERE),
     services=(WEB,),
-    peers=(ViewPeer(OTHER, KEY_2, "192.0.2.2:51820", ("10.32.65.0/24",)),),
+    peers=(PEER_2,),
 )
 
 
@@ -257,30 +259,54 @@ def test_dns_gives_task_addresses_for_a_dnsrr_service() -> None:
 # -- WireGuard -----------------------------------------------------------------------------
 
 
-def test_every_other_node_is_a_peer_routing_its_blocks() -> None:
-    mine = ViewPeer(
-        ME, public_key_of(generate_private_key()), "192.0.2.1:51820", ("10.32.64.0/24",)
-    )
+MY_KEY = public_key_of(generate_private_key())
+
+
+def test_every_other_node_is_a_peer_routing_its_blocks_and_mesh_address() -> None:
+    mine = ViewPeer(ME, MY_KEY, "192.0.2.1:51820", ("10.32.64.0/24",))
     view = NetworkView(networks=VIEW.networks, peers=(*VIEW.peers, mine))
-    (peer,) = mesh_peers(view, ME)
+    address, (peer,) = mesh_plan(view, ME, MY_KEY)
+    theirs = mesh_addresses([(ME, MY_KEY), (OTHER, KEY_2)])
+    assert address == theirs[ME]
     assert (peer.public_key, peer.endpoint, peer.allowed_ips) == (
         KEY_2,
         "192.0.2.2:51820",
-        ("10.32.65.0/24",),
+        tuple(sorted(("10.32.65.0/24", f"{theirs[OTHER]}/32"), key=lambda n: IPv4Network(n))),
     )
+
+
+def test_a_node_without_blocks_is_in_the_mesh_with_its_address() -> None:
+    bare = ViewPeer("node-3", public_key_of(generate_private_key()), "192.0.2.3:51820")
+    address, peers = mesh_plan(NetworkView(peers=(PEER_2, bare)), ME, MY_KEY)
+    assert IPv4Address(address) in MESH_RANGE
+    everyone = mesh_addresses([(ME, MY_KEY), (OTHER, KEY_2), ("node-3", bare.public_key)])
+    assert peers[1].allowed_ips == (f"{everyone['node-3']}/32",)
 
 
 def test_a_peer_with_a_bad_key_is_left_out_with_a_note() -> None:
     bad = ViewPeer("node-3", "not-a-key", "192.0.2.3:51820", ("10.32.66.0/24",))
     notes: list[str] = []
-    peers = mesh_peers(NetworkView(peers=(*VIEW.peers, bad)), ME, notes)
+    _, peers = mesh_plan(NetworkView(peers=(*VIEW.peers, bad)), ME, MY_KEY, notes)
     assert [p.public_key for p in peers] == [KEY_2]
     assert notes[0].startswith("peer node node-3: left out")
 
 
-def test_the_mesh_address_is_a_gateway_of_this_node() -> None:
-    assert mesh_address(node_networks(VIEW, 1420)) == "10.32.64.1"
-    assert mesh_address(()) is None
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.binary(min_size=1, max_size=8), min_size=1, max_size=40, unique=True))
+def test_mesh_addresses_are_distinct_in_the_range_and_the_same_on_every_node(
+    keys: list[bytes],
+) -> None:
+    members = [(f"node-{i}", key.hex()) for i, key in enumerate(keys)]
+    found = mesh_addresses(members)
+    assert len(set(found.values())) == len(members)
+    assert all(IPv4Address(a) in MESH_RANGE for a in found.values())
+    assert mesh_addresses(reversed(members)) == found
+
+
+def test_a_clash_takes_the_next_address_in_node_id_order() -> None:
+    # Two nodes with the same key digest: the same start, the later ID moves on.
+    found = mesh_addresses([("node-b", "same"), ("node-a", "same")])
+    assert int(IPv4Address(found["node-b"])) == int(IPv4Address(found["node-a"])) + 1
 
 
 def _with(service: ViewService, **changes: object) -> ViewService:
@@ -301,4 +327,3 @@ def test_a_network_with_several_blocks_here_has_one_bridge_with_a_gateway_each()
         1420,
     )
     assert str(attached.gateway) == "10.32.100.1"
-    assert mesh_address([network]) == "10.32.64.1"

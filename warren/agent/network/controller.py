@@ -46,8 +46,7 @@ from warren.agent.network.view_mapping import (
     covers,
     data_plane,
     dns_view,
-    mesh_address,
-    mesh_peers,
+    mesh_plan,
     node_networks,
     task_attachment,
 )
@@ -306,7 +305,7 @@ class NetworkController:
             ("bridges", lambda: self._converge_bridges(networks)),
             ("nftables", lambda: self._converge_nftables(data_plane(view, self.node_id, notes))),
             ("DNS", lambda: self._converge_dns(networks, notes)),
-            ("WireGuard", lambda: self._converge_mesh(networks, notes)),
+            ("WireGuard", lambda: self._converge_mesh(notes)),
         ]
         self.failures = {}
         for part, step in steps:
@@ -340,17 +339,15 @@ class NetworkController:
             str(gateway.ip) for network in networks for gateway in network.gateways
         )
 
-    async def _converge_mesh(self, networks: tuple[NodeNetwork, ...], notes: list[str]) -> None:
+    async def _converge_mesh(self, notes: list[str]) -> None:
         settings = self.mesh_settings
         assert self.view is not None
         if settings is None:
             return
-        address = mesh_address(networks)
-        if address is None:
-            notes.append("no block of any network on this node: the WireGuard mesh waits for one")
-            return
+        view = await asyncio.to_thread(resolve_peer_endpoints, self.view, notes)
+        address, peers = mesh_plan(view, self.node_id, settings.key.public_key, notes)
         if self._mesh is not None and self._mesh.config.address != address:
-            await self._close_mesh()  # its address left this node's blocks
+            await self._close_mesh()  # another node took its address first (a clash)
         if self._mesh is None:
             config = InterfaceConfig(
                 settings.interface,
@@ -360,8 +357,6 @@ class NetworkController:
                 self.mtu,
             )
             self._mesh = Mesh(settings.device, config)
-        view = await asyncio.to_thread(resolve_peer_endpoints, self.view, notes)
-        peers = mesh_peers(view, self.node_id, notes)
         await asyncio.to_thread(self._mesh.sync, peers, time.time())
 
     async def _close_mesh(self) -> None:

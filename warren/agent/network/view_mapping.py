@@ -21,11 +21,13 @@ How the view maps:
   view, so that container-to-container traffic between nodes keeps its source.
 - DNS: the view's networks and services (VIP, or task addresses in dnsrr
   mode); clients are the tasks attached on this node.
-- WireGuard: every other node is a peer, its blocks its allowed IPs.
+- WireGuard: every other node is a peer, its blocks and its own mesh address
+  (``MESH_RANGE``, from its public key) its allowed IPs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -280,24 +282,45 @@ def _dns_service(
 # -- WireGuard -----------------------------------------------------------------------
 
 
-def mesh_peers(view: NetworkView, node_id: str, notes: Notes | None = None) -> tuple[Peer, ...]:
-    """Every other node of the view, its blocks routed to it."""
+# Each node's own address on the mesh, apart from every network: a node holding
+# no block (a drained manager) still forwards published ports to other nodes'
+# tasks, and they must route its replies back. RFC 6598's shared address space.
+MESH_RANGE = IPv4Network("100.64.0.0/10")
+
+
+def mesh_addresses(members: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Node ID to its mesh address, from (node ID, WireGuard public key) pairs: a
+    digest of the key picks one, the next free one settles a clash. Taken in node
+    ID order, so every node that sees the same members gives the same answer."""
+    size = MESH_RANGE.num_addresses - 2  # neither the range's first nor last address
+    taken: set[int] = set()
+    found: dict[str, str] = {}
+    for node_id, public_key in sorted(dict(members).items()):
+        offset = int.from_bytes(hashlib.sha256(public_key.encode()).digest()[:8], "big") % size
+        while offset in taken:
+            offset = (offset + 1) % size
+        taken.add(offset)
+        found[node_id] = str(MESH_RANGE.network_address + 1 + offset)
+    return found
+
+
+def mesh_plan(
+    view: NetworkView, node_id: str, public_key: str, notes: Notes | None = None
+) -> tuple[str, tuple[Peer, ...]]:
+    """This node's mesh address, and every other node of the view as a peer: its
+    blocks and its mesh address routed to it."""
+    members = [(p.node_id, p.public_key) for p in view.peers if p.node_id != node_id]
+    addresses = mesh_addresses([*members, (node_id, public_key)])
     peers = []
     for peer in view.peers:
         if peer.node_id == node_id:
             continue
+        routed = (*peer.blocks, f"{addresses[peer.node_id]}/32")
         try:
-            peers.append(Peer(peer.public_key, peer.endpoint, tuple(peer.blocks)))
+            peers.append(Peer(peer.public_key, peer.endpoint, routed))
         except InvalidArgument as exc:
             _note(notes, f"peer node {peer.node_id}: left out: {exc.message}")
-    return tuple(peers)
-
-
-def mesh_address(networks: Sequence[NodeNetwork]) -> str | None:
-    """The WireGuard interface's address: a gateway of this node, so that peers
-    route replies to it (inside one of its allowed IPs); None without a block."""
-    gateways = sorted(gateway.ip for network in networks for gateway in network.gateways)
-    return str(gateways[0]) if gateways else None
+    return addresses[node_id], tuple(peers)
 
 
 def _note(notes: Notes | None, line: str) -> None:
