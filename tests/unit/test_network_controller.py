@@ -135,11 +135,13 @@ async def test_a_view_converges_bridges_table_dns_and_mesh(parts: Parts) -> None
     assert device.routes == {"10.32.65.0/24", theirs}
 
 
-async def test_an_older_view_is_ignored(parts: Parts) -> None:
+async def test_a_view_of_a_lower_revision_is_served_too(parts: Parts) -> None:
+    # A cluster restored from a backup counts from an earlier revision.
     await parts.controller.apply_view(VIEW)
-    await parts.controller.apply_view(replace(VIEW, revision=2, networks=(), services=()))
-    assert parts.controller.view == VIEW
-    assert set(parts.bridges.bridges) == {"net-front", "net-back"}
+    restored = replace(VIEW, revision=2, networks=(FRONT,))
+    await parts.controller.apply_view(restored)
+    assert parts.controller.view == restored
+    assert set(parts.bridges.bridges) == {"net-front"}
 
 
 async def test_a_network_gone_from_the_view_loses_its_bridge(parts: Parts) -> None:
@@ -177,15 +179,20 @@ async def test_the_retry_loop_converges_a_part_that_failed() -> None:
         await made.controller.stop()
 
 
-async def test_receive_view_returns_at_once_and_serves_the_newest(parts: Parts) -> None:
+async def test_receive_view_returns_at_once_and_serves_the_last(parts: Parts) -> None:
+    served: list[int] = []
+    apply = parts.controller.apply_view
+
+    async def recording(view: NetworkView) -> None:
+        served.append(view.revision)
+        await apply(view)
+
+    parts.controller.apply_view = recording  # type: ignore[method-assign]
     for revision in (4, 5, 6):
         await parts.controller.receive_view(replace(VIEW, revision=revision))
-    await parts.controller.receive_view(replace(VIEW, revision=1))  # older: dropped
-    await eventually(
-        lambda: parts.controller.view is not None and parts.controller.view.revision == 6,
-        2.0,
-        "view 6 served",
-    )
+    assert served == []  # nothing served yet: the handler only handed them over
+    await eventually(lambda: served and served[-1] == 6, 2.0, "view 6 served")
+    assert served == [6]  # 4 and 5 were replaced before their turn
     assert set(parts.bridges.bridges) == {"net-front", "net-back"}
 
 

@@ -163,7 +163,7 @@ class NetworkController:
         # The last view served, kept for the next agent: it serves (names above all)
         # from it at start, also while the managers are out of reach.
         self.view_file = view_file
-        self._saved_revision: int | None = None
+        self._saved: NetworkView | None = None
         self.view: NetworkView | None = None
         # What failed in the last convergence, by part (empty: all converged).
         self.failures: dict[str, str] = {}
@@ -185,7 +185,7 @@ class NetworkController:
         if self.view is None and self.view_file is not None:
             saved = await asyncio.to_thread(load_view, self.view_file)
             if saved is not None:
-                self._saved_revision = saved.revision
+                self._saved = saved
                 await self.apply_view(saved)
         if self._retry is None:
             self._retry = asyncio.create_task(self._retry_loop(), name="network-retry")
@@ -258,9 +258,9 @@ class NetworkController:
 
     async def receive_view(self, view: NetworkView) -> None:
         """Hand ``view`` over and return at once (the agent's session handler): a
-        background task serves the newest view received, skipping those it replaced."""
-        newest = self._pending or self.view
-        if self._closed or (newest is not None and view.revision < newest.revision):
+        background task serves the last view received, skipping those it replaced
+        meanwhile. The session delivers views in order, so the last is the newest."""
+        if self._closed:
             return
         self._pending = view
         if self._worker is None or self._worker.done():
@@ -272,14 +272,15 @@ class NetworkController:
             await self.apply_view(view)
 
     async def apply_view(self, view: NetworkView) -> None:
-        """Serve ``view`` now (an older revision than the one served is ignored)."""
+        """Serve ``view`` now. It replaces the one served whatever its revision: a
+        lower one comes from a cluster restored from a backup (or the view kept by
+        an earlier agent is older than the managers' first), and is what they hold."""
         if self._closed:
             return
         if self.view is not None and view.revision < self.view.revision:
-            log.debug(
-                "network view %d is older than %d: ignored", view.revision, self.view.revision
+            log.info(
+                "network view %d follows view %d: serving it", view.revision, self.view.revision
             )
-            return
         async with self._lock:
             self.view = view
             await self._converge()
@@ -288,11 +289,11 @@ class NetworkController:
             self._view_changed.notify_all()
 
     async def _keep(self, view: NetworkView) -> None:
-        if self.view_file is None or self._saved_revision == view.revision:
+        if self.view_file is None or view is self._saved or view == self._saved:
             return
         try:
             await asyncio.to_thread(write_private, self.view_file, to_json(view))
-            self._saved_revision = view.revision
+            self._saved = view
         except (OSError, WarrenError) as exc:
             log.warning("cannot keep network view %d in %s: %s", view.revision, self.view_file, exc)
 
