@@ -33,7 +33,7 @@ from warren.agent.network.wireguard import (
     public_key_of,
 )
 from warren.agent.runtime import ContainerConfig, ContainerNames, ContainerState
-from warren.agent.sim import SimRuntime
+from warren.agent.sim import SIM_NETNS_DIR, SimRuntime
 from warren.core.errors import FailedPrecondition, InvalidArgument, RuntimeFailure
 from warren.core.models import NetworkMode, Task, TaskStatus
 from warren.core.networks import NetworkAttachment, PortConfig, VirtualIP
@@ -505,3 +505,23 @@ async def test_stop_without_attached_tasks_removes_everything() -> None:
     assert made.packet_filter.table is None
     assert made.device.interfaces == {}
     assert not made.dns.started
+
+
+async def test_the_sim_plane_runs_networked_tasks_on_the_default_sim_runtime() -> None:
+    # What a node with the sim runtime composes: the controller over the fakes.
+    runtime = SimRuntime()
+    controller = NetworkController(ME, FakeBridgeNetwork(), ServiceProxy(FakePacketFilter()),
+                                   FakeDnsServer(), None)  # fmt: skip
+    await controller.apply_view(VIEW)
+    executor = await _run(_task("t1", ("net-front", "10.32.64.2/24")), runtime, controller)
+    try:
+        await eventually(lambda: executor.state == TaskState.RUNNING, 2.0, "running")
+        assert runtime.network_namespace("t1") == f"{SIM_NETNS_DIR}/t1"
+        assert not Path(f"{SIM_NETNS_DIR}/t1").exists()  # notional: the sim makes none
+        untouched = await _run(_task("t2"), runtime, controller)
+        await eventually(lambda: untouched.state == TaskState.RUNNING, 2.0, "running")
+        assert runtime.network_namespace("t2") is None
+        await untouched.close()
+    finally:
+        await executor.close()
+        await runtime.close()

@@ -8,9 +8,10 @@ Images: any name pulls, except one containing ``notfound`` (ImageNotFound).
 Args ``["exit", CODE, AFTER_SECONDS]`` make a container exit by itself.
 Exec: ``["false"]`` fails (exit 1), ``["cat", "/etc/resolv.conf"]`` (or
 ``/etc/hosts``) prints what the container's name files hold, anything else
-succeeds. Namespaces: none by default (``network_namespace`` gives None); with
-``netns_dir`` a container without host networking reports ``netns_dir/ID`` as
-its namespace, which the sim never makes (tests make it, or fake its users).
+succeeds. Namespaces: a container on Warren's networks (given ``names``)
+reports ``netns_dir/ID`` as its namespace, which the sim never makes: the sim
+network plane's fakes need none, and tests make it when theirs do. Any other
+container shares the host's (None).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from warren.agent.runtime import (
 )
 from warren.core.errors import FailedPrecondition, ImageNotFound, NotFound
 
+# Where sim containers on Warren's networks say their namespaces are (never made).
+SIM_NETNS_DIR = Path("/run/warren-sim/netns")
 # Exit code of a process killed by SIGKILL (128 + 9), as a shell reports it.
 _KILLED = 137
 
@@ -53,7 +56,7 @@ class _Container:
 class SimRuntime:
     name = "sim"
 
-    def __init__(self, netns_dir: Path | None = None) -> None:
+    def __init__(self, netns_dir: Path = SIM_NETNS_DIR) -> None:
         self._netns_dir = netns_dir
         self._containers: dict[str, _Container] = {}
         self._events: asyncio.Queue[RuntimeEvent] = asyncio.Queue()
@@ -139,7 +142,7 @@ class SimRuntime:
 
     def network_namespace(self, container_id: str) -> str | None:
         container = self._get(container_id)
-        if self._netns_dir is None or container.config.host_network:
+        if container.config.names is None:
             return None
         return str(self._netns_dir / container_id)
 
