@@ -32,6 +32,7 @@ import grpc
 from warren.agent.cache import TaskCache
 from warren.agent.executor import TaskExecutor, TaskNetworking
 from warren.agent.runtime import ContainerState, Runtime
+from warren.core.doctor import CheckKind, CheckResult, DoctorCheck, DoctorReport, DoctorRequest
 from warren.core.errors import NotFound, PermissionDenied, WarrenError
 from warren.core.models import Resources, Task, TaskStatus
 from warren.core.node_view import NetworkView
@@ -90,6 +91,8 @@ class WireGuardIdentity:
 # Called with every network view the manager sends (warren.core.node_view),
 # in the session's read loop: it hands the view over and returns quickly.
 NetworkViewHandler = Callable[[NetworkView], Awaitable[None]]
+# Runs the network doctor's checks on this node (warren.agent.network.doctor).
+DoctorHandler = Callable[[DoctorRequest], Awaitable[DoctorReport]]
 
 
 class NodeNetworking(TaskNetworking, Protocol):
@@ -117,6 +120,7 @@ class Agent:
         wireguard: WireGuardIdentity | None = None,
         on_network_view: NetworkViewHandler | None = None,
         networking: NodeNetworking | None = None,
+        on_doctor: DoctorHandler | None = None,
     ) -> None:
         self.node_id = node_id
         self.managers = list(managers)
@@ -127,6 +131,8 @@ class Agent:
         self.resources = resources or node_resources()
         self.wireguard = wireguard
         self.on_network_view = on_network_view
+        # None: the node serves no networks, and says so to the doctor.
+        self.on_doctor = on_doctor
         # Plugs networked tasks' containers in (None: tasks keep only loopback).
         self.networking = networking
         self.data_dir = data_dir
@@ -325,6 +331,9 @@ class Agent:
                 running.cancel()
         elif kind == "network_view" and self.on_network_view is not None:
             await self.on_network_view(from_message(NetworkView, message.network_view))
+        elif kind == "doctor":
+            # The checks take seconds: the session keeps reading meanwhile.
+            self._spawn(self._serve_doctor(from_message(DoctorRequest, message.doctor)))
 
     async def _write(self, message: pb.WorkerMessage) -> None:
         call = self._call
@@ -337,6 +346,33 @@ class Agent:
         while True:
             await asyncio.sleep(period)
             await self._write(pb.WorkerMessage(heartbeat=pb.Heartbeat()))
+
+    async def _serve_doctor(self, request: DoctorRequest) -> None:
+        """Run the doctor's checks and send the report (a failure is a failed row)."""
+        try:
+            report = await self.doctor_report(request)
+            await self._write(pb.WorkerMessage(doctor=to_message(report, pb.DoctorReport)))
+        except (WarrenError, grpc.RpcError, asyncio.InvalidStateError, RuntimeError) as exc:
+            log.warning("network doctor report %s not sent: %s", request.request_id, exc)
+
+    async def doctor_report(self, request: DoctorRequest) -> DoctorReport:
+        if self.on_doctor is None:
+            skipped = DoctorCheck(
+                CheckKind.NODE, f"node {self.node_id}", CheckResult.SKIP, "serves no networks"
+            )
+            return DoctorReport(request.request_id, self.node_id, (skipped,))
+        try:
+            return await self.on_doctor(request)
+        except Exception as exc:
+            log.exception("network doctor failed")
+            failed = DoctorCheck(
+                CheckKind.NODE,
+                f"node {self.node_id}",
+                CheckResult.FAIL,
+                f"the doctor failed on this node: {str(exc)[:300]}",
+                "see the node's agent log",
+            )
+            return DoctorReport(request.request_id, self.node_id, (failed,))
 
     async def _serve_logs(self, request: pb.TaskLogsRequest) -> None:
         """Stream a container's output back in batches, ending with ``done``."""

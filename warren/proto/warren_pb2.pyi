@@ -1220,6 +1220,115 @@ class LogLine(_message.Message):
 Global___LogLine: _TypeAlias = LogLine  # noqa: Y015
 
 @_typing.final
+class NetworkDoctorRequest(_message.Message):
+    """The network doctor (warren.core.doctor): every node's checks, gathered by the leader."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
+    service: _builtins.str
+    """ID, prefix or name; empty: every service"""
+    timeout: _builtins.float
+    """seconds to wait for the nodes; 0: the default (8)"""
+    def __init__(
+        self,
+        *,
+        service: _builtins.str = ...,
+        timeout: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["service", b"service", "timeout", b"timeout"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NetworkDoctorRequest: _TypeAlias = NetworkDoctorRequest  # noqa: Y015
+
+@_typing.final
+class DoctorCheck(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    HINT_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """node, handshake, round-trip, path-mtu, dns, vip, published"""
+    target: _builtins.str
+    result: _builtins.str
+    """ok, fail or skip"""
+    detail: _builtins.str
+    hint: _builtins.str
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        target: _builtins.str = ...,
+        result: _builtins.str = ...,
+        detail: _builtins.str = ...,
+        hint: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "hint", b"hint", "kind", b"kind", "result", b"result", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DoctorCheck: _TypeAlias = DoctorCheck  # noqa: Y015
+
+@_typing.final
+class DoctorReport(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    CHECKS_FIELD_NUMBER: _builtins.int
+    HOSTNAME_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    node_id: _builtins.str
+    hostname: _builtins.str
+    """set by the leader"""
+    @_builtins.property
+    def checks(self) -> _containers.RepeatedCompositeFieldContainer[Global___DoctorCheck]: ...
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        node_id: _builtins.str = ...,
+        checks: _abc.Iterable[Global___DoctorCheck] | None = ...,
+        hostname: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checks", b"checks", "hostname", b"hostname", "node_id", b"node_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DoctorReport: _TypeAlias = DoctorReport  # noqa: Y015
+
+@_typing.final
+class NetworkDoctorResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPORTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reports(self) -> _containers.RepeatedCompositeFieldContainer[Global___DoctorReport]: ...
+    def __init__(
+        self,
+        *,
+        reports: _abc.Iterable[Global___DoctorReport] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reports", b"reports"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NetworkDoctorResponse: _TypeAlias = NetworkDoctorResponse  # noqa: Y015
+
+@_typing.final
 class JoinTokenRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1700,6 +1809,7 @@ class WorkerMessage(_message.Message):
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     LOGS_FIELD_NUMBER: _builtins.int
+    DOCTOR_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def register(self) -> Global___Register: ...
     @_builtins.property
@@ -1708,6 +1818,10 @@ class WorkerMessage(_message.Message):
     def status(self) -> Global___StatusReport: ...
     @_builtins.property
     def logs(self) -> Global___LogsChunk: ...
+    @_builtins.property
+    def doctor(self) -> Global___DoctorReport:
+        """the answer to a DoctorRequest"""
+
     def __init__(
         self,
         *,
@@ -1715,12 +1829,13 @@ class WorkerMessage(_message.Message):
         heartbeat: Global___Heartbeat | None = ...,
         status: Global___StatusReport | None = ...,
         logs: Global___LogsChunk | None = ...,
+        doctor: Global___DoctorReport | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "logs", b"logs", "message", b"message", "register", b"register", "status", b"status"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["doctor", b"doctor", "heartbeat", b"heartbeat", "logs", b"logs", "message", b"message", "register", b"register", "status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "logs", b"logs", "message", b"message", "register", b"register", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["doctor", b"doctor", "heartbeat", b"heartbeat", "logs", b"logs", "message", b"message", "register", b"register", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["register", "heartbeat", "status", "logs"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["register", "heartbeat", "status", "logs", "doctor"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
@@ -1830,6 +1945,31 @@ class CancelLogs(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CancelLogs: _TypeAlias = CancelLogs  # noqa: Y015
+
+@_typing.final
+class DoctorRequest(_message.Message):
+    """Run the network doctor's checks; the node answers one DoctorReport."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    service: _builtins.str
+    """a service name; empty: every service"""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        service: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "service", b"service"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DoctorRequest: _TypeAlias = DoctorRequest  # noqa: Y015
 
 @_typing.final
 class ViewNetwork(_message.Message):
@@ -2010,6 +2150,7 @@ class ManagerMessage(_message.Message):
     LOGS_FIELD_NUMBER: _builtins.int
     CANCEL_LOGS_FIELD_NUMBER: _builtins.int
     NETWORK_VIEW_FIELD_NUMBER: _builtins.int
+    DOCTOR_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def session(self) -> Global___SessionInfo: ...
     @_builtins.property
@@ -2020,6 +2161,8 @@ class ManagerMessage(_message.Message):
     def cancel_logs(self) -> Global___CancelLogs: ...
     @_builtins.property
     def network_view(self) -> Global___NetworkView: ...
+    @_builtins.property
+    def doctor(self) -> Global___DoctorRequest: ...
     def __init__(
         self,
         *,
@@ -2028,12 +2171,13 @@ class ManagerMessage(_message.Message):
         logs: Global___TaskLogsRequest | None = ...,
         cancel_logs: Global___CancelLogs | None = ...,
         network_view: Global___NetworkView | None = ...,
+        doctor: Global___DoctorRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "cancel_logs", b"cancel_logs", "logs", b"logs", "message", b"message", "network_view", b"network_view", "session", b"session"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "cancel_logs", b"cancel_logs", "doctor", b"doctor", "logs", b"logs", "message", b"message", "network_view", b"network_view", "session", b"session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "cancel_logs", b"cancel_logs", "logs", b"logs", "message", b"message", "network_view", b"network_view", "session", b"session"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "cancel_logs", b"cancel_logs", "doctor", b"doctor", "logs", b"logs", "message", b"message", "network_view", b"network_view", "session", b"session"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["session", "assignments", "logs", "cancel_logs", "network_view"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["session", "assignments", "logs", "cancel_logs", "network_view", "doctor"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 

@@ -84,6 +84,11 @@ class ControlStub:
                 request_serializer=warren_dot_proto_dot_warren__pb2.NetworkRef.SerializeToString,
                 response_deserializer=warren_dot_proto_dot_warren__pb2.Empty.FromString,
                 _registered_method=True)
+        self.NetworkDoctor = channel.unary_unary(
+                '/warren.v1.Control/NetworkDoctor',
+                request_serializer=warren_dot_proto_dot_warren__pb2.NetworkDoctorRequest.SerializeToString,
+                response_deserializer=warren_dot_proto_dot_warren__pb2.NetworkDoctorResponse.FromString,
+                _registered_method=True)
         self.ListNodes = channel.unary_unary(
                 '/warren.v1.Control/ListNodes',
                 request_serializer=warren_dot_proto_dot_warren__pb2.Empty.SerializeToString,
@@ -210,6 +215,14 @@ class ControlServicer:
 
     def RemoveNetwork(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def NetworkDoctor(self, request, context):
+        """Checks from every node over the existing sessions; a node that does not
+        answer within the timeout gets a failed "node" row.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -348,6 +361,11 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.RemoveNetwork,
                     request_deserializer=warren_dot_proto_dot_warren__pb2.NetworkRef.FromString,
                     response_serializer=warren_dot_proto_dot_warren__pb2.Empty.SerializeToString,
+            ),
+            'NetworkDoctor': grpc.unary_unary_rpc_method_handler(
+                    servicer.NetworkDoctor,
+                    request_deserializer=warren_dot_proto_dot_warren__pb2.NetworkDoctorRequest.FromString,
+                    response_serializer=warren_dot_proto_dot_warren__pb2.NetworkDoctorResponse.SerializeToString,
             ),
             'ListNodes': grpc.unary_unary_rpc_method_handler(
                     servicer.ListNodes,
@@ -685,6 +703,33 @@ class Control:
             '/warren.v1.Control/RemoveNetwork',
             warren_dot_proto_dot_warren__pb2.NetworkRef.SerializeToString,
             warren_dot_proto_dot_warren__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def NetworkDoctor(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/warren.v1.Control/NetworkDoctor',
+            warren_dot_proto_dot_warren__pb2.NetworkDoctorRequest.SerializeToString,
+            warren_dot_proto_dot_warren__pb2.NetworkDoctorResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -44,6 +44,10 @@ class ControlStub:
     GetNetwork: _grpc.UnaryUnaryMultiCallable[_warren_pb2.NetworkRef, _warren_pb2.Network]
     ListNetworks: _grpc.UnaryUnaryMultiCallable[_warren_pb2.Empty, _warren_pb2.ListNetworksResponse]
     RemoveNetwork: _grpc.UnaryUnaryMultiCallable[_warren_pb2.NetworkRef, _warren_pb2.Empty]
+    NetworkDoctor: _grpc.UnaryUnaryMultiCallable[_warren_pb2.NetworkDoctorRequest, _warren_pb2.NetworkDoctorResponse]
+    """Checks from every node over the existing sessions; a node that does not
+    answer within the timeout gets a failed "node" row.
+    """
     ListNodes: _grpc.UnaryUnaryMultiCallable[_warren_pb2.Empty, _warren_pb2.ListNodesResponse]
     GetNode: _grpc.UnaryUnaryMultiCallable[_warren_pb2.NodeRef, _warren_pb2.Node]
     UpdateNode: _grpc.UnaryUnaryMultiCallable[_warren_pb2.UpdateNodeRequest, _warren_pb2.Node]
@@ -75,6 +79,10 @@ class ControlAsyncStub(ControlStub):
     GetNetwork: _aio.UnaryUnaryMultiCallable[_warren_pb2.NetworkRef, _warren_pb2.Network]  # type: ignore[assignment]
     ListNetworks: _aio.UnaryUnaryMultiCallable[_warren_pb2.Empty, _warren_pb2.ListNetworksResponse]  # type: ignore[assignment]
     RemoveNetwork: _aio.UnaryUnaryMultiCallable[_warren_pb2.NetworkRef, _warren_pb2.Empty]  # type: ignore[assignment]
+    NetworkDoctor: _aio.UnaryUnaryMultiCallable[_warren_pb2.NetworkDoctorRequest, _warren_pb2.NetworkDoctorResponse]  # type: ignore[assignment]
+    """Checks from every node over the existing sessions; a node that does not
+    answer within the timeout gets a failed "node" row.
+    """
     ListNodes: _aio.UnaryUnaryMultiCallable[_warren_pb2.Empty, _warren_pb2.ListNodesResponse]  # type: ignore[assignment]
     GetNode: _aio.UnaryUnaryMultiCallable[_warren_pb2.NodeRef, _warren_pb2.Node]  # type: ignore[assignment]
     UpdateNode: _aio.UnaryUnaryMultiCallable[_warren_pb2.UpdateNodeRequest, _warren_pb2.Node]  # type: ignore[assignment]
@@ -163,6 +171,16 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         request: _warren_pb2.NetworkRef,
         context: _ServicerContext,
     ) -> _typing.Union[_warren_pb2.Empty, _abc.Awaitable[_warren_pb2.Empty]]: ...
+
+    @_abc_1.abstractmethod
+    def NetworkDoctor(
+        self,
+        request: _warren_pb2.NetworkDoctorRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_warren_pb2.NetworkDoctorResponse, _abc.Awaitable[_warren_pb2.NetworkDoctorResponse]]:
+        """Checks from every node over the existing sessions; a node that does not
+        answer within the timeout gets a failed "node" row.
+        """
 
     @_abc_1.abstractmethod
     def ListNodes(
