@@ -327,3 +327,12 @@ def test_a_network_with_several_blocks_here_has_one_bridge_with_a_gateway_each()
         1420,
     )
     assert str(attached.gateway) == "10.32.100.1"
+
+
+def test_a_network_in_the_mesh_range_keeps_the_mesh_working_for_its_blocks() -> None:
+    inside = ViewNetwork("net-cgnat", "cgnat", "100.64.0.0/10")
+    notes: list[str] = []
+    _, (peer,) = mesh_plan(NetworkView(networks=(inside,), peers=(PEER_2,)), ME, MY_KEY, notes)
+    assert peer.allowed_ips == ("10.32.65.0/24",)
+    theirs = mesh_addresses([(ME, MY_KEY), (OTHER, KEY_2)])[OTHER]
+    assert notes == [f"peer node {OTHER}: mesh address {theirs} is in a network"]

@@ -31,7 +31,7 @@ import hashlib
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import TypeVar, cast
 
@@ -311,11 +311,18 @@ def mesh_plan(
     blocks and its mesh address routed to it."""
     members = [(p.node_id, p.public_key) for p in view.peers if p.node_id != node_id]
     addresses = mesh_addresses([*members, (node_id, public_key)])
+    subnets = [n for n in (_network(net.subnet) for net in view.networks) if n is not None]
     peers = []
     for peer in view.peers:
         if peer.node_id == node_id:
             continue
-        routed = (*peer.blocks, f"{addresses[peer.node_id]}/32")
+        address = IPv4Address(addresses[peer.node_id])
+        routed: tuple[str, ...] = tuple(peer.blocks)
+        if any(address in subnet for subnet in subnets):
+            # A network took that part of the mesh range: its blocks are routed.
+            _note(notes, f"peer node {peer.node_id}: mesh address {address} is in a network")
+        else:
+            routed = (*routed, f"{address}/32")
         try:
             peers.append(Peer(peer.public_key, peer.endpoint, routed))
         except InvalidArgument as exc:
