@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 from google.protobuf.message import Message
 
+from warren.core.doctor import DEFAULT_TIMEOUT as DEFAULT_DOCTOR_TIMEOUT
+from warren.core.doctor import DoctorReport
 from warren.core.errors import InvalidArgument, Unavailable, WarrenError
 from warren.core.models import Availability, Node, Service, ServiceSpec, Task
 from warren.core.networks import Network, NetworkSpec
@@ -114,14 +116,17 @@ class WarrenClient:
         count = len(self._managers)
         return [(self._preferred + i) % count for i in range(count)]
 
-    def _call(self, method: UnaryMethod[Request, Reply], request: Request) -> Reply:
+    def _call(
+        self, method: UnaryMethod[Request, Reply], request: Request, timeout: float | None = None
+    ) -> Reply:
+        """``timeout``: the call's deadline in seconds (None: the client's)."""
         failures: list[str] = []
         candidates = self._candidates()
         for index in candidates:
             address = self._managers[index]
             try:
                 reply = method(self._stub(address))(
-                    request, timeout=self._timeout, metadata=self._metadata
+                    request, timeout=timeout or self._timeout, metadata=self._metadata
                 )
             except grpc.RpcError as exc:
                 if not _is_unavailable(exc):
@@ -179,6 +184,15 @@ class WarrenClient:
 
     def remove_network(self, ref: str) -> None:
         self._call(lambda stub: stub.RemoveNetwork, pb.NetworkRef(network=ref))
+
+    def network_doctor(self, service: str = "", timeout: float = 0.0) -> list[DoctorReport]:
+        """Every node's network checks; ``timeout``: seconds the leader waits for the
+        nodes (0: its default)."""
+        request = pb.NetworkDoctorRequest(service=service, timeout=timeout)
+        # The leader waits for the nodes first: the call may take that long and more.
+        deadline = (timeout or DEFAULT_DOCTOR_TIMEOUT) + self._timeout
+        reply = self._call(lambda stub: stub.NetworkDoctor, request, deadline)
+        return [_doctor_report(message) for message in reply.reports]
 
     # -- nodes -----------------------------------------------------------------
 
@@ -328,6 +342,11 @@ def _service(message: pb.Service) -> Service:
 def _network(message: pb.Network) -> Network:
     network: Network = from_message(Network, message)
     return network
+
+
+def _doctor_report(message: pb.DoctorReport) -> DoctorReport:
+    report: DoctorReport = from_message(DoctorReport, message)
+    return report
 
 
 def _node(message: pb.Node) -> Node:

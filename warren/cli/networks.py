@@ -1,4 +1,4 @@
-"""``warren network ...``: create, list, inspect and remove networks."""
+"""``warren network ...``: create, list, inspect and remove networks; the doctor."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import click
 from warren.cli.context import CliContext, output_option, pass_cli
 from warren.cli.output import document, table
 from warren.cli.parsing import LABEL
+from warren.core.doctor import MAX_TIMEOUT, DoctorReport
 from warren.core.networks import Network, NetworkSpec
 
 
@@ -67,3 +68,60 @@ def remove(cli: CliContext, networks: tuple[str, ...]) -> None:
     for ref in networks:
         client.remove_network(ref)
         click.echo(ref)
+
+
+@network_group.command("doctor")
+@click.option("--service", default="", help="Check only this service (ID, prefix or name).")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0, MAX_TIMEOUT, min_open=True),
+    default=None,
+    help="Seconds to wait for the nodes' answers (default: 8).",
+)
+@output_option
+@pass_cli
+def doctor(cli: CliContext, service: str, timeout: float | None) -> None:
+    """Check the networks from every node: WireGuard handshakes, round trips and path
+    MTU to each peer, service names from a container, VIPs and published ports.
+
+    Exits 1 when any check fails (each failure is followed by a hint).
+    """
+    reports = cli.client().network_doctor(service, timeout or 0.0)
+    fmt = cli.output_format()
+    if fmt != "table":
+        click.echo(document(reports, fmt))
+    else:
+        click.echo(doctor_table(reports))
+        hints = doctor_hints(reports)
+        if hints:
+            click.echo("\n" + hints)
+    if any(report.failed for report in reports):
+        raise click.exceptions.Exit(1)
+
+
+def _node_name(report: DoctorReport) -> str:
+    return report.hostname or report.node_id
+
+
+def doctor_table(reports: list[DoctorReport]) -> str:
+    """NODE, CHECK, TARGET, RESULT (OK, FAIL or SKIP), DETAIL: a row per check."""
+    rows = [
+        [_node_name(r), str(c.kind), c.target, str(c.result).upper(), c.detail]
+        for r in reports
+        for c in r.checks
+    ]
+    return table(["NODE", "CHECK", "TARGET", "RESULT", "DETAIL"], rows)
+
+
+def doctor_hints(reports: list[DoctorReport]) -> str:
+    """Each failure with its hint, below the table ("" when nothing failed)."""
+    lines = []
+    for report in reports:
+        for check in report.checks:
+            if check.failed:
+                lines.append(
+                    f"FAIL {_node_name(report)} {check.kind} {check.target}: {check.detail}"
+                )
+                if check.hint:
+                    lines.append(f"  hint: {check.hint}")
+    return "\n".join(lines)

@@ -22,6 +22,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from warren.core.doctor import DoctorReport, DoctorRequest, no_answer
 from warren.core.errors import (
     Conflict,
     NotFound,
@@ -151,6 +152,8 @@ class Dispatcher:
         self._pending: dict[str, dict[str, TaskStatus]] = {}
         self._leader_since = self.clock.now()
         self._log_streams: dict[str, asyncio.Queue[LogsChunk]] = {}
+        # Doctor request ID -> node ID -> its report, while the request waits.
+        self._doctor_answers: dict[str, dict[str, asyncio.Future[DoctorReport]]] = {}
         self._barrier: asyncio.Future[Any] | None = None
         # The latest shared part of the network views, reused by every session
         # at the same store revision.
@@ -402,6 +405,52 @@ class Dispatcher:
                 stream = self._log_streams.get(event.request_id)
                 if stream is not None:
                     stream.put_nowait(event)
+            elif isinstance(event, DoctorReport):
+                self._doctor_answered(node_id, event)
+
+    def _doctor_answered(self, node_id: str, report: DoctorReport) -> None:
+        answer = self._doctor_answers.get(report.request_id, {}).get(node_id)
+        if answer is not None and not answer.done():
+            # The session says which node this is, not the report.
+            answer.set_result(replace(report, node_id=node_id))
+
+    async def network_doctor(self, service: str, timeout: float) -> list[DoctorReport]:
+        """Every node's network doctor report, by node ID: each connected node is
+        asked over its session; one not connected, or silent for ``timeout``
+        seconds, gets a failed row saying so. ``service`` is a service name ("": all)."""
+        self._require_leader()
+        request_id = new_id()
+        nodes = sorted(self.store.list(Kind.NODE), key=lambda n: n.id)
+        answers: dict[str, asyncio.Future[DoctorReport]] = {}
+        self._doctor_answers[request_id] = answers
+        loop = asyncio.get_running_loop()
+        try:
+            for node in nodes:
+                session = self._sessions.get(node.id)
+                if session is not None:
+                    answers[node.id] = loop.create_future()
+                    session.send(DoctorRequest(request_id, service))
+            if answers:
+                await asyncio.wait(answers.values(), timeout=timeout)
+        finally:
+            del self._doctor_answers[request_id]
+        reports = []
+        for node in nodes:
+            name = node.hostname or node.id
+            answer = answers.get(node.id)
+            if answer is None:
+                report = no_answer(
+                    request_id, node.id, f"node {name} is not connected (status {node.status})"
+                )
+            elif answer.done():
+                report = answer.result()
+            else:
+                answer.cancel()
+                report = no_answer(
+                    request_id, node.id, f"no answer from node {name} within {timeout:g}s"
+                )
+            reports.append(replace(report, hostname=node.hostname))
+        return reports
 
     async def task_logs(self, task: Task, follow: bool, tail: int) -> AsyncIterator[LogEntry]:
         """Stream a task's log entries from its node, over the node's session."""

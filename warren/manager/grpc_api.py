@@ -19,6 +19,7 @@ from typing import Any, TypeVar, assert_never
 import grpc
 
 from warren.core.codec import from_dict
+from warren.core.doctor import DoctorReport, DoctorRequest, doctor_timeout, no_answer
 from warren.core.errors import (
     InvalidArgument,
     NotLeader,
@@ -248,6 +249,13 @@ class ControlServicer(pb_grpc.ControlServicer):
         return pb.Empty()
 
     @admin_rpc
+    async def NetworkDoctor(self, request: Any, context: Any) -> Any:
+        timeout = doctor_timeout(request.timeout)
+        service = self.control.get_service(request.service).spec.name if request.service else ""
+        reports = await self.dispatcher.network_doctor(service, timeout)
+        return pb.NetworkDoctorResponse(reports=[to_message(r, pb.DoctorReport) for r in reports])
+
+    @admin_rpc
     async def ListNodes(self, request: Any, context: Any) -> Any:
         return pb.ListNodesResponse(nodes=encodable(self.control.list_nodes(), pb.Node))
 
@@ -422,8 +430,22 @@ def node_event(message: pb.WorkerMessage) -> NodeEvent:
         logs = message.logs
         entries = [LogEntry(e.timestamp, e.stream, e.line) for e in logs.entries]
         return LogsChunk(logs.request_id, entries, logs.done, logs.error)
+    if kind == "doctor":
+        return _doctor_report(message.doctor)
     # A heartbeat, or a message this manager does not know: a sign of life still.
     return Heartbeat()
+
+
+def _doctor_report(message: pb.DoctorReport) -> DoctorReport:
+    """The node's report; one this manager cannot read is a failed row, not the
+    end of the session."""
+    try:
+        report: DoctorReport = from_message(DoctorReport, message)
+        return report
+    except WarrenError as exc:
+        reason = f"unreadable report: {exc}"
+        hint = "does the node run another Warren version? upgrade it"
+        return no_answer(str(message.request_id)[:64], "-", reason, hint)
 
 
 async def node_events(messages: AsyncIterator[pb.WorkerMessage]) -> AsyncIterator[NodeEvent]:
@@ -454,6 +476,8 @@ def manager_message(event: ManagerEvent) -> pb.ManagerMessage:
         return pb.ManagerMessage(cancel_logs=pb.CancelLogs(request_id=event.request_id))
     if isinstance(event, NetworkView):
         return pb.ManagerMessage(network_view=to_message(event, pb.NetworkView))
+    if isinstance(event, DoctorRequest):
+        return pb.ManagerMessage(doctor=to_message(event, pb.DoctorRequest))
     assert_never(event)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from warren.core.doctor import DoctorReport, DoctorRequest
 from warren.core.models import NodeRole, Resources, Task, TaskStatus
 from warren.core.node_view import NetworkView
 
@@ -52,7 +53,8 @@ class LogsChunk:
     error: str = ""
 
 
-NodeEvent = Registration | Heartbeat | StatusReport | LogsChunk
+# A ``DoctorReport`` (warren.core.doctor) answers a ``DoctorRequest``.
+NodeEvent = Registration | Heartbeat | StatusReport | LogsChunk | DoctorReport
 
 
 # -- to the node ------------------------------------------------------------------
@@ -89,8 +91,9 @@ class CancelLogs:
 
 
 # A ``NetworkView`` (warren.core.node_view) is what the node serves of the
-# networks: sent after ``SessionStarted`` and again whenever it changes.
-ManagerEvent = SessionStarted | Assignments | LogsRequest | CancelLogs | NetworkView
+# networks: sent after ``SessionStarted`` and again whenever it changes. A
+# ``DoctorRequest`` asks for the network doctor's checks.
+ManagerEvent = SessionStarted | Assignments | LogsRequest | CancelLogs | NetworkView | DoctorRequest
 
 
 @dataclass(frozen=True)
