@@ -596,8 +596,18 @@ class NodeDoctor:
                 for peer in plan.peers
                 for kind in (CheckKind.HANDSHAKE, CheckKind.ROUND_TRIP, CheckKind.PATH_MTU)
             ]
+        # The pings first: a tunnel idle since it was set up makes its handshake
+        # on the first packet, so the ages read after them are current.
+        round_trips = await asyncio.gather(
+            *(self._run(probes.ping(peer.address, 64, False)) for peer in plan.peers)
+        )
         ages = await self._run(probes.handshake_ages())
-        groups = await asyncio.gather(*(self._one_peer(probes, peer, ages) for peer in plan.peers))
+        groups = await asyncio.gather(
+            *(
+                self._one_peer(probes, peer, ages, round_trip)
+                for peer, round_trip in zip(plan.peers, round_trips, strict=True)
+            )
+        )
         return [check for group in groups for check in group]
 
     def _no_mesh_probes(self) -> str:
@@ -609,14 +619,17 @@ class NodeDoctor:
         return ""
 
     async def _one_peer(
-        self, probes: Probes, peer: PeerTarget, ages: dict[str, float | None] | ProbeFailed
+        self,
+        probes: Probes,
+        peer: PeerTarget,
+        ages: dict[str, float | None] | ProbeFailed,
+        round_trip: float | ProbeFailed,
     ) -> list[DoctorCheck]:
         name = _peer_name(peer)
         if isinstance(ages, ProbeFailed):
             rows = [fail(CheckKind.HANDSHAKE, name, str(ages), "see the agent's log (WireGuard)")]
         else:
             rows = [handshake_check(peer, ages)]
-        round_trip = await self._run(probes.ping(peer.address, 64, False))
         rows.append(round_trip_check(peer, round_trip))
         if isinstance(round_trip, ProbeFailed):
             rows.append(skip(CheckKind.PATH_MTU, name, "no round trip at all"))
