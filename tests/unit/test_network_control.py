@@ -12,7 +12,7 @@ import pytest
 from factories import make_node, make_service, make_task
 
 from warren.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from warren.core.models import ContainerSpec, NetworkMode, Service, ServiceSpec, Task
+from warren.core.models import Cluster, ContainerSpec, NetworkMode, Service, ServiceSpec, Task
 from warren.core.networks import (
     EndpointMode,
     EndpointSpec,
@@ -28,7 +28,16 @@ from warren.manager.consensus import LocalConsensus
 from warren.manager.control.networks import DEFAULT_NETWORK, NetworkControl
 from warren.manager.control.services import ServiceControl
 from warren.manager.scheduler import schedule_ops
-from warren.manager.store import MUST_NOT_EXIST, Kind, Store, put, raise_for_result, txn
+from warren.manager.store import (
+    MUST_NOT_EXIST,
+    Kind,
+    Store,
+    delete,
+    put,
+    raise_for_result,
+    txn,
+)
+from warren.manager.writes import write
 
 
 @pytest.fixture
@@ -112,6 +121,27 @@ async def test_a_network_in_use_is_not_removed(
         networks.get("back")
 
 
+async def test_the_default_network_stays_and_comes_to_clusters_made_without_it(
+    consensus: LocalConsensus, networks: NetworkControl
+) -> None:
+    default = networks.get(DEFAULT_NETWORK)
+    revision = consensus.store.revision
+    with pytest.raises(FailedPrecondition, match="default network cannot be removed"):
+        await networks.remove(DEFAULT_NETWORK)
+    assert consensus.store.revision == revision
+    assert await networks.ensure_default() is None  # there already: nothing written
+    assert consensus.store.revision == revision
+
+    # A cluster made before networks existed gets one once it is at format 2.
+    await write(consensus, [delete(Kind.NETWORK, default.id, default.version)])
+    assert await networks.ensure_default() is None  # no cluster object: format 1
+    cluster = Cluster(id="c", ca_fingerprint="f", command_format=2)
+    await write(consensus, [put(cluster, MUST_NOT_EXIST)])
+    made = await networks.ensure_default()
+    assert made is not None and networks.get(DEFAULT_NETWORK) == made
+    assert networks.default_ids() == (made.id,)
+
+
 # -- services on networks ---------------------------------------------------------------
 
 
@@ -127,6 +157,21 @@ async def test_a_service_joins_the_default_network_with_a_vip(
     # An update keeps the VIP; the spec names networks by ID once stored.
     updated = await services.update("web", dataclasses.replace(web.spec, replicas=3))
     assert updated.endpoint.vips == (vip,)
+
+
+async def test_a_service_on_no_network_joins_the_default_one_when_it_publishes_a_port(
+    services: ServiceControl, networks: NetworkControl
+) -> None:
+    # As a service made before networks existed: in its own namespace, on none.
+    web = await services.create(_spec("web"))
+    web = await services.update("web", dataclasses.replace(web.spec, networks=()))
+    assert web.spec.networks == () and web.endpoint.vips == ()
+    published = EndpointSpec(ports=(PortConfig(target=80, published=8080),))
+    web = await services.update("web", dataclasses.replace(web.spec, endpoint=published))
+    default = networks.get(DEFAULT_NETWORK)
+    assert web.spec.networks == (default.id,)
+    assert [v.network_id for v in web.endpoint.vips] == [default.id]
+    assert [p.published for p in web.endpoint.ports] == [8080]
 
 
 async def test_names_resolve_to_ids_and_dnsrr_or_host_networking_get_no_vip(

@@ -49,11 +49,8 @@ class NodeNetworking:
     async def shutdown(self) -> None:
         """The node process ends. Containers still attached keep running and keep
         their traffic (the next start takes the data plane over); with none left,
-        everything Warren made on the node is removed."""
-        if await self.controller.bridges.attachments():
-            await self.controller.stop()
-        else:
-            await self.controller.close()
+        everything Warren made on the node is removed (``NetworkController.stop``)."""
+        await self.controller.stop()
 
 
 class NetworkParts:

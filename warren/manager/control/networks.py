@@ -1,5 +1,5 @@
 """Networks: create (the leader's allocator picks or checks the subnet), read,
-remove (refused while a service or a task uses it)."""
+remove (refused while a service or a task uses it, and for the default network)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ import builtins
 import time
 from typing import cast
 
-from warren.core.errors import NotFound
+from warren.core.errors import FailedPrecondition, NotFound
 from warren.core.models import new_id
 from warren.core.networks import Network, NetworkSpec
 from warren.manager.allocator import allocate_network, check_network_removable
 from warren.manager.allocator.state import AllocatorState
 from warren.manager.allocator.view import allocator_state
+from warren.manager.command_format import cluster_format
 from warren.manager.consensus import Consensus
 from warren.manager.control.resolve import DESTRUCTIVE_MIN_PREFIX, resolve
 from warren.manager.store import MUST_NOT_EXIST, Kind, Store, delete, put
@@ -20,6 +21,8 @@ from warren.manager.writes import write
 
 # The network services join when they name none (created by `cluster init`).
 DEFAULT_NETWORK = "default"
+# The command format that brought networks: an older manager cannot apply them.
+NETWORKS_FORMAT = 2
 
 
 def current_allocation(store: Store) -> AllocatorState:
@@ -48,8 +51,21 @@ class NetworkControl:
     def list(self) -> builtins.list[Network]:
         return sorted(self.store.list(Kind.NETWORK), key=lambda n: n.spec.name)
 
+    async def ensure_default(self) -> Network | None:
+        """Create the default network when the cluster has none (one made before
+        networks existed: ``cluster init`` creates it, and it cannot be removed).
+        Returns it when made."""
+        if cluster_format(self.store) < NETWORKS_FORMAT or self.default_ids():
+            return None
+        return await self.create(NetworkSpec(DEFAULT_NETWORK))
+
     async def remove(self, ref: str) -> None:
         network = self.get(ref, DESTRUCTIVE_MIN_PREFIX)
+        if network.spec.name == DEFAULT_NETWORK:
+            raise FailedPrecondition(
+                "the default network cannot be removed: services that name no network join "
+                "it (give a service --network NAME to keep it off the default network)"
+            )
         check_network_removable(current_allocation(self.store), network.id)
         await write(self.consensus, [delete(Kind.NETWORK, network.id, network.version)])
 

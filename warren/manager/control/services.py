@@ -34,10 +34,13 @@ class ServiceControl:
         self.images = images
 
     def _on_networks(self, spec: ServiceSpec, default: bool) -> ServiceSpec:
-        """The spec with its networks as IDs; on create, a service that names
-        none (and has its own network namespace) joins the default network."""
+        """The spec with its networks as IDs. A service in its own network
+        namespace that names none joins the default network on create, and on
+        update when it publishes a port (one made before networks existed):
+        a published port forwards to the tasks' addresses on a network."""
         networks = self.networks.resolve_ids(spec.networks)
-        if not networks and default and spec.container.network_mode == NetworkMode.PRIVATE:
+        joins_default = default or bool(spec.endpoint.ports)
+        if not networks and joins_default and spec.container.network_mode == NetworkMode.PRIVATE:
             networks = self.networks.default_ids()
         return replace(spec, networks=networks)
 
