@@ -1,9 +1,10 @@
 """The network doctor's real probes, on two lab hosts running the agent's network
 controller with the real parts (see test_network_controller.py): from node 1,
 the WireGuard handshake, round trip and path MTU to node 2, the service's name
-asked from a local container's namespace, its VIP and its published port are
-all OK; with node 2's end of the mesh gone, the round trip to it fails with a
-hint. Needs root, ip, nft, nsenter and wireguard-go."""
+asked from a local container's namespace, its VIP and its published ports
+(ingress at 127.0.0.1, host mode at the node's gateway) are all OK; with node
+2's end of the mesh gone, the round trip to it fails with a hint. Needs root,
+ip, nft, nsenter and wireguard-go."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ from network.test_network_controller import (
 from network.wg_lab import wireguard_go_pids
 from warren.agent.network.wg_uapi import SOCKET_DIR
 from warren.core.doctor import CheckKind, CheckResult, DoctorReport
-from warren.core.networks import PortConfig, VirtualIP
+from warren.core.networks import PortConfig, PublishMode, VirtualIP
 from warren.core.node_view import NetworkView, ViewEndpoint, ViewNetwork, ViewPeer, ViewService
 
 NODE_SCRIPT = Path(__file__).with_name("doctor_node.py")
@@ -88,7 +89,10 @@ def _view(hosts: list[netlab.Host], keys: list[str], index: int) -> NetworkView:
         "web",
         networks=("net-front",),
         vips=(VirtualIP("net-front", f"{VIP}/16"),),
-        ports=(PortConfig(target=SERVICE_PORT, published=PUBLISHED),),
+        ports=(
+            PortConfig(target=SERVICE_PORT, published=PUBLISHED),
+            PortConfig(target=SERVICE_PORT, published=PUBLISHED + 1, mode=PublishMode.HOST),
+        ),
         endpoints=(
             ViewEndpoint("t-web1", "node-1", "net-front", "10.50.1.10/24"),
             ViewEndpoint("t-web2", "node-2", "net-front", "10.50.2.10/24"),
@@ -153,10 +157,12 @@ def test_the_doctor_probes_the_mesh_dns_vip_and_published_port_for_real(
             "dns",
             "vip",
             "published",
+            "published",
         ]
         assert ("dns", "web.front @ 10.50.1.1") in targets
         assert ("vip", f"web VIP {VIP}:{SERVICE_PORT}") in targets
         assert ("published", f"web 127.0.0.1:{PUBLISHED} (ingress)") in targets
+        assert ("published", f"web 10.50.1.1:{PUBLISHED + 1} (host)") in targets
         dns = next(c for c in report.checks if c.kind is CheckKind.DNS)
         assert dns.detail == VIP
 

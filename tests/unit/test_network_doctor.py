@@ -161,10 +161,11 @@ def test_the_plan_covers_every_peer_the_services_on_held_networks_and_published_
     ]
     web = plan.services[0]
     assert (web.tcp_ports, web.udp_ports, web.endpoints) == ((80,), (53,), 2)
-    assert [(p.service, p.port, p.listens_here) for p in plan.published] == [
-        ("web", 8080, True),
-        ("web", 5353, True),
-        ("db", 5432, False),  # host mode, its task runs on node-2
+    assert [(p.service, p.port, p.listens_here, p.address) for p in plan.published] == [
+        ("web", 8080, True, "127.0.0.1"),
+        ("web", 5353, True, "127.0.0.1"),
+        # Host mode: its task runs on node-2, and is tried at a gateway where it runs.
+        ("db", 5432, False, GATEWAY),
     ]
 
 
@@ -218,7 +219,7 @@ async def test_a_healthy_node_reports_every_check_ok(node: Node) -> None:
         ("vip", "db VIP 10.32.0.3:5432", "ok"),
         ("published", "web 127.0.0.1:8080 (ingress)", "ok"),
         ("published", "web 127.0.0.1:5353 (ingress)", "skip"),
-        ("published", "db 127.0.0.1:5432 (host)", "skip"),
+        ("published", f"db {GATEWAY}:5432 (host)", "skip"),
     ]
     assert only(checks, CheckKind.ROUND_TRIP, f"peer {OTHER}").detail == "1.5 ms"
     # Names are asked, and VIPs reached, from the local task's namespace; the
@@ -291,6 +292,20 @@ async def test_without_a_local_task_on_the_network_dns_is_skipped_and_vips_tried
     assert ("connect", "", "10.32.0.2:80") in probes.calls
     # The filter keeps web's rows only.
     assert not [c for c in checks if "db" in c.target]
+
+
+async def test_a_host_mode_port_is_tried_at_the_nodes_gateway_where_its_task_runs(
+    node: Node,
+) -> None:
+    # A host-mode task's reply to 127.0.0.1 would stay in its own namespace.
+    db_here = replace(DB, endpoints=(ViewEndpoint("t3", ME, "net-front", "10.32.64.3/24"),))
+    await node.controller.apply_view(replace(VIEW, revision=4, services=(WEB, db_here)))
+    probes = healthy_probes()
+    probes.open_ports.add((GATEWAY, 5432))
+    checks = list((await doctor(node, probes)(DoctorRequest("r11", "db"))).checks)
+    published = only(checks, CheckKind.PUBLISHED, "db")
+    assert (published.target, published.result) == (f"db {GATEWAY}:5432 (host)", CheckResult.OK)
+    assert ("connect", "", f"{GATEWAY}:5432") in probes.calls
 
 
 async def test_a_service_the_node_serves_nothing_of_is_a_skipped_row(node: Node) -> None:

@@ -14,8 +14,10 @@ node's own network namespace:
   local task on the network there is no one to ask as, and the row is
   skipped), and a TCP connection to the VIP on each TCP port the service
   publishes, from that namespace too (else from the node's);
-- per published TCP port: a connection to 127.0.0.1 on it (host mode: only on
-  nodes running one of the service's tasks, as only they listen).
+- per published TCP port: a connection to it on 127.0.0.1, as the quick start's
+  curl (host mode: at the node's first gateway, as a host-mode task's reply to
+  127.0.0.1 would stay in its own namespace; only on nodes running one of the
+  service's tasks, as only they listen).
 
 ``doctor_plan`` (what to check, from the view) and the ``*_check`` functions
 (what a result means, with a hint for a failure) are pure; the probes that
@@ -64,6 +66,7 @@ PROBE_CONCURRENCY = 16
 # IPv4 and ICMP headers: a ping of the mesh MTU carries this much less payload.
 ICMP_OVERHEAD = 28
 SIMULATED = "simulated network plane: not probed"
+LOOPBACK = "127.0.0.1"
 _DETAIL_LENGTH = 300
 
 T = TypeVar("T")
@@ -106,6 +109,11 @@ class PublishedTarget:
     protocol: PortProtocol
     mode: PublishMode
     listens_here: bool  # ingress: always; host mode: a task of the service runs here
+    address: str  # this node's address to connect to ("": it has none to try)
+
+    @property
+    def name(self) -> str:
+        return f"{self.service} {self.address or 'this node'}:{self.port} ({self.mode})"
 
 
 @dataclass(frozen=True)
@@ -138,6 +146,8 @@ def doctor_plan(
         PeerTarget(p.node_id, p.public_key, p.endpoint, addresses[p.node_id]) for p in others
     )
     held = {n.id: n for n in view.networks if n.blocks}
+    # A local address a host-mode task can answer: the node's first gateway.
+    gateway = next((first_address(n.blocks[0]) for n in held.values()), "")
     services = [s for s in view.services if not service or s.name == service]
     targets: list[ServiceTarget] = []
     published: list[PublishedTarget] = []
@@ -145,9 +155,9 @@ def doctor_plan(
         for network_id in svc.networks:
             network = held.get(network_id)
             if network is not None:
-                gateway = first_address(network.blocks[0])
-                targets.append(_service_target(svc, network.name, network_id, gateway))
-        published.extend(_published_targets(svc, node_id))
+                own = first_address(network.blocks[0])
+                targets.append(_service_target(svc, network.name, network_id, own))
+        published.extend(_published_targets(svc, node_id, gateway))
     absent = (service,) if service and not services else ()
     return DoctorPlan(peers, tuple(targets), tuple(published), absent)
 
@@ -173,15 +183,21 @@ def _service_target(svc: ViewService, network: str, network_id: str, gateway: st
     )
 
 
-def _published_targets(svc: ViewService, node_id: str) -> list[PublishedTarget]:
+def _published_targets(svc: ViewService, node_id: str, gateway: str) -> list[PublishedTarget]:
     local = any(e.node_id == node_id for e in svc.endpoints)
-    return [
-        PublishedTarget(
-            svc.name, p.published, p.protocol, p.mode, p.mode == PublishMode.INGRESS or local
-        )
-        for p in svc.ports
-        if p.published
-    ]
+    targets = []
+    for port in svc.ports:
+        if not port.published:
+            continue  # not allocated yet: nothing listens
+        if port.mode == PublishMode.INGRESS:
+            targets.append(
+                PublishedTarget(svc.name, port.published, port.protocol, port.mode, True, LOOPBACK)
+            )
+        else:
+            targets.append(
+                PublishedTarget(svc.name, port.published, port.protocol, port.mode, local, gateway)
+            )
+    return targets
 
 
 # -- what a result means (pure) -----------------------------------------------------------
@@ -303,7 +319,7 @@ def vip_check(target: ServiceTarget, port: int, outcome: float | ProbeFailed) ->
 
 
 def published_check(target: PublishedTarget, outcome: float | ProbeFailed) -> DoctorCheck:
-    name = f"{target.service} 127.0.0.1:{target.port} ({target.mode})"
+    name = target.name
     if isinstance(outcome, ProbeFailed):
         return fail(
             CheckKind.PUBLISHED,
@@ -692,14 +708,16 @@ class NodeDoctor:
         ]
 
     async def _published_check(self, target: PublishedTarget) -> list[DoctorCheck]:
-        name = f"{target.service} 127.0.0.1:{target.port} ({target.mode})"
+        name = target.name
         if self.probes is None:
             return [skip(CheckKind.PUBLISHED, name, SIMULATED)]
         if target.protocol != PortProtocol.TCP:
             return [skip(CheckKind.PUBLISHED, name, "UDP: not probed")]
         if not target.listens_here:
             return [skip(CheckKind.PUBLISHED, name, "host mode: no task of it runs here")]
-        outcome = await self._run(self.probes.connect(None, "127.0.0.1", target.port))
+        if not target.address:
+            return [skip(CheckKind.PUBLISHED, name, "this node holds no block: no address to try")]
+        outcome = await self._run(self.probes.connect(None, target.address, target.port))
         return [published_check(target, outcome)]
 
 
