@@ -5,7 +5,10 @@ from pathlib import Path
 import pytest
 
 from warren.agent.network.bridge import FakeBridgeNetwork
+from warren.agent.sim import SimRuntime
+from warren.core.doctor import CheckResult, DoctorRequest
 from warren.core.errors import InvalidArgument
+from warren.core.node_view import NetworkView, ViewNetwork, ViewPeer
 from warren.node.networking import mesh_interface, network_parts
 from warren.node.options import NodeOptions
 
@@ -46,3 +49,26 @@ async def test_the_kernel_plane_needs_real_containers(tmp_path: Path) -> None:
     options = NodeOptions(tmp_path, runtime="sim", network_plane="kernel")
     with pytest.raises(InvalidArgument, match="--runtime containerd"):
         await network_parts(options)
+
+
+async def test_a_sim_plane_doctor_probes_nothing(tmp_path: Path) -> None:
+    options = NodeOptions(tmp_path / "data", runtime="sim")
+    networking = (await network_parts(options)).for_node("node-1")
+    key = "w4ox46K1mDXOWl8pwiYNvCSVIhzRwFK38KRE95L6jD8="
+    view = NetworkView(
+        revision=3,
+        networks=(ViewNetwork("net-1", "default", "10.32.0.0/16", ("10.32.64.0/24",)),),
+        peers=(ViewPeer("node-2", key, "10.0.0.2:51820", ("10.32.65.0/24",)),),
+    )
+    await networking.start()
+    try:
+        await networking.controller.apply_view(view)
+        report = await networking.doctor(SimRuntime())(DoctorRequest("r1"))
+    finally:
+        await networking.shutdown()
+    assert len(report.checks) == 3  # handshake, round trip, path MTU to the peer
+    for check in report.checks:
+        assert (check.result, check.detail) == (
+            CheckResult.SKIP,
+            "simulated network plane: not probed",
+        )

@@ -101,6 +101,7 @@ async def serve_worker(options: WorkerOptions, stop: asyncio.Event) -> None:
         wireguard=networking.identity,
         on_network_view=networking.controller.receive_view,
         networking=networking.controller,
+        on_doctor=networking.doctor(runtime),
     )
     # Runs a manager next to the agent while the cluster wants one (node promote).
     keeper = RoleKeeper(manager_options(options), state.node_id, agent, new_manager)
@@ -176,6 +177,7 @@ async def serve_manager(options: ManagerOptions, stop: asyncio.Event) -> None:
             wireguard=networking.identity,
             on_network_view=networking.controller.receive_view,
             networking=networking.controller,
+            on_doctor=networking.doctor(runtime),
         )
         # Stops the manager if the node is demoted; the agent keeps running.
         keeper = RoleKeeper(options, manager.node_id, agent, new_manager, manager)

@@ -15,12 +15,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 
-from warren.agent.agent import WireGuardIdentity
+from warren.agent.agent import DoctorHandler, WireGuardIdentity
 from warren.agent.network.bridge import FakeBridgeNetwork
 from warren.agent.network.components import NetworkComponents, build_components
 from warren.agent.network.controller import NetworkController
 from warren.agent.network.dns import FakeDnsServer
+from warren.agent.network.doctor import doctor_for
 from warren.agent.network.nftables import FakePacketFilter, ServiceProxy
+from warren.agent.runtime import Runtime
 from warren.core.errors import InvalidArgument
 from warren.node.options import NodeOptions
 
@@ -42,6 +44,15 @@ class NodeNetworking:
     controller: NetworkController
     # What the node publishes of itself in the mesh (None: it is in none).
     identity: WireGuardIdentity | None
+
+    @property
+    def simulated(self) -> bool:
+        return self.identity is None
+
+    def doctor(self, runtime: Runtime) -> DoctorHandler:
+        """What answers ``warren network doctor`` on this node (a sim plane lists
+        its checks as skipped: nothing is probed)."""
+        return doctor_for(self.controller, runtime.network_namespace, simulated=self.simulated)
 
     async def start(self) -> None:
         await self.controller.start()
