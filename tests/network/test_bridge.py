@@ -84,7 +84,11 @@ def namespaces() -> Iterator[Namespaces]:
 
 @pytest.fixture
 def node(namespaces: Namespaces) -> Path:
-    return namespaces.make("node")
+    made = namespaces.make("node")
+    # A new namespace copies IPv4 forwarding from the root one (devconf_inherit_init_net
+    # 0): off here whatever the machine has, the tests that need it turn it on.
+    _ip("netns", "exec", made.name, "sysctl", "-qw", "net.ipv4.ip_forward=0")
+    return made
 
 
 def _task(
@@ -173,6 +177,9 @@ async def test_tasks_on_one_network_reach_each_other(namespaces: Namespaces, nod
     bridge = _links(node)[bridge_name("neta")]
     assert bridge["mtu"] == 1400 and bridge["ifalias"] == "warren:network:neta"
     assert await bridges.attachments() == {"t1": {"neta"}, "t2": {"neta"}}
+    # A task reaching its own service's VIP is sent back out of its own port.
+    for host_side in (host_ifname("t1", "neta"), host_ifname("t2", "neta")):
+        assert "hairpin on" in _ip("-n", node.name, "-d", "link", "show", host_side)
 
 
 async def test_networks_are_separate_at_layer_2(namespaces: Namespaces, node: Path) -> None:
@@ -255,8 +262,21 @@ async def test_reattach_repairs_what_was_changed(namespaces: Namespaces, node: P
     _ip("-n", task.netns.name, "addr", "add", "10.32.5.99/24", "dev", "eth0")
     _ip("-n", node.name, "link", "set", attached.host_ifname, "down")
 
+    _ip(
+        "-n",
+        node.name,
+        "link",
+        "set",
+        attached.host_ifname,
+        "type",
+        "bridge_slave",
+        "hairpin",
+        "off",
+    )
+
     (repaired,) = await bridges.attach(task)
     assert repaired.host_index == attached.host_index
+    assert "hairpin on" in _ip("-n", node.name, "-d", "link", "show", attached.host_ifname)
     assert "10.32.5.99" not in _ip("-n", task.netns.name, "-4", "addr", "show", "eth0")
     assert _default_route(task.netns) == "default via 10.32.5.1 dev eth0"
     assert _pings(task.netns, "10.32.5.1")

@@ -182,6 +182,9 @@ def test_a_container_resolves_a_service_and_reaches_a_replica_on_another_node(
     (remote,) = web["w2"]
     fetch_until(cluster, "w1", probe, "web", remote[:12])
     fetch_until(cluster, "w1", probe, "web.default", remote[:12])
+    # Hairpin: a replica reaching its own service is answered by itself too.
+    (local,) = web["w1"]
+    fetch_until(cluster, "w1", local, "web", local[:12])
 
     addresses = {t["networks"][0]["address"].split("/")[0] for t in cluster.running_tasks("web")}
     listed = in_container(cluster, "w1", probe, "nslookup tasks.web")

@@ -364,6 +364,14 @@ async def _ensure_link_settings(ipr: Any, link: Link, mtu: int, master: int | No
         await _netlink(f"configure {link.name}", ipr.link("set", index=link.index, **changes))
 
 
+async def _hairpin(ipr: Any, port: Link) -> None:
+    """Let the bridge send a frame back out of the port it came in on: with
+    br_netfilter loaded (as on most Docker and Kubernetes hosts), a task reaching
+    its own service's VIP is DNATed on the bridge back to itself, which without
+    hairpin mode is dropped (Docker and kubenet set it for the same reason)."""
+    await _netlink(f"hairpin mode on {port.name}", ipr.brport("set", index=port.index, mode=1))
+
+
 async def _delete(ipr: Any, link: Link) -> None:
     try:
         await ipr.link("del", index=link.index)
@@ -533,6 +541,7 @@ class PyrouteBridgeNetwork:
             created.append(host)
         else:
             await _ensure_link_settings(node.ipr, host, network.mtu, master=bridge.index)
+        await _hairpin(node.ipr, host)
         assert peer is not None
         await _ensure_address(inside.ipr, peer, entry.address)
         await _ensure_link_settings(inside.ipr, peer, network.mtu, master=None)
