@@ -9,6 +9,7 @@ task ID), so every answer says which replica served it.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import secrets
 import subprocess
@@ -365,3 +366,29 @@ def test_a_worker_cut_off_from_the_managers_keeps_resolving_and_serving(
     finally:
         w1.heal()
     wait_for(lambda: cluster.node_status("w1") == "ready", 60, "w1 to be back")
+
+
+# -- the network doctor ------------------------------------------------------------------------
+
+
+def test_the_network_doctor_finds_a_healthy_cluster_healthy(
+    cluster: ServiceLab, image: str
+) -> None:
+    create(cluster, image, "web", WEB, "--replicas", "2", "--max-replicas-per-node", "1",
+           "--publish", "8083:80")  # fmt: skip
+    create(cluster, image, "probe", SLEEPER, "--constraint", "node.hostname==w1")
+    web = placed(cluster, "web", 2)
+    (probe,) = placed(cluster, "probe", 1)["w1"]
+    fetch_until(cluster, "w1", probe, "web", web["w2"][0][:12])
+    result = cluster.cli("network", "doctor", "-o", "json", check=False)
+    reports = json.loads(result.stdout)
+    rows = [(r["hostname"], c) for r in reports for c in r["checks"]]
+    failed = [f"{node}: {c}" for node, c in rows if c["result"] == "fail"]
+    assert result.returncode == 0 and not failed, failed
+    assert {r["hostname"] for r in reports} == {"m1", "w1", "w2"}
+    done = {(node, c["kind"]) for node, c in rows if c["result"] == "ok"}
+    for node in ("m1", "w1", "w2"):
+        assert {(node, "handshake"), (node, "round-trip"), (node, "path-mtu")} <= done, done
+        assert (node, "published") in done, done  # ingress: every node answers
+    # Names and VIPs are checked from a task's namespace, on the nodes running one.
+    assert {("w1", "dns"), ("w1", "vip"), ("w2", "dns"), ("w2", "vip")} <= done, done

@@ -678,18 +678,18 @@ class NodeDoctor:
         netns = await self._client_namespace(target.network_id)
         rows: list[DoctorCheck] = []
         if netns is None:
+            # VIPs, like names, are served to containers: none here to ask from.
             why = f"no task on {target.network} runs on this node: no container to ask from"
             rows.append(skip(CheckKind.DNS, _dns_target(target), why))
-        else:
-            name = f"{target.service}.{target.network}"
-            rows.append(
-                dns_check(target, await self._run(probes.resolve(netns, target.gateway, name)))
-            )
+            rows += [skip(CheckKind.VIP, name, why) for name in vip_targets]
+            return rows
+        name = f"{target.service}.{target.network}"
+        rows.append(dns_check(target, await self._run(probes.resolve(netns, target.gateway, name))))
         rows += await self._vip_checks(probes, target, netns)
         return rows
 
     async def _vip_checks(
-        self, probes: Probes, target: ServiceTarget, netns: str | None
+        self, probes: Probes, target: ServiceTarget, netns: str
     ) -> list[DoctorCheck]:
         vip = target.vip
         if vip is None:
