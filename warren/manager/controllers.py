@@ -15,10 +15,12 @@ from collections.abc import Iterable
 from typing import Any
 
 from warren.core.errors import WarrenError
+from warren.core.networks import Network
 from warren.manager import orchestrator, scheduler
 from warren.manager.consensus import Consensus
 from warren.manager.events import EventBus, Subscription
-from warren.manager.store import Kind, StoreEvent, txn
+from warren.manager.node_blocks import node_block_ops
+from warren.manager.store import EventAction, Kind, StoreEvent, txn
 
 log = logging.getLogger(__name__)
 
@@ -160,3 +162,65 @@ def _wants_scheduling(event: StoreEvent) -> bool:
     task = event.object
     # A new task to place, or a task that stopped and freed its node's resources.
     return scheduler.waiting(task) or (bool(task.node_id) and task.status.state.is_terminal)
+
+
+class NodeBlockKeeper:
+    """Gives every node in the cluster a block of the default network, tasks or
+    not (its address in the WireGuard mesh), and releases the blocks of removed
+    nodes: a pass when a node is added or removed, a network changes, and at
+    each resync."""
+
+    def __init__(self, consensus: Consensus, bus: EventBus, resync_period: float = 10.0) -> None:
+        self.consensus = consensus
+        self.store = consensus.store
+        self.bus = bus
+        self.resync_period = resync_period
+        self._reported: frozenset[str] = frozenset()
+
+    async def run(self) -> None:
+        subscription = self.bus.subscribe([Kind.NODE, Kind.NETWORK])
+        try:
+            next_resync = 0.0
+            while True:
+                timeout = max(0.0, next_resync - time.monotonic())
+                events = await _gather_burst(subscription, timeout)
+                if time.monotonic() >= next_resync:
+                    next_resync = time.monotonic() + self.resync_period
+                elif not any(_changes_node_blocks(e) for e in events):
+                    continue
+                try:
+                    await self.keep_blocks()
+                except WarrenError as exc:
+                    log.warning("node block pass failed: %s", exc)
+                    await asyncio.sleep(0.5)
+        finally:
+            subscription.close()
+
+    async def keep_blocks(self) -> int:
+        """One pass; returns how many network writes were proposed and applied."""
+        result = node_block_ops(self.store.snapshot(), time.time())
+        self._report_without_block(result.without_block, result.default_network)
+        if not result.ops:
+            return 0
+        return len(result.ops) - await write_ops(self.consensus, list(result.ops))
+
+    def _report_without_block(self, nodes: tuple[str, ...], network: Network | None) -> None:
+        # Once per node, not once per pass: nothing changes until a block is freed.
+        new = sorted(set(nodes) - self._reported)
+        self._reported = frozenset(nodes)
+        if new and network is not None:
+            log.warning(
+                "network %s (%s) has no free /%d block for node(s) %s: they have no address "
+                "in the WireGuard mesh (no ingress forwarding from them) until one is free: "
+                "remove nodes that left (warren node rm); more nodes than blocks need a "
+                "larger default network (cluster init --default-subnet)",
+                network.spec.name,
+                network.subnet,
+                network.block_prefix,
+                ", ".join(new),
+            )
+
+
+def _changes_node_blocks(event: StoreEvent) -> bool:
+    # A node's status or labels changing does not move blocks; its arrival or removal does.
+    return event.kind is Kind.NETWORK or event.action is not EventAction.UPDATE

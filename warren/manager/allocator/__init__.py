@@ -18,6 +18,7 @@ from warren.manager.allocator.addresses import (
     allocate_tasks,
     allocate_vips,
 )
+from warren.manager.allocator.nodes import NodeBlocks, blocks_for_nodes
 from warren.manager.allocator.ports import allocate_ports
 from warren.manager.allocator.services import allocate_service
 from warren.manager.allocator.state import (
@@ -39,6 +40,7 @@ __all__ = [
     "DEFAULT_NETWORK_PREFIX",
     "DEFAULT_POOL",
     "AllocatorState",
+    "NodeBlocks",
     "ServiceHolding",
     "ServiceRequest",
     "TaskAllocation",
@@ -50,6 +52,7 @@ __all__ = [
     "allocate_task",
     "allocate_tasks",
     "allocate_vips",
+    "blocks_for_nodes",
     "check_network_removable",
     "release_node",
 ]

@@ -13,13 +13,16 @@
   block left is an idle one (no task address in it) handed to the node that
   needs it, and ``release_node`` frees a node's blocks when it leaves the
   cluster.
+- Every node also holds a block of the default network from the moment it is
+  in the cluster, tasks or not (``nodes.blocks_for_nodes``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Iterator
 
 from warren.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from warren.core.networks import (
@@ -147,7 +150,17 @@ def _busy_blocks(state: TaskView, network: Network) -> set[int]:
     return {address & mask for address in state.task_addresses if low <= address <= high}
 
 
+def free_blocks(state: TaskView, network: Network) -> Iterator[ipaddress.IPv4Network]:
+    """The blocks of ``network`` no node holds and no listed task has an
+    address in, lowest first (never an idle block another node holds)."""
+    return _free_blocks(network, _busy_blocks(state, network))
+
+
 def _lowest_free_block(network: Network, busy: set[int]) -> ipaddress.IPv4Network | None:
+    return next(_free_blocks(network, busy), None)
+
+
+def _free_blocks(network: Network, busy: set[int]) -> Iterator[ipaddress.IPv4Network]:
     subnet = network.network
     size = 2 ** (32 - network.block_prefix)
     count = 2 ** (network.block_prefix - subnet.prefixlen)
@@ -157,8 +170,7 @@ def _lowest_free_block(network: Network, busy: set[int]) -> ipaddress.IPv4Networ
     for index in range(first, count):
         start = base + index * size
         if start not in held and start not in busy:
-            return ipaddress.IPv4Network((start, network.block_prefix))
-    return None
+            yield ipaddress.IPv4Network((start, network.block_prefix))
 
 
 def _idle_block(network: Network, node_id: str, busy: set[int]) -> NodeBlock | None:
@@ -167,7 +179,14 @@ def _idle_block(network: Network, node_id: str, busy: set[int]) -> NodeBlock | N
         for block in network.blocks
         if block.node_id != node_id and int(block.network.network_address) not in busy
     ]
-    return min(idle, key=lambda block: int(block.network.network_address), default=None)
+    held = Counter(block.node_id for block in network.blocks)
+    # A node's only block last: on the default network it is the node's address
+    # in the mesh (nodes.blocks_for_nodes), which a spare block of another is not.
+    return min(
+        idle,
+        key=lambda block: (held[block.node_id] == 1, int(block.network.network_address)),
+        default=None,
+    )
 
 
 def release_node(state: AllocatorState, node_id: str) -> tuple[Network, ...]:
