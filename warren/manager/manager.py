@@ -26,7 +26,7 @@ from warren.manager.allocator import AllocatorState, allocate_network
 from warren.manager.consensus import Consensus, LocalConsensus
 from warren.manager.control import ControlService
 from warren.manager.control.networks import DEFAULT_NETWORK
-from warren.manager.controllers import Orchestrator, Scheduler
+from warren.manager.controllers import NodeBlockKeeper, Orchestrator, Scheduler
 from warren.manager.dispatcher import Dispatcher
 from warren.manager.events import EventBus
 from warren.manager.grpc_api import ServerCredentials, start_grpc
@@ -343,11 +343,13 @@ class Manager:
         await self._wait_ready()
         await self._seal_legacy_join_tokens()
         await self._raise_command_format()
+        await self._add_default_network()
         log.info("leading: controllers started")
         async with asyncio.TaskGroup() as group:
             group.create_task(self.dispatcher.run())
             group.create_task(Orchestrator(self.consensus, self.bus).run())
             group.create_task(Scheduler(self.consensus, self.bus).run())
+            group.create_task(NodeBlockKeeper(self.consensus, self.bus).run())
 
     async def _raise_command_format(self) -> None:
         # Not fatal either: the format rises when the next manager reports.
@@ -358,6 +360,17 @@ class Manager:
             return
         if moved is not None:
             log.info("the cluster moved to command format %d", moved)
+
+    async def _add_default_network(self) -> None:
+        # A cluster made before networks existed gets the network services join
+        # by default. Not fatal: the next leader tries again.
+        try:
+            made = await self.control.networks.ensure_default()
+        except WarrenError as exc:
+            log.warning("could not create the default network: %s", exc)
+            return
+        if made is not None:
+            log.info("created the default network %s (%s)", made.id, made.subnet)
 
     async def _seal_legacy_join_tokens(self) -> None:
         # Not fatal: the controllers must run, and the next leader tries again.
