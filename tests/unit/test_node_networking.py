@@ -42,7 +42,7 @@ async def test_a_sim_plane_touches_nothing_and_publishes_no_identity(tmp_path: P
     assert networking.controller.mesh_settings is None
     await networking.start()
     await networking.shutdown()
-    assert not (tmp_path / "data").exists()  # no key, no view file: nothing written
+    assert not (tmp_path / "data").exists()  # no key, and no view yet to keep
 
 
 async def test_the_kernel_plane_needs_real_containers(tmp_path: Path) -> None:

@@ -119,9 +119,9 @@ def check_restore_target(data_dir: Path) -> None:
 
 
 def restore_ops(state: BackupState, manager: Node) -> list[dict[str, Any]]:
-    """The one write that seeds a new cluster: the cluster, the new manager, and
-    what each kind keeps of its objects (``BackupRule.restore``: for today's
-    kinds, the workers and the services)."""
+    """What seeds a new cluster: the cluster and the new manager (the first two),
+    then what each kind keeps of its objects (``BackupRule.restore``: for
+    today's kinds, the workers, the services and the networks)."""
     now = manager.created_at
     ops = [put(replace(state.cluster, version=0), MUST_NOT_EXIST)]
     ops.append(put(manager, MUST_NOT_EXIST))
@@ -190,7 +190,11 @@ async def prepare_restore(options: ManagerSettings, backup: Backup) -> str:
             cluster = join_tokens.sealed_legacy(backup.state.cluster, ca)
             state = replace(backup.state, cluster=cluster)
             ops = restore_ops(state, _manager_node(options, node_id, now))
-            raise_for_result(await manager.consensus.propose(txn(ops, at=now)))
+            # The cluster (with its command format) first: the objects are
+            # encoded for the format the store has when they are proposed.
+            for part in (ops[:2], ops[2:]):
+                if part:
+                    raise_for_result(await manager.consensus.propose(txn(part, at=now)))
         finally:
             await manager.consensus.stop()
         manager._write_admin_identity(ca)

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from warren.agent.agent import DoctorHandler, WireGuardIdentity
 from warren.agent.network.bridge import FakeBridgeNetwork
-from warren.agent.network.components import NetworkComponents, build_components
+from warren.agent.network.components import VIEW_FILE, NetworkComponents, build_components
 from warren.agent.network.controller import NetworkController
 from warren.agent.network.dns import FakeDnsServer
 from warren.agent.network.doctor import doctor_for
@@ -68,9 +69,12 @@ class NetworkParts:
     """What the node serves networks with, checked and ready before the node joins
     or starts anything (a node that cannot serve them changes nothing)."""
 
-    def __init__(self, components: NetworkComponents | None, wireguard_port: int) -> None:
+    def __init__(
+        self, components: NetworkComponents | None, wireguard_port: int, state_dir: Path
+    ) -> None:
         self._components = components  # None: simulated
         self._port = wireguard_port
+        self._state_dir = state_dir
 
     def for_node(self, node_id: str) -> NodeNetworking:
         if self._components is None:
@@ -80,6 +84,9 @@ class NetworkParts:
                 ServiceProxy(FakePacketFilter()),
                 FakeDnsServer(),
                 None,
+                # As on the kernel plane: a node cut off from the managers
+                # restarts its tasks from the last view it got.
+                view_file=self._state_dir / VIEW_FILE,
             )
             return NodeNetworking(simulated, None)
         parts = self._components
@@ -94,9 +101,8 @@ async def network_parts(options: NodeOptions) -> NetworkParts:
         raise InvalidArgument(
             "--network-plane kernel needs real containers: use --runtime containerd"
         )
+    state_dir = options.data_dir / "network"
     if not options.kernel_network_plane:
-        return NetworkParts(None, options.wireguard_port)
-    components = await build_components(
-        options.data_dir / "network", listen_port=options.wireguard_port
-    )
-    return NetworkParts(components, options.wireguard_port)
+        return NetworkParts(None, options.wireguard_port, state_dir)
+    components = await build_components(state_dir, listen_port=options.wireguard_port)
+    return NetworkParts(components, options.wireguard_port, state_dir)
