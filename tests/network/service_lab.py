@@ -158,6 +158,13 @@ class ServiceLab:
         command = [*ctr, "tasks", "exec", "--exec-id", exec_id, container_id, "sh", "-c", script]
         return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
 
+    def container_pids(self, node: str) -> dict[str, int]:
+        """Container ID -> PID of each running container of the node."""
+        ctr = ["ctr", "--address", str(self.socket), "-n", self.namespace(node)]
+        listed = subprocess.run([*ctr, "tasks", "ls"], capture_output=True, text=True, timeout=30)
+        rows = [line.split() for line in listed.stdout.splitlines()[1:]]
+        return {row[0]: int(row[1]) for row in rows if len(row) >= 3 and row[2] == "RUNNING"}
+
     def remove_everything(self) -> None:
         """Leave containerd as found: services first (their containers go), then
         whatever a dead node left."""

@@ -392,3 +392,31 @@ def test_the_network_doctor_finds_a_healthy_cluster_healthy(
         assert (node, "published") in done, done  # ingress: every node answers
     # Names and VIPs are checked from a task's namespace, on the nodes running one.
     assert {("w1", "dns"), ("w1", "vip"), ("w2", "dns"), ("w2", "vip")} <= done, done
+
+
+# -- a node restart ------------------------------------------------------------------------------
+
+
+def test_a_node_restart_keeps_its_containers_traffic(cluster: ServiceLab, image: str) -> None:
+    create(cluster, image, "web", WEB, "--replicas", "2", "--max-replicas-per-node", "1")
+    create(cluster, image, "probe", SLEEPER, "--constraint", "node.hostname==w1")
+    web = placed(cluster, "web", 2)
+    (probe,) = placed(cluster, "probe", 1)["w1"]
+    (service,) = cluster.json("service", "inspect", "web")
+    vip = service["endpoint"]["vips"][0]["address"].split("/")[0]
+    remote = web["w2"][0][:12]
+    fetch_until(cluster, "w1", probe, vip, remote)
+    pids = cluster.container_pids("w1")
+    node = cluster.daemons["w1"]
+    node.stop()
+    try:
+        # The data plane stays in the kernel: the VIP and the mesh keep serving
+        # (names wait for the node: its DNS runs in its process).
+        fetch_until(cluster, "w1", probe, vip, remote)
+        fetch_until(cluster, "w1", probe, vip, web["w1"][0][:12])
+    finally:
+        node.start()
+    wait_for(lambda: cluster.node_status("w1") == "ready", 60, "w1 to be back")
+    fetch_until(cluster, "w1", probe, "web", remote)
+    # The same containers, never restarted.
+    assert cluster.container_pids("w1") == pids and probe in pids
