@@ -350,7 +350,8 @@ class TaskExecutor:
         why = ending.err or ending.message
         self._set(TaskState.RUNNING, f"{why}; restarting locally in {delay:g}s")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop_requested.wait(), delay)
+            async with asyncio.timeout(delay):
+                await self._stop_requested.wait()
         if self._stopping:
             self._set(TaskState.SHUTDOWN, "shut down")
             return False

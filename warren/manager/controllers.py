@@ -43,7 +43,8 @@ async def _gather_burst(subscription: Subscription, timeout: float | None) -> li
     """Wait for events (or the timeout), then keep collecting until a quiet gap."""
     events: list[StoreEvent] = []
     try:
-        first = await asyncio.wait_for(subscription.queue.get(), timeout)
+        async with asyncio.timeout(timeout):
+            first = await subscription.queue.get()
     except TimeoutError:
         return events
     if first is None:

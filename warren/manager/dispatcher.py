@@ -338,7 +338,8 @@ class Dispatcher:
                 # Any node event may change the manager list; wake up now and
                 # then to notice a lost leadership.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(subscription.queue.get(), self.heartbeat_period)
+                    async with asyncio.timeout(self.heartbeat_period):
+                        await subscription.queue.get()
                 subscription.drain()
                 self._require_leader()
         finally:

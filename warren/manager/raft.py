@@ -325,7 +325,8 @@ class RaftConsensus:
 
         submit(on_result)
         try:
-            return await asyncio.wait_for(future, timeout)
+            async with asyncio.timeout(timeout):
+                return await future
         except TimeoutError:
             raise Unavailable(f"write not committed within {timeout:g}s (no quorum?)") from None
 

@@ -367,7 +367,8 @@ def _sse_frame(event: StoreEvent) -> bytes:
 async def _pump(subscription: Subscription, response: web.StreamResponse) -> None:
     while True:
         try:
-            event = await asyncio.wait_for(subscription.queue.get(), KEEPALIVE_SECONDS)
+            async with asyncio.timeout(KEEPALIVE_SECONDS):
+                event = await subscription.queue.get()
         except TimeoutError:
             # Also how a vanished client is noticed: the write fails.
             await response.write(b": keepalive\n\n")

@@ -168,7 +168,8 @@ class RoleKeeper:
 
     async def _wait_change(self, timeout: float | None) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._changed.wait()
         self._changed.clear()
 
     async def _start_manager(self) -> bool:

@@ -67,7 +67,8 @@ class EventStream:
         if self._live.is_set():
             return
         try:
-            await asyncio.wait_for(self._live.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._live.wait()
         except TimeoutError:
             raise self._failure or WarrenError("containerd event stream not ready") from None
 

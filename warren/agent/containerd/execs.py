@@ -55,11 +55,13 @@ async def _exit(
     timeout: float,
 ) -> ExitStatus:
     try:
-        return await asyncio.wait_for(asyncio.shield(future), timeout)
+        async with asyncio.timeout(timeout):
+            return await asyncio.shield(future)
     except TimeoutError:
         await tasks.kill(container_id, signal.SIGKILL, exec_id=exec_id)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(future, _KILL_WAIT)
+            async with asyncio.timeout(_KILL_WAIT):
+                await future
         raise TimeoutError(
             f"exec in {container_id} ran longer than {timeout:g}s and was killed"
         ) from None

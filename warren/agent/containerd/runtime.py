@@ -220,7 +220,8 @@ class ContainerdRuntime:
                 stop_signal = container.labels.get(STOP_SIGNAL_LABEL, "SIGTERM")
                 await self._tasks.kill(container_id, signal_number(stop_signal))
                 try:
-                    return await asyncio.wait_for(asyncio.shield(waiter), grace_period)
+                    async with asyncio.timeout(grace_period):
+                        return await asyncio.shield(waiter)
                 except TimeoutError:
                     await self._tasks.kill(container_id, signal.SIGKILL, all_processes=True)
             return await waiter

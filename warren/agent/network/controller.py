@@ -432,7 +432,8 @@ class NetworkController:
                 if left <= 0:
                     break
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._view_changed.wait(), left)
+                    async with asyncio.timeout(left):
+                        await self._view_changed.wait()
         if self.view is None:
             raise FailedPrecondition(
                 f"task {task.id}: no network view from the managers yet, so its networks "

@@ -361,7 +361,8 @@ class EmbeddedDnsServer:
             share = (deadline - loop.time()) / (len(upstreams) - index)
             ask = _ask_udp(upstream, data) if udp else _ask_tcp(upstream, data)
             try:
-                return await asyncio.wait_for(ask, share)
+                async with asyncio.timeout(share):
+                    return await ask
             except (TimeoutError, OSError, EOFError) as exc:
                 log.debug("DNS upstream %s:%d failed: %r", upstream.address, upstream.port, exc)
         return None
