@@ -22,6 +22,7 @@ class Member:
     address: str  # raft host:port
     is_leader: bool
     reachable: bool
+    learner: bool = False  # catching up, not voting yet
 
 
 class Consensus(Protocol):
@@ -33,6 +34,10 @@ class Consensus(Protocol):
 
     async def propose(self, command: dict[str, Any], timeout: float = 10.0) -> Any:
         """Replicate and apply ``command``; raise ``Unavailable`` if it cannot commit."""
+        ...
+
+    async def read_barrier(self, timeout: float = 5.0) -> None:
+        """Return once every write committed before the call is applied here."""
         ...
 
     async def add_member(self, address: str, timeout: float = 10.0) -> None:
@@ -78,6 +83,9 @@ class LocalConsensus:
         await asyncio.sleep(0)
         self._index += 1
         return self.store.apply(command)
+
+    async def read_barrier(self, timeout: float = 5.0) -> None:
+        await asyncio.sleep(0)  # applies at once: nothing is ever behind
 
     async def add_member(self, address: str, timeout: float = 10.0) -> None:
         raise FailedPrecondition("the in-process consensus has exactly one member")

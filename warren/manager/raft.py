@@ -288,6 +288,9 @@ class RaftConsensus:
             lambda callback: self._consumer.apply(payload, callback=callback), timeout
         )
 
+    async def read_barrier(self, timeout: float = 5.0) -> None:
+        await self.propose({"op": "barrier"}, timeout)
+
     async def add_member(self, address: str, timeout: float = 10.0) -> None:
         """Add a Raft member (one change at a time; the caller serialises)."""
         await self._call(lambda cb: self._running().addNodeToCluster(address, callback=cb), timeout)
