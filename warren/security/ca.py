@@ -21,6 +21,10 @@ from warren.core.errors import InvalidArgument
 
 CA_COMMON_NAME = "warren-ca"
 CERT_ROLES = ("manager", "worker", "admin")
+# etcd admits on its peer port only certificates with this common name
+# (``--peer-cert-allowed-cn``); issue_for_key refuses it as a node ID.
+ETCD_PEER_COMMON_NAME = "warren-etcd-peer"
+ETCD_ROLE = "etcd"
 CA_VALIDITY = datetime.timedelta(days=3650)
 NODE_VALIDITY = datetime.timedelta(days=365)
 # Backdating tolerates peers whose clocks run a little behind ours.
@@ -122,6 +126,19 @@ def _san_entries(sans: Sequence[str], cluster_id: str) -> list[x509.GeneralName]
     """Each address as itself (for generic clients such as curl) and bound to
     the manager role of ``cluster_id`` (for Warren's own clients)."""
     entries: list[x509.GeneralName] = []
+    for name, entry in _unique_names(sans):
+        entries.append(entry)
+        entries.append(x509.DNSName(manager_server_name(name, cluster_id)))
+    return entries
+
+
+def _plain_san_entries(sans: Sequence[str]) -> list[x509.GeneralName]:
+    """Each address as itself: an IP address, or else a DNS name."""
+    return [entry for _name, entry in _unique_names(sans)]
+
+
+def _unique_names(sans: Sequence[str]) -> list[tuple[str, x509.GeneralName]]:
+    found: list[tuple[str, x509.GeneralName]] = []
     seen: set[str] = set()
     for raw in sans:
         name = raw.strip().strip("[]")
@@ -129,13 +146,12 @@ def _san_entries(sans: Sequence[str], cluster_id: str) -> list[x509.GeneralName]
             continue
         seen.add(name.lower())
         try:
-            entries.append(x509.IPAddress(ipaddress.ip_address(name)))
+            found.append((name, x509.IPAddress(ipaddress.ip_address(name))))
         except ValueError:
             if not name.isascii() or any(c.isspace() for c in name):
                 raise InvalidArgument(f"invalid subject alternative name '{name}'") from None
-            entries.append(x509.DNSName(name))
-        entries.append(x509.DNSName(manager_server_name(name, cluster_id)))
-    return entries
+            found.append((name, x509.DNSName(name)))
+    return found
 
 
 def extended_key_usage(role: str) -> x509.ExtendedKeyUsage:
@@ -267,13 +283,12 @@ class CertificateAuthority:
     ) -> bytes:
         if not node_id:
             raise InvalidArgument("node ID must not be empty")
+        if node_id == ETCD_PEER_COMMON_NAME:
+            raise InvalidArgument(f"'{node_id}' is reserved for etcd members")
         if role not in CERT_ROLES:
             raise InvalidArgument(f"invalid certificate role '{role}'")
         if sans and role != "manager":
             raise InvalidArgument(f"a {role} certificate names no server addresses")
-        now = _now()
-        # A leaf outliving its CA would only fail later and more confusingly.
-        not_after = min(now + NODE_VALIDITY, self._cert.not_valid_after_utc)
         subject = x509.Name(
             [
                 x509.NameAttribute(NameOID.COMMON_NAME, node_id),
@@ -281,6 +296,43 @@ class CertificateAuthority:
                 x509.NameAttribute(NameOID.ORGANIZATION_NAME, self._cluster_id),
             ]
         )
+        entries = _san_entries(sans, self._cluster_id)
+        return self._sign_leaf(public_key, subject, extended_key_usage(role), entries)
+
+    def issue_etcd_peer(self, public_key: ec.EllipticCurvePublicKey, advertise_host: str) -> bytes:
+        """The certificate a manager's etcd member serves and dials with (PEM).
+
+        Its common name is the one etcd's ``--peer-cert-allowed-cn`` admits, so
+        a node certificate from this CA (named by its node ID) is refused on the
+        peer port; its role (``etcd``) is none the Warren APIs accept. It names
+        ``advertise_host`` (where peers dial it, and the source address etcd
+        checks on a peer's connection) and 127.0.0.1 (the client endpoint),
+        plus ``ETCD_PEER_COMMON_NAME`` as a DNS name: the client port admits
+        only certificates that carry it (``--client-cert-allowed-hostname``).
+        """
+        subject = x509.Name(
+            [
+                x509.NameAttribute(NameOID.COMMON_NAME, ETCD_PEER_COMMON_NAME),
+                x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, ETCD_ROLE),
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, self._cluster_id),
+            ]
+        )
+        usage = x509.ExtendedKeyUsage(
+            [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+        )
+        entries = _plain_san_entries([advertise_host, "127.0.0.1", ETCD_PEER_COMMON_NAME])
+        return self._sign_leaf(public_key, subject, usage, entries)
+
+    def _sign_leaf(
+        self,
+        public_key: ec.EllipticCurvePublicKey,
+        subject: x509.Name,
+        usage: x509.ExtendedKeyUsage,
+        entries: list[x509.GeneralName],
+    ) -> bytes:
+        now = _now()
+        # A leaf outliving its CA would only fail later and more confusingly.
+        not_after = min(now + NODE_VALIDITY, self._cert.not_valid_after_utc)
         builder = (
             x509.CertificateBuilder()
             .subject_name(subject)
@@ -291,14 +343,13 @@ class CertificateAuthority:
             .not_valid_after(not_after)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(LEAF_KEY_USAGE, critical=True)
-            .add_extension(extended_key_usage(role), critical=False)
+            .add_extension(usage, critical=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()),
                 False,
             )
         )
-        entries = _san_entries(sans, self._cluster_id)
         if entries:
             builder = builder.add_extension(x509.SubjectAlternativeName(entries), critical=False)
         return cert_pem(builder.sign(self._key, hashes.SHA256()))
