@@ -7,7 +7,7 @@ read of the store. The file format and its encryption are
 
 Restoring prepares an empty data dir so that the normal manager start-up
 resumes it: the same CA (worker certificates and join tokens stay valid), a new
-manager identity, and a Raft log whose one write holds the cluster, the
+manager identity, and an etcd member whose log's first writes hold the cluster, the
 services and the workers (down until they reconnect). Tasks are not restored:
 the orchestrator creates them afresh, and a worker that reconnects stops what it
 ran before. The old managers are left out; the new cluster has one manager.
@@ -158,8 +158,8 @@ async def prepare_restore(options: ManagerSettings, backup: Backup) -> str:
     Returns the new manager's node ID. On failure the data dir is left as empty
     as it was found.
     """
-    from warren.manager.manager import Manager, ManagerState, raft_password
-    from warren.manager.raft import RaftConsensus
+    from warren.manager.etcd.setup import new_consensus
+    from warren.manager.manager import Manager, ManagerState
 
     ca = backup.authority()
     state_objects(backup.state)  # a state this manager cannot read is refused first
@@ -174,13 +174,15 @@ async def prepare_restore(options: ManagerSettings, backup: Backup) -> str:
         cert = ca.issue_for_key(key.public_key(), node_id, "manager", [options.advertise_addr])
         write_private(data_dir / "certs" / "ca-key.pem", ca.key_pem)
         manager.identity.save(ca.cert_pem, cert, key_pem(key))
-        # The Raft member the manager's start-up resumes (alone: no peers).
-        manager.consensus = RaftConsensus(
+        # The etcd member the manager's start-up resumes: a new cluster of one.
+        manager.consensus = new_consensus(
             manager.store,
-            options.raft_address,
-            data_dir / "raft",
-            bind_address=f"{options.listen_addr}:{options.raft_port}",
-            password=raft_password(ca),
+            options,
+            ca,
+            [options.raft_address],
+            new_member=True,
+            node_id=node_id,
+            on_fatal=lambda reason: None,  # the restore fails on its own
         )
         await manager.consensus.start()
         try:

@@ -32,7 +32,8 @@ from warren.manager.events import EventBus
 from warren.manager.grpc_api import ServerCredentials, start_grpc
 from warren.manager.images import RegistryImageResolver
 from warren.manager.metrics import Metrics, start_metrics
-from warren.manager.raft import RaftConsensus
+from warren.manager.etcd.consensus import EtcdConsensus
+from warren.manager.etcd.setup import new_consensus, refuse_pysyncobj_data
 from warren.manager.rest import build_app, server_ssl_context, start_rest
 from warren.manager.store import MUST_NOT_EXIST, Store, barrier, put, raise_for_result, txn
 from warren.registry.client import RegistryConfig
@@ -86,12 +87,6 @@ class ManagerCredentials:
 JoinCluster = Callable[[], Awaitable[ManagerCredentials]]
 
 
-def raft_password(ca: CertificateAuthority) -> str:
-    """Raft traffic is encrypted and authenticated with a key only managers
-    can derive: they alone hold the CA key."""
-    return hashlib.sha256(b"warren-raft\0" + ca.key_pem).hexdigest()
-
-
 @dataclass(frozen=True)
 class ManagerState:
     """What a manager keeps about itself (manager.json); written last at init."""
@@ -121,6 +116,8 @@ class Manager:
         self.store = Store()
         self.consensus: Consensus = LocalConsensus(self.store)  # replaced in start()
         self._leader_work: asyncio.Task[None] | None = None
+        # Set when the manager cannot go on (its etcd member failed for good).
+        self.failed = asyncio.Event()
         self._closers: list[Callable[[], Awaitable[Any]]] = []
         self._stopped = False
 
@@ -133,7 +130,7 @@ class Manager:
             ca = CertificateAuthority.from_pem(ca_pem, ca_key_path.read_bytes())
             self._renew_own_certificate(ca, state.node_id, own_cert, own_key)
             return ca, state.node_id
-        if (self.data_dir / "raft").exists():
+        if (self.data_dir / "etcd").exists():
             raise FailedPrecondition(
                 f"{self.data_dir} holds a partly initialised manager; remove it and run init again"
             )
@@ -211,23 +208,26 @@ class Manager:
         # A manager that has run before resumes: it never joins again.
         join = self._join if state is None else None
         joining = join is not None
+        refuse_pysyncobj_data(self.data_dir)
+        peers: list[str] | None = None  # etcd's member list, for a new member only
         if join is not None:
             ca, node_id, peers = await self._join_cluster(join)
         else:
             ca, node_id = self._load_or_create_ca(state)
-            peers = self._load_peers()
         self.node_id = node_id
-        self.consensus = RaftConsensus(
+        if peers is None:
+            peers = [self.options.raft_address]
+        self.consensus = new_consensus(
             self.store,
-            self.options.raft_address,
-            self.data_dir / "raft",
-            peers=peers,
-            bind_address=f"{self.options.listen_addr}:{self.options.raft_port}",
-            password=raft_password(ca),
+            self.options,
+            ca,
+            peers,
+            new_member=join is not None or state is None,
+            node_id=node_id,
+            on_fatal=self._on_member_failed,
         )
         await self.consensus.start()
         self._closers.append(self.consensus.stop)
-        self._closers.append(self._save_peers)  # closers run last-in, first-out
         await self._wait_ready(timeout=90.0 if joining else 30.0)
         # Before anything is recorded: a joining manager is not marked as joined.
         command_format.check_readable(self.store)
@@ -249,34 +249,20 @@ class Manager:
         joined = await join()
         write_private(self.data_dir / "certs" / "ca-key.pem", joined.ca_key)
         self.identity.save(joined.ca_certificate, joined.certificate, joined.key)
-        peers = [p for p in joined.raft_peers if p != self.options.raft_address]
-        self._write_peers(peers)
+        peers = sorted({*joined.raft_peers, self.options.raft_address})
         return (
             CertificateAuthority.from_pem(joined.ca_certificate, joined.ca_key),
             joined.node_id,
             peers,
         )
 
-    # Raft peers survive restarts in a file; PySyncObj wants them at start.
-    def _load_peers(self) -> list[str]:
-        try:
-            return list(json.loads((self.data_dir / "raft-peers.json").read_text()))
-        except FileNotFoundError:
-            return []
-
-    def _write_peers(self, peers: list[str]) -> None:
-        write_private(self.data_dir / "raft-peers.json", json.dumps(sorted(peers)).encode())
-
-    async def _save_peers(self) -> None:
-        members = [m.address for m in self.consensus.members()]
-        if members:
-            self._write_peers([m for m in members if m != self.options.raft_address])
-
-    async def _keep_peers(self, period: float = 5.0) -> None:
-        """Membership changes while running; a killed manager restarts from this."""
-        while True:
-            await asyncio.sleep(period)
-            await self._save_peers()
+    def _on_member_failed(self, reason: str) -> None:
+        """The etcd member could not be kept running: stop serving from it."""
+        log.error("etcd member failed for good (%s): the manager stops", reason)
+        consensus = self.consensus
+        if isinstance(consensus, EtcdConsensus):
+            consensus.fail(reason)
+        self.failed.set()
 
     async def _serve(self, ca: CertificateAuthority) -> None:
         options = self.options
@@ -314,8 +300,6 @@ class Manager:
             self.metrics, options.listen_addr, options.metrics_port
         )
         self._closers.append(metrics_runner.cleanup)
-        peers_keeper = asyncio.create_task(self._keep_peers())
-        self._closers.append(lambda: _cancel(peers_keeper))
         self.consensus.on_leadership_change(self._on_leadership)
         if self.consensus.is_leader:
             self._on_leadership(True)

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 # What a manager keeps in its data dir on top of a worker's. manager.json goes
 # last: a dir that still holds it is cleaned up again when it restarts.
-_MANAGER_FILES = ("raft", "raft-peers.json", "certs/ca-key.pem", "manager.json")
+_MANAGER_FILES = ("etcd", "raft", "raft-peers.json", "certs/ca-key.pem", "manager.json")
 _MIN_BACKOFF = 0.2
 _MAX_BACKOFF = 5.0
 _MAX_RETRY = 30.0

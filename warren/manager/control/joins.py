@@ -69,9 +69,9 @@ class JoinControl:
             self.membership.check_new_manager(node)
             sans = [await verified_manager_host(api_address, source)]
         certificate = self.ca.issue(csr, node.id, str(node.role), sans)
-        await write(self.consensus, [put(node, MUST_NOT_EXIST)])
         if node.role == NodeRole.MANAGER:
-            self.membership.add_in_background(node)
+            await self.membership.add(node)
+        await write(self.consensus, [put(node, MUST_NOT_EXIST)])
         return node, certificate
 
     async def accept_promotion(
@@ -106,8 +106,5 @@ class JoinControl:
         certificate = self.ca.issue(csr, node.id, str(NodeRole.MANAGER), sans)
         if changed(node, promoted) is not None:
             await write(self.consensus, [put(promoted, node.version)])
-        if raft_address not in self.membership.raft_peers():
-            # In the background, as for a joining manager: the node starts Raft
-            # only once it has this reply.
-            self.membership.add_in_background(promoted)
+        await self.membership.add(promoted)
         return cast(Node, self.store.get(Kind.NODE, node.id)), certificate

@@ -1,11 +1,11 @@
-"""Raft membership: managers in and out of the group, one change at a time."""
+"""Consensus membership: managers in and out of the group, one change at a time."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 
-from warren.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, WarrenError
+from warren.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from warren.core.models import Node, NodeRole
 from warren.manager.consensus import Consensus
 from warren.manager.store import Kind
@@ -17,9 +17,8 @@ class Membership:
     def __init__(self, consensus: Consensus) -> None:
         self.consensus = consensus
         self.store = consensus.store
-        # Raft membership changes go one at a time.
+        # Membership changes go one at a time.
         self._lock = asyncio.Lock()
-        self._background: set[asyncio.Task[None]] = set()
 
     def raft_peers(self) -> list[str]:
         return [m.address for m in self.consensus.members()]
@@ -36,24 +35,15 @@ class Membership:
                     f"manager '{other.hostname}' already uses Raft address {node.raft_address}"
                 )
 
-    def add_in_background(self, node: Node) -> None:
-        """Add a new manager to Raft after replying to it. The new member must be
-        running before a 2-member group can commit the change, and it starts
-        only once it has the reply."""
-        task = asyncio.create_task(self._add(node))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _add(self, node: Node) -> None:
+    async def add(self, node: Node) -> None:
+        """Add a new manager's etcd member, as a learner, before replying to it:
+        it starts with the member list this returns. A learner does not vote, so
+        the quorum is the same until the leader promotes it (once caught up)."""
         async with self._lock:
-            current = self.store.find(Kind.NODE, node.id)
-            if current is None or current.role != NodeRole.MANAGER:
-                return  # removed or demoted while it waited for its turn
-            try:
-                await self.consensus.add_member(node.raft_address, timeout=60.0)
-                log.info("manager added to raft", extra={"node_id": node.id})
-            except WarrenError as exc:
-                log.error("manager %s not added to raft: %s", node.id, exc)
+            if node.raft_address in self.raft_peers():
+                return  # it asked before, and crashed before starting
+            await self.consensus.add_member(node.raft_address, timeout=30.0)
+            log.info("manager added as an etcd learner", extra={"node_id": node.id})
 
     async def remove(self, node: Node, force: bool, action: str = "removing") -> None:
         """Take a manager out of Raft, unless that would cost the quorum (or

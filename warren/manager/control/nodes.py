@@ -47,7 +47,13 @@ class NodeControl:
             status = "unreachable" if node.raft_address else ""
         else:
             status = (
-                "leader" if member.is_leader else "reachable" if member.reachable else "unreachable"
+                "leader"
+                if member.is_leader
+                else "catching up"
+                if member.learner
+                else "reachable"
+                if member.reachable
+                else "unreachable"
             )
         return replace(node, manager_status=status)
 

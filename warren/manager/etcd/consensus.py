@@ -391,16 +391,24 @@ class EtcdConsensus:
 
     async def add_member(self, address: str, timeout: float = 10.0) -> None:
         """Add a manager's member as a learner; the leader promotes it to a
-        voter once it has caught up. One joins at a time (etcd allows one learner)."""
+        voter once it has caught up.
+
+        Retried until ``timeout``: etcd takes one learner at a time, and refuses
+        any change until every voter has been connected for 5 s (a manager that
+        joined just before makes the cluster "unhealthy" that long)."""
         client = self._running()
         deadline = time.monotonic() + timeout
-        while any(m.is_learner for m in await client.members(timeout=timeout)):
+        while True:
+            try:
+                if not any(m.is_learner for m in await client.members(timeout=timeout)):
+                    self._members = await client.add_learner(f"https://{address}", timeout)
+                    return
+                reason = "another manager is still joining (its etcd member is catching up)"
+            except Unavailable as exc:
+                reason = str(exc)
             if time.monotonic() > deadline:
-                raise FailedPrecondition(
-                    "another manager is still joining (its etcd member is catching up); retry"
-                )
-            await asyncio.sleep(0.2)
-        self._members = await client.add_learner(f"https://{address}", timeout=timeout)
+                raise Unavailable(f"could not add the etcd member {address}: {reason}; retry")
+            await asyncio.sleep(0.25)
 
     async def remove_member(self, address: str, timeout: float = 10.0) -> None:
         client = self._running()
