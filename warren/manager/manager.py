@@ -1,4 +1,4 @@
-"""The manager: a Raft member serving the gRPC, REST and metrics APIs, and
+"""The manager: an etcd member's keeper serving the gRPC, REST and metrics APIs, and
 running the controllers while it leads.
 
 ``warren.node`` runs it (``cluster init``, ``manager join``, a promoted node);
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import time
@@ -28,12 +27,12 @@ from warren.manager.control import ControlService
 from warren.manager.control.networks import DEFAULT_NETWORK
 from warren.manager.controllers import NodeBlockKeeper, Orchestrator, Scheduler
 from warren.manager.dispatcher import Dispatcher
+from warren.manager.etcd.consensus import EtcdConsensus
+from warren.manager.etcd.setup import new_consensus, refuse_pysyncobj_data
 from warren.manager.events import EventBus
 from warren.manager.grpc_api import ServerCredentials, start_grpc
 from warren.manager.images import RegistryImageResolver
 from warren.manager.metrics import Metrics, start_metrics
-from warren.manager.etcd.consensus import EtcdConsensus
-from warren.manager.etcd.setup import new_consensus, refuse_pysyncobj_data
 from warren.manager.rest import build_app, server_ssl_context, start_rest
 from warren.manager.store import MUST_NOT_EXIST, Store, barrier, put, raise_for_result, txn
 from warren.registry.client import RegistryConfig
@@ -376,9 +375,3 @@ class Manager:
         for close in reversed(closers):
             with contextlib.suppress(Exception):
                 await close()
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
