@@ -177,13 +177,31 @@ def test_the_log_tail_shortens_zap_lines(tmp_path: Path) -> None:
         json.dumps({"level": "info", "ts": "t", "msg": f"line {i}", "caller": "x.go"})
         for i in range(10)
     ]
-    lines.append(
-        json.dumps({"level": "fatal", "msg": "listen failed", "error": "address already in use"})
-    )
-    lines.append("panic: something")
+    lines.append(json.dumps({"level": "warn", "msg": "slow", "error": "took long"}))
+    lines.append("")
+    lines.append("something else")
     log.write_text("\n".join(lines) + "\n")
-    tail = log_tail(log, lines=3)
-    assert (
-        tail == "info line 9 | fatal listen failed error=address already in use | panic: something"
-    )
+    assert log_tail(log, lines=3) == "info line 9 | warn slow error=took long | something else"
     assert log_tail(tmp_path / "missing.log") == "(no etcd.log)"
+
+
+def test_the_log_tail_puts_what_failed_first(tmp_path: Path) -> None:
+    log = tmp_path / "etcd.log"
+    earlier_run = json.dumps({"level": "fatal", "msg": "an old failure"}) + "\n"
+    this_run = [
+        json.dumps({"level": "info", "msg": "starting"}),
+        json.dumps({"level": "fatal", "msg": "listen failed", "error": "address in use"}),
+        "flag provided but not defined: -bogus",
+        *[
+            f"  --option-{i}  Only supports debug, info, warn, error, panic, or fatal."
+            for i in range(20)
+        ],
+    ]
+    log.write_text(earlier_run + "\n".join(this_run) + "\n")
+    tail = log_tail(log, since=len(earlier_run), lines=2)
+    assert tail.split(" | ") == [
+        "fatal listen failed error=address in use",
+        "flag provided but not defined: -bogus",
+        "--option-18  Only supports debug, info, warn, error, panic, or fatal.",
+        "--option-19  Only supports debug, info, warn, error, panic, or fatal.",
+    ]

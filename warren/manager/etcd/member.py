@@ -16,6 +16,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import ssl
@@ -46,6 +47,7 @@ LOG_ROTATE_BYTES = 16 * 1024 * 1024
 _LOG_TAIL_LINES = 6
 _PROBE_TIMEOUT = 1.0
 _PROBE_PERIOD = 0.1
+_CLIENT_PORT_TRIES = 3
 _STATES = ("new", "existing")
 _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -234,29 +236,46 @@ def free_loopback_port() -> int:
         return port
 
 
-def log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
-    """The last lines of etcd.log, zap's JSON shortened to level, message and error."""
+def log_tail(path: Path, since: int = 0, lines: int = _LOG_TAIL_LINES) -> str:
+    """What etcd.log says past byte ``since`` (where a run began), shortened:
+    its last error lines, then its last lines, zap's JSON as level, message
+    and error (a refused flag is followed by pages of usage, a panic by its
+    stack, so the last lines alone may not say what went wrong)."""
     try:
         with path.open("rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - 64 * 1024))
+            end = f.seek(0, os.SEEK_END)
+            f.seek(max(since, end - 256 * 1024))
             text = f.read().decode(errors="replace")
     except FileNotFoundError:
         return "(no etcd.log)"
-    shown = [_short(line) for line in text.strip().splitlines()[-lines:]]
-    return " | ".join(shown) or "(empty etcd.log)"
+    shown = [_short(line) for line in text.splitlines() if line.strip()]
+    errors = [line for line, error in shown if error][-_LOG_ERROR_LINES:]
+    excerpt = errors + [line for line, _error in shown[-lines:] if line not in errors]
+    return " | ".join(excerpt) or "(nothing in etcd.log)"
 
 
-def _short(line: str) -> str:
+_LOG_ERROR_LINES = 3
+_ZAP_ERRORS = {"error", "dpanic", "panic", "fatal"}
+# What etcd writes outside zap that says what failed: Go's flag parsing (the
+# usage text after it mentions errors too, hence the anchors), Go panics.
+_RAW_ERROR = re.compile(
+    r"^(panic:|fatal error:|\w+: error)|flag provided but not defined|invalid value .* for flag"
+)
+
+
+def _short(line: str) -> tuple[str, bool]:
+    """A log line shortened, and whether it reports an error."""
     try:
         entry = json.loads(line)
     except ValueError:
-        return line.strip()[:300]
+        entry = None
     if not isinstance(entry, dict):
-        return line.strip()[:300]
-    parts = [str(entry.get("level", "")), str(entry.get("msg", ""))]
+        return line.strip()[:300], bool(_RAW_ERROR.search(line))
+    level = str(entry.get("level", ""))
+    parts = [level, str(entry.get("msg", ""))]
     if "error" in entry:
         parts.append(f"error={entry['error']}")
-    return " ".join(p for p in parts if p)[:300]
+    return " ".join(p for p in parts if p)[:300], level in _ZAP_ERRORS
 
 
 def _exit_text(code: int) -> str:
@@ -292,6 +311,7 @@ class EtcdMember:
         self._client_port: int | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._spawn_failure = ""
+        self._log_offset = 0
         self._supervisor: asyncio.Task[None] | None = None
         self._restarts: list[float] = []
         self._stopping = False
@@ -302,8 +322,8 @@ class EtcdMember:
 
     @property
     def client_endpoint(self) -> str:
-        """ "127.0.0.1:port"; the port stays the same across restarts unless
-        another process took it meanwhile."""
+        """Where the member serves clients, "127.0.0.1:port". A restart by the
+        supervisor keeps the port unless another process took it meanwhile."""
         if self._client_port is None:
             raise FailedPrecondition("the etcd member has not been started")
         return f"127.0.0.1:{self._client_port}"
@@ -344,14 +364,7 @@ class EtcdMember:
                     f"etcd member {self.config.name} cannot listen on {self.config.listen_peer}:"
                     " the port is in use (is another etcd or manager running?)"
                 )
-            self._client_port = free_loopback_port()
-            proc = await self._spawn(self._client_port)
-            try:
-                await self._until_answering(proc)
-            except BaseException:
-                await _terminate(proc, grace=0.0)
-                self._proc = None
-                raise
+            proc = await self._start_on_a_free_port()
             log.info(
                 "etcd member %s started (pid %d, clients on %s)",
                 self.config.name,
@@ -378,6 +391,32 @@ class EtcdMember:
 
     # -- internals ---------------------------------------------------------------------
 
+    async def _start_on_a_free_port(self) -> asyncio.subprocess.Process:
+        for attempt in range(1, _CLIENT_PORT_TRIES + 1):
+            self._client_port = free_loopback_port()
+            proc = await self._spawn(self._client_port)
+            try:
+                await self._until_answering(proc)
+                return proc
+            except Unavailable:
+                exited = proc.returncode is not None
+                await _terminate(proc, grace=0.0)
+                self._proc = None
+                # Another process took the port between our pick and etcd's bind.
+                taken = exited and not port_free("127.0.0.1", self._client_port)
+                if not taken or attempt == _CLIENT_PORT_TRIES:
+                    raise
+                log.warning(
+                    "etcd member %s: client port %d was taken as etcd started; trying another",
+                    self.config.name,
+                    self._client_port,
+                )
+            except BaseException:
+                await _terminate(proc, grace=0.0)
+                self._proc = None
+                raise
+        raise AssertionError("unreachable")
+
     def _prepare(self) -> None:
         root = self.config.data_dir
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -395,6 +434,8 @@ class EtcdMember:
         # etcd's own log goes to the same file (zap appends); its stderr
         # carries what zap does not (gRPC warnings, a Go panic).
         fd = os.open(self.paths.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        # Where this run's lines begin: errors quote them, not an earlier run's.
+        self._log_offset = os.fstat(fd).st_size
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
@@ -430,7 +471,7 @@ class EtcdMember:
                     if proc.returncode is not None:
                         raise Unavailable(
                             f"etcd member {name} {_exit_text(proc.returncode)} while starting: "
-                            f"{log_tail(self.paths.log)}"
+                            f"{log_tail(self.paths.log, self._log_offset)}"
                         )
                     if await _answers_version(host, port, context):
                         return
@@ -438,7 +479,7 @@ class EtcdMember:
         except TimeoutError:
             raise Unavailable(
                 f"etcd member {name} did not answer within {START_TIMEOUT:.0f} s: "
-                f"{log_tail(self.paths.log)}"
+                f"{log_tail(self.paths.log, self._log_offset)}"
             ) from None
 
     def _probe_context(self) -> ssl.SSLContext:
@@ -481,7 +522,7 @@ class EtcdMember:
         if proc is None:
             return self._spawn_failure
         code = await proc.wait()
-        return f"{_exit_text(code)}: {log_tail(self.paths.log)}"
+        return f"{_exit_text(code)}: {log_tail(self.paths.log, self._log_offset)}"
 
     async def _respawn(self) -> None:
         assert self._client_port is not None
