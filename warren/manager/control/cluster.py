@@ -36,9 +36,9 @@ class ClusterControl:
             raise PermissionDenied(f"manager {node_id} is not part of this cluster")
 
     async def read_barrier(self) -> None:
-        """Make the next local read linearizable: a no-op through the leader's
-        log; once it is applied here, so is every write committed before."""
-        await self.consensus.propose(barrier())
+        """Make the next local read linearizable: once every write committed
+        before the call is applied here (a quorum read of the log's end)."""
+        await self.consensus.read_barrier()
 
     def manager_addresses(self) -> list[str]:
         """API addresses of every manager, for workers and the CLI to fail over."""
