@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import ipaddress
 import json
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import ssl
@@ -49,8 +49,6 @@ _PROBE_TIMEOUT = 1.0
 _PROBE_PERIOD = 0.1
 _CLIENT_PORT_TRIES = 3
 _STATES = ("new", "existing")
-_PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -194,21 +192,12 @@ _CIPHER_SUITES = (
 )
 
 
-def _die_with_parent(parent_pid: int) -> Callable[[], None]:
-    """A preexec_fn: the child gets SIGKILL when its parent dies, even by SIGKILL.
-
-    The signal follows the thread that forked (the event loop's), so a loop
-    run on a thread that ends before the process also ends the child.
-    """
-
-    def preexec() -> None:
-        if _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            os._exit(127)
-        # The parent died before prctl took effect: no signal will come.
-        if os.getppid() != parent_pid:
-            os._exit(127)
-
-    return preexec
+# The child gets SIGKILL when its parent dies, even by SIGKILL: set by
+# util-linux's setpriv just before it execs etcd. Not a preexec_fn: that makes
+# Python fork() instead of vfork(), and gRPC's fork handlers then abort the
+# child of a process with live gRPC channels ("Check failed: next_worker->state
+# == KICKED"). The signal follows the thread that spawned it (the event loop's).
+DIE_WITH_PARENT = ("setpriv", "--pdeathsig", "SIGKILL", "--")
 
 
 def etcd_env() -> dict[str, str]:
@@ -430,7 +419,12 @@ class EtcdMember:
                 os.replace(self.paths.log, self.paths.log.with_name("etcd.log.1"))
 
     async def _spawn(self, client_port: int) -> asyncio.subprocess.Process:
-        argv = [self._binary, *member_args(self.config, client_port)]
+        binary = shutil.which(self._binary)
+        if binary is None:
+            raise FailedPrecondition(
+                f"etcd binary '{self._binary}' not found (Debian package etcd-server)"
+            )
+        argv = [*DIE_WITH_PARENT, binary, *member_args(self.config, client_port)]
         # etcd's own log goes to the same file (zap appends); its stderr
         # carries what zap does not (gRPC warnings, a Go panic).
         fd = os.open(self.paths.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -446,12 +440,7 @@ class EtcdMember:
                 # Its own session: a Ctrl-C meant for the manager reaches the
                 # member only through the manager's orderly stop.
                 start_new_session=True,
-                preexec_fn=_die_with_parent(os.getpid()),
             )
-        except FileNotFoundError:
-            raise FailedPrecondition(
-                f"etcd binary '{self._binary}' not found (Debian package etcd-server)"
-            ) from None
         except OSError as exc:
             raise Unavailable(f"cannot start etcd ({self._binary}): {exc}") from None
         finally:
@@ -566,8 +555,11 @@ async def _answers_version(host: str, port: int, context: ssl.SSLContext) -> boo
             )
             writer.write(request)
             await writer.drain()
-            reply = await reader.read(64 * 1024)
-    except (OSError, TimeoutError, EOFError):
+            # Head and body by their length: etcd's peer port keeps the
+            # connection open for seconds despite "Connection: close".
+            head = await reader.readuntil(b"\r\n\r\n")
+            body = await reader.readexactly(_content_length(head))
+    except (OSError, TimeoutError, EOFError, ValueError, asyncio.LimitOverrunError):
         return False
     finally:
         if writer is not None:
@@ -575,8 +567,17 @@ async def _answers_version(host: str, port: int, context: ssl.SSLContext) -> boo
             with contextlib.suppress(OSError, TimeoutError):
                 async with asyncio.timeout(_PROBE_TIMEOUT):
                     await writer.wait_closed()
-    head, _, body = reply.partition(b"\r\n\r\n")
     return head.startswith(b"HTTP/1.1 200") and b'"etcdserver"' in body
+
+
+def _content_length(head: bytes) -> int:
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+            if 0 <= length <= 64 * 1024:
+                return length
+    raise ValueError("no usable Content-Length")
 
 
 async def _terminate(proc: asyncio.subprocess.Process, grace: float) -> None:
