@@ -149,8 +149,8 @@ async def test_a_manager_behind_the_compaction_loads_the_state_image(group: Grou
         await live[i % 2].propose(_create_node(f"n{i}"))
     # Two images at least: the history before the older one is compacted away.
     await eventually(lambda: leader._image_task is None, 10.0, "the last image written")
-    ca, cert, key = group.kit.started[managers.index(leader)].client_tls
-    client = EtcdClient(group.kit.started[managers.index(leader)].client_endpoint, ca, cert, key)
+    leader_member = group.kit.started[managers.index(leader)]
+    client = EtcdClient(leader_member.client_endpoint, *leader_member.client_tls)
     try:
         image = await client.get(IMAGE_KEY, timeout=5.0)
         assert image is not None
