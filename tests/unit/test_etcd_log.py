@@ -41,9 +41,16 @@ def test_an_untagged_command_applies_whatever_the_fence() -> None:
 def test_a_claim_of_a_higher_term_moves_the_fence_and_a_lower_one_is_refused() -> None:
     store = Store()
     results, fence = _apply_all(
-        store, [claim_entry(3, "m1:2379"), claim_entry(5, "m2:2379"), claim_entry(4, "m3:2379")]
+        store,
+        [
+            claim_entry(3, "m1:2379"),
+            claim_entry(5, "m2:2379"),
+            claim_entry(4, "m3:2379"),
+            claim_entry(5, "m3:2379"),  # the same term by another: refused
+            claim_entry(5, "m2:2379"),  # the same claim again (its answer was lost): granted
+        ],
     )
-    assert [r["claimed"] for r in results] == [True, True, False]
+    assert [r["claimed"] for r in results] == [True, True, False, False, True]
     assert fence == Fence(5, "m2:2379")
 
 
@@ -93,9 +100,10 @@ def test_replicas_applying_the_same_entries_agree(steps: list[tuple[str, int, An
     assert results_a == results_b and fence_a == fence_b
     assert first.state_hash() == second.state_hash()
     fence = Fence()
-    for (what, term, _), result in zip(steps, results_a, strict=True):
+    for (what, term, arg), result in zip(steps, results_a, strict=True):
         if what == "claim":
-            fence = Fence(term, _) if term > fence.term else fence
+            granted = term > fence.term or (term == fence.term and arg == fence.holder)
+            fence = Fence(term, arg) if granted else fence
         else:
             assert (FENCED in result) == (term != 0 and term != fence.term)
 

@@ -45,7 +45,9 @@ def apply_entry(store: Store, fence: Fence, raw: bytes) -> tuple[Any, Fence]:
     claim = entry.get("claim")
     if claim is not None:
         term, holder = int(claim["term"]), str(claim["holder"])
-        if term > fence.term:
+        # The same claim again is granted: a claimer that lost the first
+        # answer (a timeout) asks again. One term has one etcd leader.
+        if term > fence.term or (term == fence.term and holder == fence.holder):
             return {"claimed": True}, Fence(term, holder)
         return {"claimed": False, "term": fence.term, "holder": fence.holder}, fence
     term = int(entry.get("term", 0))
