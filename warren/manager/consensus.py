@@ -61,13 +61,15 @@ class Consensus(Protocol):
 
 
 class LocalConsensus:
-    """A one-member, in-process stand-in: applies at once. For tests."""
+    """An in-process stand-in: applies at once, and leads alone. Members added
+    are only listed (they never vote). For tests."""
 
     def __init__(self, store: Store | None = None) -> None:
         self.store = store or Store()
         self._index = 0
         self._listeners: list[LeadershipListener] = []
         self._started = False
+        self._others: list[str] = []
 
     async def start(self) -> None:
         self._started = True
@@ -88,10 +90,14 @@ class LocalConsensus:
         await asyncio.sleep(0)  # applies at once: nothing is ever behind
 
     async def add_member(self, address: str, timeout: float = 10.0) -> None:
-        raise FailedPrecondition("the in-process consensus has exactly one member")
+        if address == "local" or address in self._others:
+            raise FailedPrecondition(f"{address} is a member already")
+        self._others.append(address)
 
     async def remove_member(self, address: str, timeout: float = 10.0) -> None:
-        raise FailedPrecondition("the in-process consensus has exactly one member")
+        if address not in self._others:
+            raise FailedPrecondition(f"{address} is not a member")
+        self._others.remove(address)
 
     @property
     def is_leader(self) -> bool:
@@ -106,7 +112,8 @@ class LocalConsensus:
         return self._index
 
     def members(self) -> list[Member]:
-        return [Member("local", self._started, True)]
+        others = [Member(address, False, True) for address in self._others]
+        return [Member("local", self._started, True), *others]
 
     def on_leadership_change(self, listener: LeadershipListener) -> None:
         self._listeners.append(listener)
