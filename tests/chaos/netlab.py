@@ -8,7 +8,9 @@ Layout (nothing is created in the root network namespace)::
 
 Each lab has its own bridge netns, so labs running in parallel may even reuse the same
 subnet without seeing each other. Partitions are nftables rules inside the host
-namespaces; link failures are the switch-side veth going down.
+namespaces; link failures are the switch-side veth going down; message faults (delay,
+jitter, loss, duplication, reordering) are a ``tc netem`` qdisc on a host's eth0, so
+they hit everything the host sends.
 
 Everything is torn down by ``Lab.close()`` (also via the context manager and atexit);
 ``sweep_stale()`` removes leftovers of crashed runs whose owning process is gone.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import ipaddress
 import os
 import re
@@ -49,6 +52,31 @@ def unavailable_reason() -> str | None:
     missing = [tool for tool in ("ip", "nft") if shutil.which(tool) is None]
     if missing:
         return f"network lab needs {', '.join(missing)}"
+    return None
+
+
+@functools.cache
+def netem_unavailable_reason() -> str | None:
+    """Why ``tc netem`` cannot run here, or None if it can: tries a netem qdisc on a
+    veth in a scratch namespace (the kernel may lack sch_netem; modprobe first).
+    Asked once per process."""
+    if shutil.which("tc") is None:
+        return "message faults need tc (iproute2)"
+    if shutil.which("modprobe") is not None:
+        subprocess.run(["modprobe", "sch_netem"], capture_output=True, timeout=30)
+    scratch = f"{PREFIX_ROOT}-{os.getpid()}-{secrets.token_hex(3)}-netem"
+    try:
+        _sh(["ip", "netns", "add", scratch])
+        _sh(["ip", "-n", scratch, "link", "add", "nem0", "type", "veth", "peer", "name", "nem1"])
+        tried = subprocess.run(
+            ["ip", "netns", "exec", scratch, "tc", "qdisc", "add", "dev", "nem0",
+             "root", "netem", "delay", "1ms"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+    finally:
+        _delete_netns(scratch)
+    if tried.returncode != 0:
+        return f"tc netem does not work on this kernel (no sch_netem?): {tried.stderr.strip()}"
     return None
 
 
@@ -145,6 +173,7 @@ class Host:
         self._port = port  # switch-side veth end, in the bridge netns
         self._procs: list[subprocess.Popen[bytes]] = []
         self._blocked: set[str] = set()
+        self._netem = ""  # the netem options in force on eth0, "" for none
 
     def __repr__(self) -> str:
         return f"Host({self.name!r}, {self.address})"
@@ -246,10 +275,68 @@ class Host:
         )
 
     def heal(self) -> None:
-        """Remove every partition rule of this host (idempotent)."""
+        """Remove every partition rule and message fault of this host (idempotent)."""
         table = self._lab.prefix
         self._nft(f"table inet {table} {{}}\ndelete table inet {table}\n")
         self._blocked.clear()
+        self.clear_netem()
+
+    def netem(
+        self,
+        delay_ms: float = 0,
+        jitter_ms: float = 0,
+        loss_pct: float = 0,
+        duplicate_pct: float = 0,
+        reorder_pct: float = 0,
+    ) -> None:
+        """Message faults on everything the host sends (its eth0's root qdisc), in
+        place of the ones before. Jitter alone reorders too: netem sends each packet at
+        its own delayed time. ``reorder_pct`` of the packets skip the delay (netem wants
+        a delay for it). Check ``netem_unavailable_reason()`` first."""
+        for name, pct in (("loss", loss_pct), ("duplicate", duplicate_pct),
+                          ("reorder", reorder_pct)):  # fmt: skip
+            if not 0 <= pct <= 100:
+                raise ValueError(f"{name}_pct must be within 0..100, not {pct}")
+        if delay_ms < 0 or jitter_ms < 0 or (jitter_ms and not delay_ms):
+            raise ValueError("delay_ms and jitter_ms must be >= 0, jitter only with a delay")
+        if reorder_pct and not delay_ms:
+            raise ValueError("reordering needs a delay (the others are held back)")
+        options: list[str] = []
+        if delay_ms:
+            options += ["delay", f"{delay_ms:g}ms"]
+            if jitter_ms:
+                options.append(f"{jitter_ms:g}ms")
+        if loss_pct:
+            options += ["loss", f"{loss_pct:g}%"]
+        if duplicate_pct:
+            options += ["duplicate", f"{duplicate_pct:g}%"]
+        if reorder_pct:
+            options += ["reorder", f"{reorder_pct:g}%"]
+        if not options:
+            self.clear_netem()
+            return
+        _sh(self._exec(["tc", "qdisc", "replace", "dev", _HOST_IF, "root", "netem", *options]))
+        self._netem = " ".join(options)
+
+    @property
+    def netem_options(self) -> str:
+        """The message faults in force ("" for none), as given to netem."""
+        return self._netem
+
+    def clear_netem(self) -> None:
+        """Back to the default qdisc (idempotent; nothing to do without a netem)."""
+        if not self._netem:
+            return
+        result = subprocess.run(
+            self._exec(["tc", "qdisc", "del", "dev", _HOST_IF, "root"]),
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        # Gone already (the namespace went first, say) is as good as removed.
+        if result.returncode != 0 and (NETNS_DIR / self.netns).exists():
+            shown = _sh(self._exec(["tc", "qdisc", "show", "dev", _HOST_IF]), check=False)
+            if "netem" in shown:
+                raise RuntimeError(f"tc qdisc del on {self.name} failed: {result.stderr.strip()}")
+        self._netem = ""
 
     def link_down(self) -> None:
         """Pull the cable: the switch-side veth goes down, so eth0 loses carrier."""
@@ -378,14 +465,19 @@ class Lab:
         return self._hosts[name]
 
     def close(self) -> None:
-        """Kill lab processes, delete host namespaces (with their nft tables), then the
-        bridge namespace (which takes the veths along). Idempotent; errors are collected
-        so one failure does not leave the rest behind."""
+        """Kill lab processes, clear netem, delete host namespaces (with their nft
+        tables), then the bridge namespace (which takes the veths along). Idempotent;
+        errors are collected so one failure does not leave the rest behind."""
         self._closed = True
         errors: list[BaseException] = []
         for host in self._hosts.values():
             try:
                 host._kill_all()
+            except Exception as exc:
+                errors.append(exc)
+            try:
+                # The namespace takes its qdisc along; removed first all the same.
+                host.clear_netem()
             except Exception as exc:
                 errors.append(exc)
         for netns in [*(h.netns for h in self._hosts.values()), self.bridge_netns]:

@@ -1,24 +1,48 @@
 """Chaos: a three-manager cluster in a network lab, under leader kills, a partition, a
-cut-off worker and the loss of every manager at once.
+cut-off worker, the loss of every manager at once, and message faults between managers;
+plus a linearizability check of register reads and compare-and-swaps across leader kills.
 
 Every manager, worker and client is a host (network namespace) of the lab; all of it
-is removed after each test, pass or fail. Knobs:
+is removed after each test, pass or fail. The tests:
+
+- test_leader_killed_over_and_over_loses_no_acknowledged_write
+- test_partitioned_leader_is_refused_and_the_majority_goes_on
+- test_all_managers_killed_at_once_lose_no_acknowledged_write
+- test_message_faults_between_managers_lose_no_acknowledged_write: while the writer
+  streams, ``tc netem`` on every manager's interface, phase after phase (delay with
+  jitter, which reorders; loss; duplication; all of them with reordering, and a leader
+  kill), then cleared; the same checks as after the kills. Needs sch_netem in the
+  kernel: fails without it, skipped with WARREN_SKIP_NETEM=1.
+- test_register_history_is_linearizable_across_leader_kills: clients on the client
+  host, each through one manager, read registers (services reg-0..2, the value their
+  env REG) with linearizable reads and compare-and-swap them (an update carrying the
+  version read); the history, across leader kills, must pass linearizability.check.
+- test_cut_off_worker_keeps_and_restarts_its_tasks_and_converges (real containers)
+
+Knobs:
 
 - WARREN_CHAOS_KILLS: leader kills in the kill test (default 20)
 - WARREN_CHAOS_CUT_SECONDS: how long the worker is cut off (default 60)
+- WARREN_CHAOS_FAULT_SECONDS: how long each message-fault phase lasts (default 12)
+- WARREN_CHAOS_LIN_KILLS: leader kills in the linearizability test (default 3)
 - WARREN_CHAOS_SEED: the random seed (default: random, printed)
+- WARREN_SKIP_NETEM=1: skip the message-fault test where the kernel has no netem
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import random
 import secrets
 import signal
 import subprocess
+import sys
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -35,7 +59,8 @@ from cluster import (
     running_containers,
     summary,
 )
-from netlab import Lab
+from linearizability import Op, Recorder, check
+from netlab import Lab, netem_unavailable_reason
 from support import holds_within, wait_for
 from writer import History, read_log
 
@@ -46,6 +71,8 @@ pytestmark = [pytest.mark.chaos, pytest.mark.usefixtures("_netlab_swept")]
 
 KILLS = int(os.environ.get("WARREN_CHAOS_KILLS", "20"))
 CUT_SECONDS = float(os.environ.get("WARREN_CHAOS_CUT_SECONDS", "60"))
+FAULT_SECONDS = float(os.environ.get("WARREN_CHAOS_FAULT_SECONDS", "12"))
+LIN_KILLS = int(os.environ.get("WARREN_CHAOS_LIN_KILLS", "3"))
 SEED = int(os.environ.get("WARREN_CHAOS_SEED") or secrets.randbits(32))
 
 
@@ -226,6 +253,300 @@ def test_all_managers_killed_at_once_lose_no_acknowledged_write(
         cluster.wait_healthy(90)
         wait_for(lambda: acked_after(log, restarted) >= 5, 60, "writes after the restart")
     assert_writes_kept(cluster, log)
+
+
+# -- message faults between managers -------------------------------------------------------
+
+
+@pytest.fixture
+def netem_ready() -> None:
+    """Fail (or skip, with WARREN_SKIP_NETEM=1) where tc netem cannot run."""
+    reason = netem_unavailable_reason()
+    if reason is not None:
+        if os.environ.get("WARREN_SKIP_NETEM") == "1":
+            pytest.skip(reason)
+        pytest.fail(f"{reason}; set WARREN_SKIP_NETEM=1 to skip", pytrace=False)
+
+
+# (phase, netem options on every manager's eth0, whether the leader is killed in it).
+# netem sends each packet at its own delayed time, so jitter reorders; "reorder" sends
+# some packets at once, ahead of the delayed ones. The faults hit all a manager sends:
+# to the other managers, and to the workers and the client too.
+FAULT_PHASES: list[tuple[str, dict[str, float], bool]] = [
+    ("delay 40ms, jitter 30ms", {"delay_ms": 40, "jitter_ms": 30}, False),
+    ("loss 10%", {"loss_pct": 10}, False),
+    ("duplication 25%", {"duplicate_pct": 25}, False),
+    (
+        "delay 30ms, jitter 20ms, loss 5%, duplication 5%, reorder 10% + leader kill",
+        {"delay_ms": 30, "jitter_ms": 20, "loss_pct": 5, "duplicate_pct": 5, "reorder_pct": 10},
+        True,
+    ),
+]
+
+
+def writes_between(log: Path, start: float, end: float) -> tuple[int, int]:
+    """(acknowledged, failed) of the writes started in [start, end)."""
+    records = [r for r in read_log(log) if start <= r["t_start"] < end]
+    acked = sum(1 for r in records if r["ok"])
+    return acked, len(records) - acked
+
+
+@pytest.mark.usefixtures("netem_ready")
+def test_message_faults_between_managers_lose_no_acknowledged_write(
+    cluster: LabCluster, tmp_path: Path, rng: random.Random
+) -> None:
+    hosts = [cluster.hosts[m] for m in MANAGERS]
+    phases: list[tuple[str, float, float]] = []  # (name, start, end), time.time()
+    kills: list[float] = []
+    with streaming(cluster, tmp_path, "faults") as log:
+        try:
+            for name, options, kill in FAULT_PHASES:
+                for host in hosts:
+                    host.netem(**options)
+                started = time.time()
+                if kill:
+                    time.sleep(rng.uniform(1, 3))
+                    leader = cluster.wait_leader(60)
+                    killed = time.time()
+                    cluster.kill(leader)
+                    kills.append(killed)
+                    STATS.leader_kills += 1
+                    time.sleep(rng.uniform(0.3, 1.5))
+                    cluster.restart(leader)
+                    wait_for(partial(acked_after, log, killed), 60, "a write after the kill")
+                time.sleep(max(0.0, started + FAULT_SECONDS - time.time()))
+                phases.append((name, started, time.time()))
+        finally:
+            for host in hosts:
+                host.clear_netem()
+            STATS.failovers += failover_times(kills, read_log(log))
+        cleared = time.time()
+        wait_for(lambda: acked_after(log, cleared) >= 5, 60, "writes after the faults")
+        phases.append(("cleared", cleared, time.time()))
+    for name, start, end in phases:
+        acked, failed = writes_between(log, start, end)
+        print(f"faults: {name}: {end - start:.0f}s, {acked} writes acknowledged, {failed} failed")
+    for time_taken in failover_times(kills, read_log(log)):
+        print(f"faults: leader kill under faults -> next acknowledged write {time_taken:.2f}s")
+    assert not any(h.netem_options for h in hosts)
+    assert_writes_kept(cluster, log)
+
+
+# -- a linearizable register history across leader kills --------------------------------
+
+REGISTERS = ("reg-0", "reg-1", "reg-2")
+INITIAL = "init"
+CLIENTS_PER_MANAGER = 2
+REGISTER_CLIENT = [sys.executable, str(Path(__file__).with_name("register_client.py"))]
+
+
+class RegisterClient:
+    """One register_client.py on the client host, talking to one manager; driven by
+    one test thread (see register_client.py for the protocol)."""
+
+    def __init__(self, cluster: LabCluster, name: str, manager: str, log: Path) -> None:
+        self.name = name
+        self.manager = manager
+        args = [*cluster.client.exec_prefix(), *REGISTER_CLIENT,
+                "--config-dir", str(cluster.config_dir),
+                "--manager", cluster.api(manager)]  # fmt: skip
+        with open(log, "ab") as errors:
+            self.proc = subprocess.Popen(
+                args,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=errors,
+                text=True,
+                env=cluster.env,
+                start_new_session=True,
+            )
+
+    def ask(self, **command: Any) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(command) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"register client {self.name} exited ({self.proc.poll()})")
+        return dict(json.loads(line))
+
+    def close(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                pipe.close()
+
+
+@dataclass
+class ClientRun:
+    """What one client thread did besides the history: errors seen, its failure."""
+
+    errors: Counter[str]
+    failure: BaseException | None = None
+
+
+def run_register_client(
+    client: RegisterClient,
+    recorder: Recorder,
+    rng: random.Random,
+    stop: threading.Event,
+    run: ClientRun,
+) -> None:
+    """Read a random register, then (mostly) compare-and-swap it from the value read
+    to a value of its own, until stopped. Timeouts are recorded as unknown."""
+    written = 0
+    try:
+        while not stop.is_set():
+            key = rng.choice(REGISTERS)
+            op = recorder.read(client.name, key)
+            read = client.ask(op="read", key=key)
+            recorder.complete(op, read["outcome"], read.get("value"))
+            if read["outcome"] != "ok":
+                run.errors[read["error"].split(":")[0]] += 1
+            elif rng.random() < 0.6:
+                written += 1
+                new = f"{client.name}-{written}"
+                op = recorder.cas(client.name, key, read["value"], new)
+                cas = client.ask(op="cas", key=key, version=read["version"], new=new)
+                recorder.complete(op, cas["outcome"], cas.get("swapped"))
+                if cas["outcome"] != "ok":
+                    run.errors[cas["error"].split(":")[0]] += 1
+            time.sleep(rng.uniform(0.05, 0.3))
+    except BaseException as exc:
+        run.failure = exc
+
+
+def first_swap_after(recorder: Recorder, moment: float) -> float | None:
+    """When the first compare-and-swap invoked after moment (monotonic) swapped."""
+    swaps = [
+        op.completed
+        for op in recorder.history()
+        if op.kind == "cas" and op.result is True and op.invoked >= moment
+    ]
+    return min(swaps) if swaps else None
+
+
+def describe_history(history: list[Op], clients: list[RegisterClient]) -> list[str]:
+    """Counts for the report: ops by kind and outcome, ok reads by manager."""
+    managers = {c.name: c.manager for c in clients} | {f"cli-{m}": m for m in MANAGERS}
+    kinds = Counter(
+        f"{op.kind} {'swapped' if op.result else 'compare failed'}"
+        if op.kind == "cas" and op.outcome == "ok"
+        else f"{op.kind} {op.outcome}"
+        for op in history
+    )
+    reads = Counter(
+        managers[str(op.client)] for op in history if op.kind == "read" and op.outcome == "ok"
+    )
+    return [
+        f"linearizability: {len(history)} ops: "
+        + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())),
+        "linearizability: ok reads by manager: " + ", ".join(f"{m} {reads[m]}" for m in MANAGERS),
+    ]
+
+
+def test_register_history_is_linearizable_across_leader_kills(
+    lab: Lab, tmp_path: Path, request: pytest.FixtureRequest, rng: random.Random
+) -> None:
+    recorder = Recorder()
+    stop = threading.Event()
+    clients: list[RegisterClient] = []
+    threads: list[threading.Thread] = []
+    runs: list[ClientRun] = []
+    failovers: list[float] = []
+    with managed(lab, tmp_path, request) as cluster:
+        try:
+            cluster.start(workers=())
+            cluster.wait_converged()
+            for i, manager in enumerate(MANAGERS * CLIENTS_PER_MANAGER):
+                name = f"c{i}-{manager}"
+                log = tmp_path / f"register-{name}.log"
+                clients.append(RegisterClient(cluster, name, manager, log))
+            for key in REGISTERS:
+                created = clients[0].ask(op="create", key=key, value=INITIAL)
+                assert created["outcome"] == "ok", created
+            for client in clients:
+                runs.append(ClientRun(Counter()))
+                thread = threading.Thread(
+                    target=run_register_client,
+                    args=(client, recorder, random.Random(rng.random()), stop, runs[-1]),
+                    name=client.name,
+                )
+                threads.append(thread)
+                thread.start()
+            time.sleep(3)
+            for i in range(LIN_KILLS):
+                leader = cluster.wait_healthy()
+                time.sleep(rng.uniform(0.5, 2.0))
+                killed = time.monotonic()
+                cluster.kill(leader)
+                STATS.leader_kills += 1
+                time.sleep(rng.uniform(0.3, 1.5))
+                cluster.restart(leader)
+                swapped = wait_for(
+                    partial(first_swap_after, recorder, killed),
+                    30,
+                    f"a compare-and-swap after kill {i}",
+                )
+                failovers.append(swapped - killed)
+                time.sleep(rng.uniform(2, 4))
+            cluster.wait_healthy()
+            time.sleep(5)  # every manager serves again: reads through each
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=30)
+            for client in clients:
+                client.close()
+        failures = [run.failure for run in runs if run.failure is not None]
+        assert not failures, failures
+        # The last reads with the command itself, through each manager: part of the history.
+        for manager in MANAGERS:
+            for key in REGISTERS:
+                op = recorder.read(f"cli-{manager}", key)
+                shown = cluster.cli("--consistent", "service", "inspect", key,
+                                    managers=cluster.api(manager))  # fmt: skip
+                (service,) = json.loads(shown.stdout)
+                recorder.complete(op, "ok", service["spec"]["container"]["env"]["REG"])
+        history = recorder.history()
+        for line in describe_history(history, clients):
+            print(line)
+        errors = sum((run.errors for run in runs), Counter())
+        print(f"linearizability: errors (unknown or failed ops): {dict(errors)}")
+        print(
+            "linearizability: leader kill -> first compare-and-swap after it: "
+            + ", ".join(f"{t:.2f}s" for t in failovers)
+        )
+        STATS.failovers += failovers
+        started = time.monotonic()
+        result = check(history, initial=INITIAL)
+        took = time.monotonic() - started
+        explored = sum(k.explored for k in result.keys)
+        print(
+            f"linearizability: {len(history)} ops checked in {took * 1000:.0f} ms "
+            f"({explored} states explored): {result.verdict}"
+        )
+        assert result.ok, result.explanation
+        # The check has teeth on this very history: a read of the initial value after
+        # all of it, on a register swapped away from it, is refused.
+        swapped_key = next(op.key for op in history if op.kind == "cas" and op.result is True)
+        end = max(op.completed for op in history if op.outcome == "ok")
+        stale = Op(len(history), "stale", swapped_key, "read", end + 1, end + 2, "ok",
+                   result=INITIAL)  # fmt: skip
+        assert check([*history, stale], initial=INITIAL).verdict == "not linearizable"
+        # The history was worth checking: every manager answered reads, swaps went through.
+        reads = Counter(
+            c.manager
+            for c in clients
+            for op in history
+            if op.client == c.name and op.kind == "read" and op.outcome == "ok"
+        )
+        assert all(reads[m] >= 10 for m in MANAGERS), reads
+        assert sum(1 for op in history if op.kind == "cas" and op.result is True) >= 20
+        # Every manager holds the same state after all that.
+        cluster.wait_converged()
 
 
 # -- a worker cut off from every manager, on real containers -----------------------------

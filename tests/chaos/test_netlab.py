@@ -1,4 +1,8 @@
-"""The network lab itself: reachability, partitions, link cuts, and leak-free teardown."""
+"""The network lab itself: reachability, partitions, link cuts, message faults (netem),
+and leak-free teardown.
+
+The netem test fails where the kernel has no sch_netem, unless WARREN_SKIP_NETEM=1.
+"""
 
 from __future__ import annotations
 
@@ -46,6 +50,18 @@ while True:
         time.sleep(0.1)
 """
 
+# The quickest of a few TCP handshakes (connect() returns after the SYN-ACK), seconds.
+RTT = """
+import socket, sys, time
+best = None
+for _ in range(5):
+    started = time.monotonic()
+    with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5):
+        taken = time.monotonic() - started
+    best = taken if best is None else min(best, taken)
+print(best)
+"""
+
 # Leaves a grandchild in a new session: it escapes killpg, only the netns sweep finds it.
 ESCAPEE = """
 import os, time
@@ -74,6 +90,25 @@ def reaches(src: Host, dst: Host | str, window: float = 0.0) -> bool:
 def wait_reaches(src: Host, dst: Host | str) -> bool:
     # Generous window: covers server start-up and the link coming back.
     return reaches(src, dst, window=10.0)
+
+
+def rtt(src: Host, dst: Host) -> float:
+    result = src.run([sys.executable, "-c", RTT, dst.address, str(PORT)], check=True)
+    return float(result.stdout)
+
+
+def qdisc(host: Host) -> str:
+    return host.run(["tc", "qdisc", "show", "dev", "eth0"], check=True).stdout
+
+
+@pytest.fixture
+def netem_ready(_netlab_swept: None) -> None:
+    """Fail (or skip, with WARREN_SKIP_NETEM=1) where tc netem cannot run."""
+    reason = netlab.netem_unavailable_reason()
+    if reason is not None:
+        if os.environ.get("WARREN_SKIP_NETEM") == "1":
+            pytest.skip(reason)
+        pytest.fail(f"{reason}; set WARREN_SKIP_NETEM=1 to skip", pytrace=False)
 
 
 def nft_tables(host: Host) -> list[str]:
@@ -228,3 +263,32 @@ def test_rejects_bad_names() -> None:
         Lab(subnet="8.8.8.0/24")
     with Lab() as lab, pytest.raises(ValueError):
         lab.add_host("br")
+
+
+@pytest.mark.usefixtures("netem_ready")
+def test_netem_delays_drops_and_heal_clears_it(lab: Lab, tmp_path: Path) -> None:
+    a, b = lab.add_host("a"), lab.add_host("b")
+    serve(a, tmp_path)
+    assert wait_reaches(b, a)
+    assert rtt(b, a) < 0.05
+
+    a.netem(delay_ms=150, jitter_ms=10)  # a's SYN-ACKs are held back
+    assert "netem" in qdisc(a) and a.netem_options == "delay 150ms 10ms"
+    assert rtt(b, a) >= 0.13
+    assert rtt(a, a) < 0.05  # loopback is not eth0
+
+    a.netem(loss_pct=100)  # replaces the delay
+    assert "delay" not in qdisc(a) and "loss" in qdisc(a)
+    assert not reaches(b, a)
+
+    a.netem(delay_ms=20, jitter_ms=5, loss_pct=1, duplicate_pct=5, reorder_pct=25)
+    shown = qdisc(a)  # the numbers' format varies with iproute2's version
+    assert all(f in shown for f in ("delay", "loss", "duplicate", "reorder"))
+    assert wait_reaches(b, a)
+    with pytest.raises(ValueError):
+        a.netem(reorder_pct=10)  # nothing to reorder around without a delay
+
+    a.heal()
+    a.heal()  # idempotent
+    assert "netem" not in qdisc(a) and a.netem_options == ""
+    assert rtt(b, a) < 0.05
