@@ -53,5 +53,3 @@ def setup(component: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # PySyncObj logs every reconnect attempt; keep only its warnings.
-    logging.getLogger("pysyncobj").setLevel(logging.WARNING)

@@ -1,21 +1,22 @@
-"""Three managers: membership, failover, forwarding, quorum, and Raft's key."""
+"""Three managers: membership, failover, forwarding, quorum, and who may speak Raft."""
 
 from __future__ import annotations
 
-import asyncio
 import json
+import socket
+import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from harness import Cluster, free_port, wait_for
+from harness import Cluster, wait_for
 
-from warren.manager.raft import RaftConsensus
-from warren.manager.store import Kind, Store
 from warren.proto import warren_pb2 as pb
 from warren.proto import warren_pb2_grpc as pb_grpc
+from warren.security.ca import CertificateAuthority, generate_key, key_pem
+from warren.security.etcd_peer import issue_etcd_peer_certificate
 from warren.security.tls import IdentityFiles
 
 pytestmark = pytest.mark.integration
@@ -157,26 +158,61 @@ def test_removing_a_manager_refuses_to_lose_quorum(managers: Cluster) -> None:
     assert [s["spec"]["name"] for s in c.json("service", "ls")] == ["after"]
 
 
-def test_a_process_without_the_raft_key_cannot_join(managers: Cluster, tmp_path: Path) -> None:
+def _peer_answer(port: int, ca_pem: bytes, cert: Path, key: Path) -> str:
+    """ "answered" when an etcd member's peer port answers GET /members over
+    mutual TLS with this certificate, else how it refused."""
+    context = ssl.create_default_context(cadata=ca_pem.decode())
+    context.check_hostname = False
+    context.load_cert_chain(cert, key)
+    request = b"GET /members HTTP/1.1\r\nHost: etcd\r\nConnection: close\r\n\r\n"
+    reply = b""
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+            context.wrap_socket(raw) as tls,
+        ):
+            tls.sendall(request)
+            # The status line is enough (etcd keeps the connection open a while).
+            while b"\r\n" not in reply and (chunk := tls.recv(65536)):
+                reply += chunk
+    except (ssl.SSLError, ConnectionError) as exc:
+        return f"refused ({exc})"
+    return "answered" if reply.startswith(b"HTTP/1.1 200") else f"refused ({reply[:80]!r})"
+
+
+def _identity(directory: Path, cert_pem: bytes, key: bytes) -> tuple[Path, Path]:
+    directory.mkdir()
+    (directory / "cert.pem").write_bytes(cert_pem)
+    (directory / "key.pem").write_bytes(key)
+    return directory / "cert.pem", directory / "key.pem"
+
+
+def test_a_process_without_the_clusters_etcd_certificate_cannot_speak_raft(
+    managers: Cluster, tmp_path: Path
+) -> None:
     c = managers
-    peers = [f"127.0.0.1:{ports['raft']}" for ports in c.manager_ports.values()]
-    intruder = RaftConsensus(
-        Store(), f"127.0.0.1:{free_port()}", tmp_path / "intruder", peers=peers, password="guess"
-    )
-
-    async def try_it() -> tuple[int, bool]:
-        await intruder.start()
-        try:
-            await asyncio.sleep(3)
-            return len(intruder.store.list(Kind.SERVICE)) + len(
-                intruder.store.list(Kind.NODE)
-            ), intruder.is_leader
-        finally:
-            await intruder.stop()
-
     c.cli("service", "create", "web", "--image", "busybox", "--detach")
-    seen, became_leader = asyncio.run(try_it())
-    assert (seen, became_leader) == (0, False)
+    ca_pem = (c.root / "manager" / "certs" / "ca.pem").read_bytes()
+    # A peer certificate as Warren issues one, from another CA (a guessed key)...
+    foreign = CertificateAuthority.create("intruder")
+    foreign_key = generate_key()
+    foreign_cert = issue_etcd_peer_certificate(foreign, foreign_key, "127.0.0.1")
+    # ...and a certificate of this cluster's CA that is a worker's.
+    _, worker_cert, worker_key = IdentityFiles(c.root / "w1" / "certs").load()
+    intruders = {
+        "another CA's etcd certificate": _identity(
+            tmp_path / "foreign", foreign_cert, key_pem(foreign_key)
+        ),
+        "a worker's certificate": _identity(tmp_path / "worker", worker_cert, worker_key),
+    }
+    for name in ("manager", "m2", "m3"):
+        port = c.manager_ports[name]["raft"]
+        # The member's own certificate opens it: the probe reaches etcd.
+        tls = c.root / name / "etcd" / "tls"
+        assert _peer_answer(port, ca_pem, tls / "cert.pem", tls / "key.pem") == "answered"
+        for what, (cert, key) in intruders.items():
+            outcome = _peer_answer(port, ca_pem, cert, key)
+            assert outcome.startswith("refused"), (name, what, outcome)
     # The group never noticed: same leader, writes still commit.
     c.cli("service", "scale", "web=2", "--detach")
     assert sorted(manager_statuses(c).values()) == ["leader", "reachable", "reachable"]

@@ -1,18 +1,22 @@
 """Nothing a local user can read holds a secret (issue #7): Warren's files are
-0600 in 0700 directories, and no join-token secret is on disk in plain text."""
+0600 in 0700 directories, and no join-token secret is on disk in plain text,
+the etcd member's log (WAL) and database included."""
 
 from __future__ import annotations
 
-import gzip
+import contextlib
 import os
 import stat
 import subprocess
+import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from harness import WARREN, Cluster, wait_for
 
-from warren.security.tokens import parse
+from warren.security.backup_file import decrypt_backup, encrypt_backup
+from warren.security.tokens import new_secret, parse
 
 pytestmark = pytest.mark.integration
 
@@ -30,18 +34,50 @@ def _loose(root: Path) -> list[str]:
     return found
 
 
+def _gzip_streams(data: bytes) -> bytes:
+    """What every gzip stream in ``data`` decompresses to: a state image is
+    gzipped, and etcd keeps it inside its database file."""
+    out, start = b"", data.find(b"\x1f\x8b\x08")
+    while start != -1:
+        with contextlib.suppress(zlib.error):  # bytes that only look like a gzip header
+            out += zlib.decompressobj(wbits=31).decompress(data[start:])
+        start = data.find(b"\x1f\x8b\x08", start + 1)
+    return out
+
+
+def _contents(path: Path) -> bytes:
+    data = path.read_bytes()
+    return data + _gzip_streams(data)
+
+
 def _files_holding(roots: list[Path], needles: list[str]) -> list[str]:
-    """Files whose bytes (gzip-compressed ones also decompressed) hold a needle."""
+    """Files whose bytes (and what gzip streams in them decompress to) hold a needle."""
     hits = []
     for root in roots:
         for path in root.rglob("*"):
             if path.is_symlink() or not path.is_file():
                 continue
-            data = path.read_bytes()
-            if data[:2] == b"\x1f\x8b":
-                data += gzip.decompress(data)  # PySyncObj's snapshots
+            data = _contents(path)
             hits += [f"{path}: {n}" for n in needles if n.encode() in data]
     return hits
+
+
+def _etcd_stores(manager_dir: Path) -> list[Path]:
+    """The etcd member's log (its WAL files) and its database (bbolt), last."""
+    member = manager_dir / "etcd" / "data" / "member"
+    return [*sorted((member / "wal").glob("*.wal")), member / "snap" / "db"]
+
+
+def _wait_in_etcd_stores(manager_dir: Path, needle: str) -> None:
+    """Until ``needle``, written through the log, is in the member's WAL and in
+    its database: the files the secrets checks read do hold the log."""
+
+    def held() -> bool:
+        *wal, db = _etcd_stores(manager_dir)
+        in_wal = any(needle.encode() in _contents(path) for path in wal)
+        return in_wal and db.is_file() and needle.encode() in _contents(db)
+
+    wait_for(held, 20, f"{needle} in the etcd WAL and database of {manager_dir}")
 
 
 def _secrets(c: Cluster) -> list[str]:
@@ -65,9 +101,9 @@ def test_data_dirs_are_private_and_hold_no_join_token_secret(cluster: Cluster) -
     # The worker's cache holds the env value: that is why its modes matter.
     wait_for(lambda: _files_holding([worker_dir], [ENV_VALUE]), 10, "w1's task cache")
 
+    _wait_in_etcd_stores(manager_dir, ENV_VALUE)
     for root in (manager_dir, worker_dir, c.config_dir):
         assert _loose(root) == [], root
-    assert (manager_dir / "raft" / "journal").is_file()
     assert _files_holding([manager_dir, worker_dir, c.config_dir], _secrets(c)) == []
 
     # Rotation: the old token is refused at once, the new one works, and
@@ -99,8 +135,9 @@ def test_loosened_files_are_tightened_at_restart(cluster: Cluster) -> None:
     # As an older version (or a careless admin) left them.
     loosened = [
         manager_dir,
-        manager_dir / "raft",
-        manager_dir / "raft" / "journal",
+        manager_dir / "etcd",
+        manager_dir / "etcd" / "data" / "member" / "wal",
+        *_etcd_stores(manager_dir),
         manager_dir / "certs" / "ca-key.pem",
         c.config_dir,
         c.config_dir / "key.pem",
@@ -123,69 +160,54 @@ def test_loosened_files_are_tightened_at_restart(cluster: Cluster) -> None:
     assert c.node_status("w2") == "ready"
 
 
-def _write_legacy_cluster(c: Cluster) -> tuple[str, str]:
-    """Put the cluster object back as an older version wrote it (plain-text
-    secrets), through the stopped manager's own Raft journal."""
-    import asyncio
-    import time
-
-    from warren.core.models import Cluster as ClusterObject
-    from warren.manager.manager import raft_password
-    from warren.manager.raft import RaftConsensus
-    from warren.manager.store import Store, put, raise_for_result, txn
-    from warren.security.ca import CertificateAuthority
-    from warren.security.tokens import new_secret
-
-    certs = c.root / "manager" / "certs"
-    ca = CertificateAuthority.from_pem(
-        (certs / "ca.pem").read_bytes(), (certs / "ca-key.pem").read_bytes()
-    )
+def _backup_of_an_older_version(c: Cluster, passphrase: Path) -> tuple[Path, tuple[str, str]]:
+    """A backup of the running cluster, its cluster object then rewritten as a
+    version before the hashes wrote it: the token secrets in plain text."""
+    taken = c.root / "cluster.wbk"
+    c.cli("cluster", "backup", "-o", str(taken), "--passphrase-file", str(passphrase))
+    key = passphrase.read_text().strip()
+    backup = decrypt_backup(taken.read_bytes(), key)
     secrets = (new_secret(), new_secret())
-    address = f"127.0.0.1:{c.ports['raft']}"
-
-    async def write() -> None:
-        store = Store()
-        raft = RaftConsensus(
-            store, address, c.root / "manager" / "raft", password=raft_password(ca)
-        )
-        await raft.start()
-        try:
-            while not raft.is_leader or store.cluster() is None:
-                await asyncio.sleep(0.05)
-            current = store.cluster()
-            assert current is not None
-            legacy = ClusterObject(
-                id=current.id,
-                ca_fingerprint=current.ca_fingerprint,
-                worker_token_secret=secrets[0],
-                manager_token_secret=secrets[1],
-                created_at=current.created_at,
-            )
-            ops = [put(legacy, current.version)]
-            raise_for_result(await raft.propose(txn(ops, at=time.time())))
-        finally:
-            await raft.stop()
-
-    asyncio.run(write())
-    return secrets
+    legacy = replace(
+        backup.state.cluster,
+        worker_token_hash="",
+        manager_token_hash="",
+        worker_token_sealed="",
+        manager_token_sealed="",
+        worker_token_secret=secrets[0],
+        manager_token_secret=secrets[1],
+    )
+    older = c.root / "older.wbk"
+    older.write_bytes(
+        encrypt_backup(replace(backup, state=replace(backup.state, cluster=legacy)), key)
+    )
+    return older, secrets
 
 
-def test_plain_text_secrets_of_an_older_version_are_sealed_at_start(cluster: Cluster) -> None:
+def test_plain_text_secrets_of_an_older_version_are_sealed_at_restore(cluster: Cluster) -> None:
     c = cluster
     c.init_manager()
+    c.cli("service", "create", "db", "--image", "busybox", "--env", ENV_SECRET)
+    passphrase = c.root / "passphrase"
+    passphrase.write_text("a long backup passphrase\n")
+    older, (worker_secret, manager_secret) = _backup_of_an_older_version(c, passphrase)
     c.stop_all()
-    worker_secret, manager_secret = _write_legacy_cluster(c)
-    manager_dir = c.root / "manager"
-    assert _files_holding([manager_dir], [worker_secret])  # what an older version left
 
-    c.restart_manager()
-    # The same tokens, now kept hashed and sealed; the old entries are scrubbed.
+    # The way over from an older version: restore its backup into a new data dir.
+    del c.manager_ports["manager"]
+    args = [*WARREN, "cluster", "restore", str(older), "--passphrase-file", str(passphrase),
+            *c._manager_args("restored", "manager-2")]  # fmt: skip
+    c.ports = c.manager_ports["restored"]
+    restored = c._spawn("restored", args)
+    wait_for(lambda: c._api_ready(restored, "restored"), 60, "the restored manager's API")
+
+    # The same tokens, now kept hashed and sealed; the plain text never reached
+    # the new manager's files (its etcd log holds what the backup held).
     assert _secrets(c) == [worker_secret, manager_secret]
-    wait_for(
-        lambda: _files_holding([manager_dir], [worker_secret, manager_secret]) == [],
-        20,
-        "the plain-text secrets to leave the Raft files",
-    )
+    restored_dir = c.root / "restored"
+    _wait_in_etcd_stores(restored_dir, ENV_VALUE)
+    assert _files_holding([restored_dir, c.config_dir], [worker_secret, manager_secret]) == []
+    assert _loose(restored_dir) == []
     c.join_worker("w1")
     assert c.node_status("w1") == "ready"
 
@@ -200,7 +222,7 @@ def test_a_joined_manager_keeps_no_secret_readable(cluster: Cluster) -> None:
         c.join_token("worker")
     )
     dirs = [c.root / "manager", c.root / "m2", c.config_dir]
-    assert (c.root / "m2" / "raft" / "journal").is_file()
+    _wait_in_etcd_stores(c.root / "m2", ENV_VALUE)  # its member holds the log
     assert _files_holding(dirs, _secrets(c)) == []
     for root in dirs:
         assert _loose(root) == [], root

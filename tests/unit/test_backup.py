@@ -353,38 +353,49 @@ def test_restore_ops_seed_a_new_store(state: BackupState) -> None:
     assert store.list(Kind.TASK) == []
 
 
-class FakeRaft(LocalConsensus):
-    """Stands in for RaftConsensus in prepare_restore: records what it was given."""
+class FakeConsensus(LocalConsensus):
+    """What ``new_consensus`` returns in prepare_restore: records what it was
+    given, and like the etcd member keeps its files in the data dir's etcd/."""
 
-    instances: list[FakeRaft] = []
+    instances: list[FakeConsensus] = []
     fail: Exception | None = None
 
-    def __init__(self, store: Store, address: str, data_dir: Path, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        store: Store,
+        options: ManagerOptions,
+        ca: CertificateAuthority,
+        members: list[str],
+        **kwargs: Any,
+    ) -> None:
         super().__init__(store)
-        self.address = address
-        self.data_dir = data_dir
+        self.options = options
+        self.ca = ca
+        self.members = members
         self.kwargs = kwargs
-        FakeRaft.instances.append(self)
+        self.data_dir = options.data_dir / "etcd"
+        FakeConsensus.instances.append(self)
 
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True)
-        (self.data_dir / "journal").write_text("")
+        (self.data_dir / "wal").write_text("")
         await super().start()
 
     async def propose(self, command: dict[str, Any], timeout: float = 10.0) -> Any:
-        if FakeRaft.fail is not None and command["op"] == "txn":
-            raise FakeRaft.fail
+        if FakeConsensus.fail is not None and command["op"] == "txn":
+            raise FakeConsensus.fail
         return await super().propose(command, timeout)
 
 
 @pytest.fixture
-def fake_raft(monkeypatch: pytest.MonkeyPatch) -> type[FakeRaft]:
-    import warren.manager.raft
+def fake_consensus(monkeypatch: pytest.MonkeyPatch) -> type[FakeConsensus]:
+    # prepare_restore imports new_consensus from this module when it runs.
+    import warren.manager.etcd.setup
 
-    FakeRaft.instances = []
-    FakeRaft.fail = None
-    monkeypatch.setattr(warren.manager.raft, "RaftConsensus", FakeRaft)
-    return FakeRaft
+    FakeConsensus.instances = []
+    FakeConsensus.fail = None
+    monkeypatch.setattr(warren.manager.etcd.setup, "new_consensus", FakeConsensus)
+    return FakeConsensus
 
 
 def _options(tmp_path: Path) -> ManagerOptions:
@@ -400,7 +411,7 @@ def _options(tmp_path: Path) -> ManagerOptions:
 
 
 async def test_prepare_restore_writes_a_resumable_manager(
-    tmp_path: Path, fake_raft: type[FakeRaft], backup: Backup, ca: CertificateAuthority
+    tmp_path: Path, fake_consensus: type[FakeConsensus], backup: Backup, ca: CertificateAuthority
 ) -> None:
     options = _options(tmp_path)
     node_id = await prepare_restore(options, backup)
@@ -419,28 +430,32 @@ async def test_prepare_restore_writes_a_resumable_manager(
     assert identity_from_pem(admin_cert).role == "admin"
     config = json.loads((options.config_dir / "config.json").read_text())
     assert config == {"managers": ["10.0.0.9:4001"]}
-    # The Raft member the manager resumes, seeded with one write.
-    (raft,) = fake_raft.instances
-    assert (raft.address, raft.data_dir) == ("10.0.0.9:4003", data / "raft")
-    assert raft.kwargs["bind_address"] == "0.0.0.0:4003"
-    assert not raft.is_leader  # stopped again
-    manager = raft.store.get(Kind.NODE, node_id)
+    # The etcd member the manager resumes: a new cluster of one, of the backup's
+    # CA, seeded with the backup's state.
+    (consensus,) = fake_consensus.instances
+    assert consensus.options is options
+    assert consensus.members == [options.raft_address] == ["10.0.0.9:4003"]
+    assert (consensus.kwargs["new_member"], consensus.kwargs["node_id"]) == (True, node_id)
+    assert consensus.ca.cert_pem == ca.cert_pem and consensus.ca.key_pem == ca.key_pem
+    assert (data / "etcd" / "wal").is_file()
+    assert not consensus.is_leader  # stopped again
+    manager = consensus.store.get(Kind.NODE, node_id)
     assert (manager.role, manager.hostname, manager.labels) == (
         NodeRole.MANAGER,
         "new-mgr",
         {"zone": "b"},
     )
     assert (manager.api_address, manager.raft_address) == ("10.0.0.9:4001", "10.0.0.9:4003")
-    assert {s.spec.name for s in raft.store.list(Kind.SERVICE)} == {"web", "db"}
+    assert {s.spec.name for s in consensus.store.list(Kind.SERVICE)} == {"web", "db"}
     assert load_cert(ca_pem).subject == ca.cert.subject
 
 
 async def test_failed_restore_leaves_the_data_dir_empty(
-    tmp_path: Path, fake_raft: type[FakeRaft], backup: Backup
+    tmp_path: Path, fake_consensus: type[FakeConsensus], backup: Backup
 ) -> None:
     options = _options(tmp_path)
     options.data_dir.mkdir()
-    fake_raft.fail = Unavailable("no quorum")
+    fake_consensus.fail = Unavailable("no quorum")
     with pytest.raises(Unavailable):
         await prepare_restore(options, backup)
     assert list(options.data_dir.iterdir()) == []
@@ -453,7 +468,7 @@ async def test_failed_restore_leaves_the_data_dir_empty(
 
 
 async def test_prepare_restore_refuses_a_used_data_dir(
-    tmp_path: Path, fake_raft: type[FakeRaft], backup: Backup
+    tmp_path: Path, fake_consensus: type[FakeConsensus], backup: Backup
 ) -> None:
     options = _options(tmp_path)
     options.data_dir.mkdir()
@@ -461,7 +476,7 @@ async def test_prepare_restore_refuses_a_used_data_dir(
     with pytest.raises(FailedPrecondition, match="is not empty"):
         await prepare_restore(options, backup)
     assert (options.data_dir / "keep").read_text() == "mine"
-    assert fake_raft.instances == []
+    assert fake_consensus.instances == []
 
 
 # -- the CLI --------------------------------------------------------------------------

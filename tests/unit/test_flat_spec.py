@@ -3,11 +3,12 @@ format-1 cluster is still written the flat way (see warren.core.flat_spec).
 
 The files in tests/fixtures/format1 were made by the version before the
 nested spec (their make.py says how): they are what a user's data dir and
-backups hold."""
+backups hold. Its backups still restore; its data dir (a PySyncObj journal and
+snapshot) is refused with the way over: a backup, then a restore."""
 
 from __future__ import annotations
 
-import asyncio
+import json
 import pickle
 import shutil
 from pathlib import Path
@@ -20,7 +21,7 @@ from test_codec import _assert_matches, flat_spec_dicts
 
 from warren.core import flat_spec
 from warren.core.codec import from_dict, to_dict
-from warren.core.errors import InvalidArgument, Unavailable
+from warren.core.errors import FailedPrecondition, InvalidArgument
 from warren.core.models import (
     Cluster,
     ContainerSpec,
@@ -35,11 +36,13 @@ from warren.core.models import (
     Service,
     ServiceSpec,
 )
-from warren.manager import raft
 from warren.manager.backup import state_objects
 from warren.manager.command_format import CommandEncoder
+from warren.manager.etcd.setup import UPGRADE_GUIDE
 from warren.manager.kinds import Kind
-from warren.manager.store import MUST_NOT_EXIST, Store, barrier, put, raise_for_result, txn
+from warren.manager.manager import Manager, ManagerCredentials
+from warren.manager.store import MUST_NOT_EXIST, Store, put, raise_for_result, txn
+from warren.node.options import ManagerOptions
 from warren.security.backup_file import decrypt_backup
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "format1"
@@ -87,52 +90,53 @@ def test_a_format_1_backup_restores_nested_specs() -> None:
     assert task.spec == FULL
 
 
-async def _ready(consensus: raft.RaftConsensus) -> None:
-    for _ in range(200):
-        try:
-            await consensus.propose(barrier())
-            return
-        except Unavailable:
-            await asyncio.sleep(0.05)
-    raise AssertionError("the single manager never elected itself")
+def _files(root: Path) -> dict[str, tuple[int, bytes]]:
+    """Every path under ``root``: its mode and, for a file, its bytes."""
+    return {
+        str(path.relative_to(root)): (
+            path.stat().st_mode,
+            path.read_bytes() if path.is_file() else b"",
+        )
+        for path in sorted(root.rglob("*"))
+    }
 
 
-async def test_a_format_1_raft_snapshot_and_journal_load_as_nested_specs(
-    tmp_path: Path,
-) -> None:
-    data_dir = tmp_path / "raft"
-    shutil.copytree(FIXTURES / "raft", data_dir)
-    # The snapshot (pickled objects) and the journal (JSON) both hold flat specs.
-    assert b'"restart_policy"' in (data_dir / "journal").read_bytes()
-    consensus = raft.RaftConsensus(Store(), "127.0.0.1:47911", data_dir, compaction_entries=50)
-    await consensus.start()
-    try:
-        await _ready(consensus)
-        store = consensus.store
-        assert len(store.list(Kind.SERVICE)) == 41 and len(store.list(Kind.TASK)) == 40
-        s00 = store.get(Kind.SERVICE, "s00")
-        assert s00.spec == ServiceSpec(**{**FULL.__dict__, "replicas": 4})  # journal
-        assert store.get(Kind.TASK, "s00-t1").spec == FULL  # snapshot
-        s01 = store.get(Kind.SERVICE, "s01")
-        assert s01.spec == ServiceSpec(name="s01", container=ContainerSpec(image="busybox"))
-        late = store.get(Kind.SERVICE, "late").spec
-        assert late.container.image == "busybox:late" and late.replicas == 2
-        # Still a format-1 cluster (no cluster object says otherwise): a new write
-        # goes into the journal flat, and reads back the same.
-        assert store.cluster() is None
-        updated = Service("s01", ServiceSpec(name="s01", container=ContainerSpec(image="b:2")))
-        await consensus.propose(txn([put(updated, s01.version)], at=1.0))
-        state_hash = store.state_hash()
-    finally:
-        await consensus.stop()
-    restarted = raft.RaftConsensus(Store(), "127.0.0.1:47911", data_dir, compaction_entries=50)
-    await restarted.start()
-    try:
-        await _ready(restarted)
-        assert restarted.store.get(Kind.SERVICE, "s01").spec.container.image == "b:2"
-        assert restarted.store.state_hash() == state_hash
-    finally:
-        await restarted.stop()
+@pytest.mark.parametrize("how", ["resume", "join"])
+async def test_a_format_1_pysyncobj_data_dir_is_refused_untouched(tmp_path: Path, how: str) -> None:
+    # A manager's data dir of the version that made the fixtures: its PySyncObj
+    # journal and snapshot (which hold flat specs), its peers, and for a manager
+    # that ran, its state.
+    data_dir = tmp_path / "data"
+    shutil.copytree(FIXTURES / "raft", data_dir / "raft")
+    (data_dir / "raft-peers.json").write_text(json.dumps(["127.0.0.1:47911"]))
+    joins: list[str] = []
+
+    async def join() -> ManagerCredentials:
+        joins.append("join")
+        raise AssertionError("a refused data dir joins nothing")
+
+    if how == "resume":
+        (data_dir / "manager.json").write_text(json.dumps({"node_id": "n1", "cluster_id": "c1"}))
+    options = ManagerOptions(
+        data_dir=data_dir,
+        listen_addr="127.0.0.1",
+        advertise_addr="127.0.0.1",
+        raft_port=47911,
+        config_dir=tmp_path / "config",
+    )
+    before = _files(data_dir)
+    manager = Manager(options, join=join if how == "join" else None)
+    with pytest.raises(FailedPrecondition) as refused:
+        await manager.start()
+    message = str(refused.value)
+    assert message.startswith(f"{data_dir} holds a manager of an older Warren")
+    assert "PySyncObj" in message and UPGRADE_GUIDE in message
+    assert "'warren cluster backup'" in message and "'warren cluster restore'" in message
+    assert "\n" not in message
+    # Nothing changed, nothing was added (no etcd member), nothing joined.
+    assert _files(data_dir) == before
+    assert not (data_dir / "etcd").exists() and not options.config_dir.exists()
+    assert joins == []
 
 
 def _flat_pickle(spec: ServiceSpec) -> bytes:

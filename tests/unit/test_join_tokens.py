@@ -2,25 +2,24 @@
 
 from __future__ import annotations
 
-import gzip
 import json
-import socket
-import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
-from support import eventually
 
 from warren.core.codec import to_dict
 from warren.core.errors import InvalidArgument
 from warren.core.models import Cluster
 from warren.manager import join_tokens
 from warren.manager.backup import Backup, BackupState, prepare_restore
+from warren.manager.command_format import CommandEncoder
 from warren.manager.consensus import LocalConsensus
 from warren.manager.control import ControlService
-from warren.manager.raft import RaftConsensus
-from warren.manager.store import MUST_NOT_EXIST, Store, put, raise_for_result, txn
+from warren.manager.etcd.log_entry import apply_entry, command_entry
+from warren.manager.etcd.state_image import Fence
+from warren.manager.store import Store
 from warren.node.options import ManagerOptions
 from warren.security.ca import CertificateAuthority
 from warren.security.tokens import (
@@ -210,109 +209,54 @@ async def test_control_seals_an_old_cluster_and_its_tokens_keep_working(
     assert _accepted(control, before, "worker")
 
 
-# --- on disk: the Raft journal, snapshot and a restored backup ----------------------
+# --- a restored backup: what reaches the log -----------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+class _RecordingLog(LocalConsensus):
+    """Stands in for the etcd consensus in prepare_restore: each proposal goes
+    through the log entry format as the etcd log would hold it."""
+
+    def __init__(self, store: Store, *args: Any, **kwargs: Any) -> None:
+        super().__init__(store)
+        self.entries: list[bytes] = []
+
+    async def propose(self, command: dict[str, Any], timeout: float = 10.0) -> Any:
+        entry = command_entry(CommandEncoder(self.store).encode(command))
+        self.entries.append(entry)
+        result, _ = apply_entry(self.store, Fence(), entry)
+        return result
 
 
-def _raft_bytes(raft_dir: Path) -> bytes:
-    """Everything in the Raft dir, snapshots decompressed (PySyncObj gzips them)."""
-    data = b""
-    for path in raft_dir.iterdir():
-        raw = path.read_bytes()
-        data += raw
-        if raw[:2] == b"\x1f\x8b":
-            data += gzip.decompress(raw)
-    return data
-
-
-async def test_sealing_scrubs_old_secrets_from_the_journal(
-    tmp_path: Path, ca: CertificateAuthority
+async def test_restoring_an_old_backup_logs_no_plain_text(
+    tmp_path: Path, ca: CertificateAuthority, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    raft_dir = tmp_path / "raft"
-    consensus = RaftConsensus(Store(), f"127.0.0.1:{_free_port()}", raft_dir)
-    await consensus.start()
-    try:
-        await eventually(lambda: consensus.is_leader, 10.0, "consensus.is_leader", interval=0.05)
-        legacy = _legacy_cluster(ca)
-        old = (legacy.worker_token_secret, legacy.manager_token_secret)
-        ops = [put(legacy, MUST_NOT_EXIST)]
-        raise_for_result(await consensus.propose(txn(ops, at=time.time())))
-        assert _plaintext_in(_raft_bytes(raft_dir), *old) == list(old)  # what an old version left
+    import warren.manager.etcd.setup
 
-        control = ControlService(consensus, ca)
-        assert await control.seal_legacy_join_tokens()
-        # A compaction follows the sealing write and zeroes the entries it drops.
-        await eventually(
-            lambda: _plaintext_in(_raft_bytes(raft_dir), *old) == [],
-            10.0,
-            "_plaintext_in(_raft_bytes(raft_dir), *old) == []",
-            interval=0.05,
-        )
-        assert control.join_token("worker").endswith(old[0])
-    finally:
-        await consensus.stop()
+    logs: list[_RecordingLog] = []
 
+    def new_consensus(store: Store, *args: Any, **kwargs: Any) -> _RecordingLog:
+        logs.append(_RecordingLog(store))
+        return logs[-1]
 
-async def test_restoring_an_old_backup_journals_no_plain_text(
-    tmp_path: Path, ca: CertificateAuthority
-) -> None:
+    monkeypatch.setattr(warren.manager.etcd.setup, "new_consensus", new_consensus)
     legacy = _legacy_cluster(ca)
     old = (legacy.worker_token_secret, legacy.manager_token_secret)
     backup = Backup(BackupState(revision=5, cluster=legacy), ca.cert_pem, ca.key_pem)
     options = ManagerOptions(
         data_dir=tmp_path / "data",
         listen_addr="127.0.0.1",
-        raft_port=_free_port(),
         config_dir=tmp_path / "config",
         node_name="restored",
     )
     await prepare_restore(options, backup)
 
-    assert _plaintext_in(_raft_bytes(options.data_dir / "raft"), *old) == []
-    store = Store()
-    consensus = RaftConsensus(store, options.raft_address, options.data_dir / "raft")
-    await consensus.start()
-    try:
-        await eventually(
-            lambda: store.cluster() is not None, 10.0, "store.cluster() is not None", interval=0.05
-        )
-        cluster = store.cluster()
-        assert cluster is not None and not join_tokens.has_plaintext(cluster)
-        # The backed-up tokens still work after the restore.
-        assert join_tokens.token_secret(cluster, "worker", ca) == old[0]
-        assert join_tokens.secret_accepted(cluster, "manager", old[1])
-    finally:
-        await consensus.stop()
-
-
-def test_the_journal_zeroes_what_dropped_entries_held(tmp_path: Path) -> None:
-    from warren.manager.raft import _DurableJournal
-
-    path = tmp_path / "journal"
-    journal = _DurableJournal(str(path))
-    for index, command in enumerate([b"keep-1", b"drop-secret-1", b"drop-secret-2"], start=1):
-        journal.add(command, index, 1)
-    journal.deleteEntriesFrom(1)  # a follower truncating its log
-    assert b"drop-secret" not in path.read_bytes()
-    assert b"keep-1" in path.read_bytes()
-    journal.add(b"after", 2, 1)
-    journal.deleteEntriesTo(1)  # compaction: clear, then add the kept entries again
-    assert b"keep-1" not in path.read_bytes()
-    assert [journal[i][0] for i in range(len(journal))] == [b"after"]
-    journal._destroy()
-
-    # Reopened, the entries are there; tail bytes an older version left are zeroed
-    # at the first compaction.
-    raw = bytearray(path.read_bytes())
-    raw[-64 : -64 + len(b"old-secret")] = b"old-secret"
-    path.write_bytes(bytes(raw))
-    journal = _DurableJournal(str(path))
-    assert [journal[i][0] for i in range(len(journal))] == [b"after"]
-    journal.deleteEntriesTo(0)
-    assert b"old-secret" not in path.read_bytes()
-    journal._destroy()
+    (log,) = logs
+    cluster = log.store.cluster()
+    assert cluster is not None and not join_tokens.has_plaintext(cluster)
+    # The cluster went into the log sealed, its plain-text secrets nowhere.
+    logged = b"".join(log.entries)
+    assert cluster.worker_token_sealed.encode() in logged
+    assert _plaintext_in(logged, *old) == []
+    # The backed-up tokens still work after the restore.
+    assert join_tokens.token_secret(cluster, "worker", ca) == old[0]
+    assert join_tokens.secret_accepted(cluster, "manager", old[1])

@@ -1,4 +1,4 @@
-"""Every value a model accepts travels every wire: REST JSON, protobuf, the Raft log.
+"""Every value a model accepts travels every wire: REST JSON, protobuf, the log in etcd.
 
 The specs are generated from the models' own field types and bounds
 (``warren.core.validation``), edges included, so a field added later is
@@ -38,9 +38,10 @@ from warren.core.validation import INT32_MAX, MAX_SECONDS, clean_text, field_lim
 from warren.manager import rest
 from warren.manager.consensus import LocalConsensus
 from warren.manager.dispatcher import Dispatcher, _Session
+from warren.manager.etcd.log_entry import apply_entry, claim_entry, command_entry
+from warren.manager.etcd.state_image import Fence
 from warren.manager.events import EventBus
 from warren.manager.grpc_api import manager_message
-from warren.manager.raft import decode_command, encode_command
 from warren.manager.store import MUST_NOT_EXIST, Kind, Store, put, txn
 from warren.proto import warren_pb2 as pb
 from warren.proto.convert import encodable, from_message, to_message
@@ -58,10 +59,12 @@ def _proto_round_trip(obj: Any, message_cls: Any) -> Any:
     return from_message(type(obj), message_cls.FromString(wire))
 
 
-def _raft_round_trip(service: Service) -> Service:
+def _log_round_trip(service: Service) -> Service:
+    # As a leader writes it: its claim, then the command tagged with its term.
     store = Store()
-    payload = encode_command(txn([put(service, MUST_NOT_EXIST)], at=1.0))
-    result = store.apply(decode_command(payload))
+    _, fence = apply_entry(store, Fence(), claim_entry(3, "127.0.0.1:4242"))
+    entry = command_entry(txn([put(service, MUST_NOT_EXIST)], at=1.0), term=3)
+    result, _ = apply_entry(store, fence, entry)
     assert "error" not in result["results"][0], result
     stored: Service = store.get(Kind.SERVICE, service.id)
     return stored
@@ -78,7 +81,7 @@ def test_every_accepted_spec_round_trips_through_every_wire(spec: ServiceSpec) -
     assert _rest_round_trip(spec) == spec
     assert _proto_round_trip(spec, pb.ServiceSpec) == spec
     service = Service(id="s1", spec=spec, spec_version=3, created_at=1.5)
-    assert _raft_round_trip(service).spec == spec
+    assert _log_round_trip(service).spec == spec
     task = Task("t1", "s1", spec.name, spec, 3, slot=INT32_MAX)
     assert _proto_round_trip(task, pb.Task) == task
     assert _rest_round_trip(task) == task
@@ -136,7 +139,7 @@ def _spec_with(spec: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(("name", "value"), _TOO_BIG + _BAD_TEXT)
 def test_a_value_no_wire_can_carry_is_refused_everywhere(name: str, value: Any) -> None:
     data = _spec_with({"name": "poison", "container": {"image": "busybox"}}, name, value)
-    # REST and the Raft log decode with the codec; gRPC too, after protobuf.
+    # REST and the log decode with the codec; gRPC too, after protobuf.
     with pytest.raises(InvalidArgument) as refused:
         from_dict(ServiceSpec, data)
     message = str(refused.value)

@@ -1,7 +1,7 @@
 """Fan-out of store events to asyncio subscribers (controllers, API streams).
 
-The store publishes on whichever thread applied the command (PySyncObj's);
-the bus moves events onto the event loop. A subscriber that falls too far
+The store publishes from its apply step, on whichever thread applies; the bus
+moves events onto the event loop. A subscriber that falls too far
 behind is closed rather than allowed to grow memory without bound.
 """
 

@@ -86,12 +86,8 @@ def rotated(cluster: Cluster, role: str, ca: CertificateAuthority) -> Cluster:
 
 
 def has_plaintext(cluster: Cluster) -> bool:
-    return bool(legacy_secrets(cluster))
-
-
-def legacy_secrets(cluster: Cluster) -> tuple[str, ...]:
-    """The plain-text secrets ``cluster`` holds (written by an older version)."""
-    return tuple(secret for role in ROLES if (secret := _legacy_secret(cluster, role)))
+    """Whether ``cluster`` holds a plain-text secret (written by an older version)."""
+    return any(_legacy_secret(cluster, role) for role in ROLES)
 
 
 def sealed_legacy(cluster: Cluster, ca: CertificateAuthority) -> Cluster:

@@ -239,7 +239,7 @@ def prepare_process(component: str) -> None:
     """What every daemon does first."""
     from warren import logs
 
-    # First: PySyncObj creates the journal and snapshots with no mode of its own.
+    # First: whatever the process and its children (the etcd member) create is private.
     restrict_new_files()
     logs.setup(component)
 
@@ -270,7 +270,7 @@ def restore_manager(options: ManagerOptions, backup: Backup) -> int:
     from warren.manager.backup import prepare_restore, state_objects
     from warren.manager.kinds import Kind
 
-    # Before the data dir is made: PySyncObj creates its files with no mode of its own.
+    # Before the data dir is made: the files of the etcd member it seeds are private too.
     prepare_process("manager")
     state = backup.state
     node_id = asyncio.run(prepare_restore(options, backup))

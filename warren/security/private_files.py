@@ -1,10 +1,11 @@
 """Keeping Warren's files to their owner: 0700 directories, 0600 files.
 
-Data dirs hold the CA key, the Raft journal and snapshots (service env values),
-the worker's task cache and container logs. Some of these files are created by
-libraries (PySyncObj) with no mode argument, so a daemon sets a private umask
-first thing; files written before that (or by an older version) are tightened
-once at start. Single files are written with ``tls.write_private``.
+Data dirs hold the CA key, the etcd member's data (the log and state images:
+service env values), the worker's task cache and container logs. Some of these
+files are created by other processes (etcd) or libraries with no mode argument
+of Warren's, so a daemon sets a private umask first thing (its children inherit
+it); files written before that (or by an older version) are tightened once at
+start. Single files are written with ``tls.write_private``.
 """
 
 from __future__ import annotations
