@@ -3,7 +3,6 @@ came with format 2, stores and encoders whose code reads up to format 1 or 2."""
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -25,7 +24,7 @@ from warren.manager.command_format import (
 )
 from warren.manager.consensus import LocalConsensus
 from warren.manager.kinds import Kind, KindSpec
-from warren.manager.store import MUST_NOT_EXIST, Store, object_digest, put, raise_for_result, txn
+from warren.manager.store import MUST_NOT_EXIST, Store, put, raise_for_result, txn
 
 
 @dataclass(frozen=True)
@@ -215,21 +214,6 @@ def test_old_clusters_read_as_format_1_and_get_unchanged_commands_without_specs(
     assert CommandEncoder(store).encode(command) == expected
 
 
-def test_a_cluster_from_a_snapshot_older_than_formats_reads_format_1() -> None:
-    """Raft snapshots pickle objects: one taken before the format fields existed
-    has none in its attributes."""
-    cluster = Cluster(id="c", ca_fingerprint="f")
-    older = pickle.loads(pickle.dumps(cluster))
-    del older.__dict__["command_format"], older.__dict__["manager_formats"]
-    store = Store()
-    store.import_state({"revision": 1, "tables": {Kind.CLUSTER: {"c": older}}})
-    restored = store.cluster()
-    assert restored is not None
-    assert (restored.command_format, manager_formats(restored)) == (1, {})
-    assert store.state_hash()[1] == f"{object_digest(cluster):064x}"
-    check_readable(store)
-
-
 def _models(tp: Any, seen: set[type[Any]]) -> None:
     """Every dataclass reachable from ``tp``, into ``seen``."""
     import dataclasses
@@ -245,9 +229,8 @@ def _models(tp: Any, seen: set[type[Any]]) -> None:
         _models(hint, seen)
 
 
-def test_fields_added_later_have_plain_defaults() -> None:
-    # Raft snapshots pickle objects; one from before a field existed has no
-    # such attribute and reads the class's: a default_factory leaves none there.
+def test_fields_added_later_have_defaults() -> None:
+    # An entry of an older format lacks the field: it decodes to the default.
     import dataclasses
 
     from warren.core.formats import field_format
@@ -266,4 +249,5 @@ def test_fields_added_later_have_plain_defaults() -> None:
     for model in models:
         for f in dataclasses.fields(model):
             if field_format(f) > 1:
-                assert f.default is not dataclasses.MISSING, f"{model.__name__}.{f.name}"
+                has_default = (f.default, f.default_factory) != (dataclasses.MISSING,) * 2
+                assert has_default, f"{model.__name__}.{f.name}"

@@ -9,7 +9,6 @@ snapshot) is refused with the way over: a backup, then a restore."""
 from __future__ import annotations
 
 import json
-import pickle
 import shutil
 from pathlib import Path
 from typing import Any
@@ -137,30 +136,6 @@ async def test_a_format_1_pysyncobj_data_dir_is_refused_untouched(tmp_path: Path
     assert _files(data_dir) == before
     assert not (data_dir / "etcd").exists() and not options.config_dir.exists()
     assert joins == []
-
-
-def _flat_pickle(spec: ServiceSpec) -> bytes:
-    """``spec`` pickled as the flat class of format 1 was: the same class name,
-    with the flat fields (model objects, as the snapshot holds them) as its state."""
-    state: dict[str, Any] = {
-        "name": spec.name,
-        "mode": spec.mode,
-        "replicas": spec.replicas,
-        "labels": spec.labels,
-        "restart_policy": spec.restart,
-    }
-    for group, keys in flat_spec.GROUPS.items():
-        state.update({key: getattr(getattr(spec, group), key) for key in keys})
-
-    flat = object.__new__(ServiceSpec)  # no __init__: nothing checks the old fields
-    flat.__dict__.update(state)
-    return pickle.dumps(flat)
-
-
-def test_a_flat_spec_unpickled_from_an_old_snapshot_is_nested() -> None:
-    loaded = pickle.loads(_flat_pickle(FULL))
-    assert loaded == FULL
-    assert pickle.loads(pickle.dumps(FULL)) == FULL
 
 
 @given(flat_spec_dicts)

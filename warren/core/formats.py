@@ -1,12 +1,10 @@
-"""Command formats: which model fields a Raft log entry may carry.
+"""Command formats: which model fields a log entry may carry.
 
 Decoding is strict (an unknown field is refused), so a field a newer version
 adds must not reach a manager whose code does not know it: that manager would
 refuse the entry the others applied, and its state would diverge. Each field
 added after format 1 says when with its metadata
-(``field(default=..., metadata=since(2))``, combinable with ``bounded``; a
-plain default, never a factory: Raft snapshots pickle objects, and one
-unpickled from before the field existed finds the default on the class), and
+(``field(default=..., metadata=since(2))``, combinable with ``bounded``), and
 ``COMMAND_FORMAT`` is the highest format this code reads and writes.
 
 The cluster records the format every manager understands; a manager encodes

@@ -11,10 +11,8 @@ import binascii
 import re
 import secrets
 import signal
-from dataclasses import MISSING, dataclass, field
-from dataclasses import fields as dataclass_fields
+from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
 
 from warren.core import flat_spec, shapes
 from warren.core.constraints import parse_constraint
@@ -321,32 +319,6 @@ class ServiceSpec:
                 "(its containers use the host's)"
             )
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        # Raft snapshots pickle the store: one taken by format 1 holds flat specs.
-        if flat_spec.is_flat(state):
-            state = _nested_objects(flat_spec.nest(state))
-        self.__dict__.update(state)
-
-
-_GROUP_MODELS: dict[str, Any] = {
-    "container": ContainerSpec,
-    "resources": ResourceRequirements,
-    "placement": Placement,
-}
-
-
-def _nested_objects(state: dict[str, Any]) -> dict[str, Any]:
-    """A nested spec's groups (dicts of model objects, from an unpickled flat
-    spec) made into their models, with the defaults of what was absent."""
-    out = dict(state)
-    for group, model in _GROUP_MODELS.items():
-        out[group] = model(**state.get(group, {}))
-    defaults = {f.name: f for f in dataclass_fields(ServiceSpec)}
-    for name, fld in defaults.items():
-        if name not in out and fld.default_factory is not MISSING:
-            out[name] = fld.default_factory()
-    return out
-
 
 shapes.register(
     ServiceSpec,
@@ -370,9 +342,6 @@ class Service:
     version: int = 0
     # What the allocator gave it for its spec's networks and endpoint: a VIP per
     # network (endpoint mode vip) and every published port with its number.
-    # A plain default, not a factory, as for every field added later: an object
-    # unpickled from a Raft snapshot taken before it existed reads it from the
-    # class (tests/unit/test_flat_spec.py loads such a snapshot).
     endpoint: Endpoint = field(default=Endpoint(), metadata=since(2))
 
     def __post_init__(self) -> None:
@@ -462,14 +431,12 @@ class Cluster:
     created_at: float = 0.0
     version: int = 0
     # Plain-text secrets as clusters before the hashes stored them. Only read from
-    # old journals, snapshots and backups: the leader seals them at start.
+    # old backups: a restore seals them.
     worker_token_secret: str = ""
     manager_token_secret: str = ""
     # The command format every manager reads, so the one commands are written in
     # (warren.core.formats), and the highest each manager's code reads. Absent
-    # (an older journal or backup): format 1. Plain defaults, no factories: an
-    # object unpickled from a Raft snapshot taken before the fields existed
-    # reads them from the class.
+    # (an older backup): format 1.
     command_format: int = field(
         default=FIRST_FORMAT, metadata=bounded(minimum=FIRST_FORMAT, maximum=INT32_MAX)
     )

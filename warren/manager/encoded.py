@@ -44,7 +44,7 @@ class EncodedObjects:
 
     def complete(self, revision: int, objects: Callable[[], Sequence[Any]]) -> bytes:
         """The listing of every object (``objects()``, in listing order), kept
-        until ``written`` or a new ``revision`` (a Raft snapshot installed
+        until ``written`` or a new ``revision`` (a state image loaded
         replaces the store without events).
 
         The key is read before listing, so a write that lands meanwhile makes

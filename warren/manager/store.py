@@ -336,10 +336,10 @@ class Store:
             for key in index.keys(obj):
                 _discard(indexes[index.name], key, obj.id)
 
-    # -- snapshots for log compaction ----------------------------------------
+    # -- state images (etcd's compaction) ----------------------------------------
 
     def export_state(self) -> dict[str, Any]:
-        """The whole state by reference; the Raft snapshot pickles it in a forked child."""
+        """The whole state by reference (a state image copies the tables it encodes)."""
         return {"revision": self._revision, "tables": self._tables}
 
     def import_state(self, state: dict[str, Any]) -> None:

@@ -9,7 +9,7 @@ from warren.core.errors import FailedPrecondition, PermissionDenied
 from warren.core.models import Cluster, NodeRole
 from warren.manager import join_tokens
 from warren.manager.consensus import Consensus
-from warren.manager.store import Kind, barrier, put
+from warren.manager.store import Kind, put
 from warren.manager.writes import update_with_retry, write
 from warren.security.ca import CertificateAuthority
 from warren.security.tokens import JoinToken
@@ -86,8 +86,4 @@ class ClusterControl:
             return join_tokens.sealed_legacy(cluster, self.ca) if sealed else None
 
         await update_with_retry(self.consensus, Kind.CLUSTER, self.get().id, seal)
-        if sealed:
-            # One more entry: the Raft snapshot that scrubs the old secrets from
-            # the journal follows it (see raft._StoreConsumer).
-            await self.consensus.propose(barrier())
         return sealed
