@@ -56,12 +56,12 @@ def unavailable_reason() -> str | None:
 
 
 @functools.cache
-def netem_unavailable_reason() -> str | None:
-    """Why ``tc netem`` cannot run here, or None if it can: tries a netem qdisc on a
-    veth in a scratch namespace (the kernel may lack sch_netem; modprobe first).
-    Asked once per process."""
+@functools.cache
+def netem_available() -> bool:
+    """Whether ``tc netem`` runs here: tries a netem qdisc on a veth in a scratch
+    namespace (modprobe first; the kernel may lack sch_netem). Asked once."""
     if shutil.which("tc") is None:
-        return "message faults need tc (iproute2)"
+        return False
     if shutil.which("modprobe") is not None:
         subprocess.run(["modprobe", "sch_netem"], capture_output=True, timeout=30)
     scratch = f"{PREFIX_ROOT}-{os.getpid()}-{secrets.token_hex(3)}-netem"
@@ -75,8 +75,22 @@ def netem_unavailable_reason() -> str | None:
         )  # fmt: skip
     finally:
         _delete_netns(scratch)
-    if tried.returncode != 0:
-        return f"tc netem does not work on this kernel (no sch_netem?): {tried.stderr.strip()}"
+    return tried.returncode == 0
+
+
+def fault_engine() -> str:
+    """What ``Host.netem`` uses: tc netem, or (a kernel without sch_netem, as this
+    project's CI machines) nftables for loss and duplication and an HTB class for
+    delay and reordering."""
+    return "tc netem" if netem_available() else "nftables + htb"
+
+
+def netem_unavailable_reason() -> str | None:
+    """Why message faults cannot run here, or None if they can (either engine)."""
+    if shutil.which("tc") is None:
+        return "message faults need tc (iproute2)"
+    if shutil.which("nft") is None and not netem_available():
+        return "message faults need tc netem or nftables"
     return None
 
 
@@ -174,6 +188,7 @@ class Host:
         self._procs: list[subprocess.Popen[bytes]] = []
         self._blocked: set[str] = set()
         self._netem = ""  # the netem options in force on eth0, "" for none
+        self._emulated = False  # in force through nftables + htb (no sch_netem)
 
     def __repr__(self) -> str:
         return f"Host({self.name!r}, {self.address})"
@@ -315,8 +330,68 @@ class Host:
         if not options:
             self.clear_netem()
             return
-        _sh(self._exec(["tc", "qdisc", "replace", "dev", _HOST_IF, "root", "netem", *options]))
+        if netem_available():
+            _sh(self._exec(["tc", "qdisc", "replace", "dev", _HOST_IF, "root", "netem", *options]))
+        else:
+            self.clear_netem()
+            self._emulate(delay_ms, loss_pct, duplicate_pct, reorder_pct)
+            self._emulated = True
         self._netem = " ".join(options)
+
+    def _emulate(
+        self, delay_ms: float, loss_pct: float, duplicate_pct: float, reorder_pct: float
+    ) -> None:
+        """The faults without sch_netem, on what the host sends from eth0.
+
+        nftables drops ``loss_pct`` of the packets at random and sends
+        ``duplicate_pct`` twice (``dup to`` eth0 again). With a delay, a
+        share of the packets (``reorder_pct``, else half) goes to a slow HTB class
+        where a 500-byte packet takes about ``delay_ms`` to leave and queues
+        behind the others held back: those arrive late, after packets sent later
+        (delay and reordering; the delay is queueing, so it varies with the load)."""
+        rules = []
+        if loss_pct:
+            rules.append(f"numgen random mod 10000 < {round(loss_pct * 100)} drop")
+        if duplicate_pct:
+            rules.append(
+                f'numgen random mod 10000 < {round(duplicate_pct * 100)} dup to "{_HOST_IF}"'
+            )
+        if delay_ms:
+            held = round((reorder_pct or 50) * 100)
+            if held >= 10000:
+                rules.append("meta priority set 1:20")
+            else:
+                rules.append(
+                    f"meta priority set numgen random mod 10000 map "
+                    f"{{ 0-{held - 1} : 1:20, {held}-9999 : 1:10 }}"
+                )
+            # A 500-byte packet takes delay_ms to leave the slow class; no burst,
+            # so even a lone packet waits its turn.
+            slow_kbit = max(8, round(500 * 8 / delay_ms))
+            tc = ["tc", "class", "add", "dev", _HOST_IF, "parent", "1:", "classid"]
+            _sh(self._exec(["tc", "qdisc", "replace", "dev", _HOST_IF, "root", "handle", "1:",
+                            "htb", "default", "10", "r2q", "100000"]))  # fmt: skip
+            _sh(self._exec([*tc, "1:10", "htb", "rate", "10gbit"]))
+            _sh(self._exec([*tc, "1:20", "htb", "rate", f"{slow_kbit}kbit",
+                            "burst", "0", "cburst", "0"]))  # fmt: skip
+        # At eth0's egress, after the stack: a drop there is a loss the sender
+        # never hears of (an output-hook drop fails its send with EPERM).
+        body = "\n".join(f"    {rule}" for rule in rules)
+        table = self._faults_table
+        self._nft(
+            f"table netdev {table} {{}}\n"
+            f"delete table netdev {table}\n"
+            f"table netdev {table} {{\n"
+            f"  chain egress {{\n"
+            f'    type filter hook egress device "{_HOST_IF}" priority filter; policy accept;\n'
+            f"{body}\n"
+            f"  }}\n"
+            f"}}\n"
+        )
+
+    @property
+    def _faults_table(self) -> str:
+        return f"{self._lab.prefix}-faults"
 
     @property
     def netem_options(self) -> str:
@@ -324,8 +399,18 @@ class Host:
         return self._netem
 
     def clear_netem(self) -> None:
-        """Back to the default qdisc (idempotent; nothing to do without a netem)."""
+        """Back to the default qdisc and no fault rules (idempotent)."""
         if not self._netem:
+            return
+        if self._emulated and (NETNS_DIR / self.netns).exists():
+            table = self._faults_table
+            self._nft(f"table netdev {table} {{}}\ndelete table netdev {table}\n")
+            subprocess.run(
+                self._exec(["tc", "qdisc", "del", "dev", _HOST_IF, "root"]),
+                capture_output=True, timeout=30,
+            )  # fmt: skip
+            self._emulated = False
+            self._netem = ""
             return
         result = subprocess.run(
             self._exec(["tc", "qdisc", "del", "dev", _HOST_IF, "root"]),

@@ -9,10 +9,11 @@ is removed after each test, pass or fail. The tests:
 - test_partitioned_leader_is_refused_and_the_majority_goes_on
 - test_all_managers_killed_at_once_lose_no_acknowledged_write
 - test_message_faults_between_managers_lose_no_acknowledged_write: while the writer
-  streams, ``tc netem`` on every manager's interface, phase after phase (delay with
+  streams, message faults on every manager's interface, phase after phase (delay with
   jitter, which reorders; loss; duplication; all of them with reordering, and a leader
-  kill), then cleared; the same checks as after the kills. Needs sch_netem in the
-  kernel: fails without it, skipped with WARREN_SKIP_NETEM=1.
+  kill), then cleared; the same checks as after the kills. ``tc netem`` where the
+  kernel has sch_netem; elsewhere (this project's CI machines) nftables at eth0's
+  egress drops and duplicates, and an HTB class holds packets back (netlab.Host.netem).
 - test_register_history_is_linearizable_across_leader_kills: clients on the client
   host, each through one manager, read registers (services reg-0..2, the value their
   env REG) with linearizable reads and compare-and-swap them (an update carrying the
@@ -26,7 +27,7 @@ Knobs:
 - WARREN_CHAOS_FAULT_SECONDS: how long each message-fault phase lasts (default 12)
 - WARREN_CHAOS_LIN_KILLS: leader kills in the linearizability test (default 3)
 - WARREN_CHAOS_SEED: the random seed (default: random, printed)
-- WARREN_SKIP_NETEM=1: skip the message-fault test where the kernel has no netem
+- WARREN_SKIP_NETEM=1: skip the message-fault test where neither engine can run
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ from cluster import (
     summary,
 )
 from linearizability import Op, Recorder, check
-from netlab import Lab, netem_unavailable_reason
+from netlab import Lab, fault_engine, netem_unavailable_reason
 from support import holds_within, wait_for
 from writer import History, read_log
 
@@ -260,7 +261,7 @@ def test_all_managers_killed_at_once_lose_no_acknowledged_write(
 
 @pytest.fixture
 def netem_ready() -> None:
-    """Fail (or skip, with WARREN_SKIP_NETEM=1) where tc netem cannot run."""
+    """Fail (or skip, with WARREN_SKIP_NETEM=1) where message faults cannot run."""
     reason = netem_unavailable_reason()
     if reason is not None:
         if os.environ.get("WARREN_SKIP_NETEM") == "1":
@@ -323,6 +324,7 @@ def test_message_faults_between_managers_lose_no_acknowledged_write(
         cleared = time.time()
         wait_for(lambda: acked_after(log, cleared) >= 5, 60, "writes after the faults")
         phases.append(("cleared", cleared, time.time()))
+    print(f"faults: engine {fault_engine()}")
     for name, start, end in phases:
         acked, failed = writes_between(log, start, end)
         print(f"faults: {name}: {end - start:.0f}s, {acked} writes acknowledged, {failed} failed")

@@ -1,11 +1,10 @@
-"""The network lab itself: reachability, partitions, link cuts, message faults (netem),
-and leak-free teardown.
-
-The netem test fails where the kernel has no sch_netem, unless WARREN_SKIP_NETEM=1.
+"""The network lab itself: reachability, partitions, link cuts, message faults (tc
+netem, or nftables + htb where the kernel has no sch_netem), and leak-free teardown.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -265,6 +264,87 @@ def test_rejects_bad_names() -> None:
         lab.add_host("br")
 
 
+# Counts what arrives on a UDP port until 2 s of silence: sequence numbers seen,
+# duplicates, and arrivals after a higher number (reordering), as JSON.
+UDP_COUNTER = """
+import json, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+open(sys.argv[3] + ".ready", "w").close()
+s.settimeout(2)
+seen = []
+try:
+    while True:
+        seen.append(int(s.recv(200)))
+except socket.timeout:
+    pass
+late = sum(1 for i, n in enumerate(seen) if i and n < max(seen[:i]))
+json.dump({"unique": len(set(seen)), "dups": len(seen) - len(set(seen)), "late": late},
+          open(sys.argv[3], "w"))
+"""
+
+UDP_SENDER = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for n in range(int(sys.argv[3])):
+    s.sendto(str(n).encode().ljust(100), (sys.argv[1], int(sys.argv[2])))
+    time.sleep(0.001)
+"""
+
+
+def udp_burst(src: Host, dst: Host, tmp_path: Path, count: int = 400) -> dict[str, int]:
+    """Send ``count`` numbered datagrams from src to dst; what dst received."""
+    out = tmp_path / f"udp-{time.monotonic_ns()}.json"
+    counter = dst.spawn([sys.executable, "-c", UDP_COUNTER, dst.address, "7412", str(out)],
+                        tmp_path / "udp-counter.log")  # fmt: skip
+    deadline = time.monotonic() + 10
+    while not out.with_name(out.name + ".ready").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    src.run([sys.executable, "-c", UDP_SENDER, dst.address, "7412", str(count)], check=True)
+    counter.wait(timeout=30)
+    return dict(json.loads(out.read_text()))
+
+
+@pytest.mark.skipif(not netlab.netem_available(), reason="no sch_netem: the emulation is tested")
+def test_faults_without_sch_netem_are_unused_where_netem_runs() -> None:
+    assert netlab.fault_engine() == "tc netem"
+
+
+@pytest.mark.skipif(netlab.netem_available(), reason="tc netem runs here: the netem test covers it")
+def test_emulated_faults_drop_duplicate_and_reorder_and_heal_clears_them(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """Without sch_netem (this kernel): nftables loses and duplicates, an HTB
+    class holds packets back so they arrive after later ones."""
+    a, b = lab.add_host("a"), lab.add_host("b")
+    serve(a, tmp_path)
+    assert wait_reaches(b, a)
+    assert netlab.fault_engine() == "nftables + htb"
+    clean = udp_burst(a, b, tmp_path)
+    assert clean == {"unique": 400, "dups": 0, "late": 0}, clean
+
+    a.netem(duplicate_pct=25)
+    twice = udp_burst(a, b, tmp_path)
+    assert twice["unique"] == 400 and 50 <= twice["dups"] <= 150, twice
+
+    a.netem(loss_pct=30)  # replaces the duplication
+    lossy = udp_burst(a, b, tmp_path)
+    assert 200 <= lossy["unique"] <= 340 and lossy["dups"] == 0, lossy
+
+    a.netem(delay_ms=20, reorder_pct=50)
+    reordered = udp_burst(a, b, tmp_path)
+    assert reordered["unique"] == 400 and reordered["late"] >= 20, reordered
+    assert a.netem_options == "delay 20ms reorder 50%"
+
+    a.heal()
+    a.heal()  # idempotent
+    assert a.netem_options == "" and "htb" not in qdisc(a)
+    assert "faults" not in a.run(["nft", "list", "tables"], check=True).stdout
+    assert udp_burst(a, b, tmp_path) == clean
+    assert rtt(b, a) < 0.05
+
+
+@pytest.mark.skipif(not netlab.netem_available(), reason="no sch_netem in this kernel")
 @pytest.mark.usefixtures("netem_ready")
 def test_netem_delays_drops_and_heal_clears_it(lab: Lab, tmp_path: Path) -> None:
     a, b = lab.add_host("a"), lab.add_host("b")
