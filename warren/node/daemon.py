@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from warren.agent.agent import Agent
 from warren.agent.runtime import Runtime
 from warren.agent.sim import SimRuntime
-from warren.core.errors import FailedPrecondition, InvalidArgument, Unavailable
+from warren.core.errors import FailedPrecondition, InvalidArgument
 from warren.core.models import NodeRole
 from warren.manager.manager import Manager, ManagerState
 from warren.node.join import join_as_manager, join_cluster, joins_as_manager
@@ -182,20 +182,13 @@ async def serve_manager(options: ManagerOptions, stop: asyncio.Event) -> None:
         # Stops the manager if the node is demoted; the agent keeps running.
         keeper = RoleKeeper(options, manager.node_id, agent, new_manager, manager)
         await networking.start()
-        await run_until(run_all(agent.run(), keeper.run(), _member_failure(manager)), stop)
+        await run_until(run_all(agent.run(), keeper.run()), stop)
     finally:
         if keeper is not None:
             await keeper.close()
         if networking is not None:
             await networking.shutdown()
         await manager.stop()
-
-
-async def _member_failure(manager: Manager) -> None:
-    """End the node when the manager's etcd member cannot be kept running:
-    it must not serve from a dead member (a supervisor restarts the process)."""
-    await manager.failed.wait()
-    raise Unavailable("this manager's etcd member failed and could not be restarted")
 
 
 # -- the process ---------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from collections.abc import Callable
 import grpc
 
 from warren.agent.agent import Agent, manager_channel
-from warren.core.errors import WarrenError
+from warren.core.errors import Unavailable, WarrenError
 from warren.core.models import NodeRole
 from warren.manager.manager import Manager, ManagerState
 from warren.node.options import ManagerOptions
@@ -88,6 +88,17 @@ class RoleKeeper:
         async with asyncio.TaskGroup() as group:
             group.create_task(self._watch())
             group.create_task(self._reconcile())
+            group.create_task(self._end_on_member_failure())
+
+    async def _end_on_member_failure(self, period: float = 0.5) -> None:
+        """End the node when its manager's etcd member cannot be kept running
+        (the manager it started at init, or one a promotion started): it must
+        not serve from a dead member. A supervisor restarts the process."""
+        while True:
+            manager = self.manager
+            if manager is not None and manager.failed.is_set():
+                raise Unavailable("this node's etcd member failed and could not be restarted")
+            await asyncio.sleep(period)
 
     async def close(self) -> None:
         manager, self.manager = self.manager, None
