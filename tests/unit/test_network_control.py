@@ -4,13 +4,16 @@ store re-checking every decision when it is applied."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import ipaddress
 import time
+from typing import Any
 
 import pytest
 from factories import make_node, make_service, make_task
 
+from warren.core.codec import from_dict
 from warren.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from warren.core.models import Cluster, ContainerSpec, NetworkMode, Service, ServiceSpec, Task
 from warren.core.networks import (
@@ -211,6 +214,52 @@ async def test_published_ports_are_unique_and_picked_when_not_given(
     # UDP is its own space.
     udp = PortConfig(target=53, published=8080, protocol="udp")  # type: ignore[arg-type]
     await services.create(_spec("dns", endpoint=EndpointSpec(ports=(udp,))))
+
+
+async def test_creates_in_flight_at_once_each_get_their_own_vip_and_port(
+    services: ServiceControl, consensus: LocalConsensus
+) -> None:
+    """Each allocates from the store as it was; the ones that lost the race
+    to a VIP or a picked port allocate again (a 409 before)."""
+    ingress = EndpointSpec(ports=(PortConfig(target=80),))
+    created = await asyncio.gather(
+        *(services.create(_spec(f"web{i}", endpoint=ingress)) for i in range(20))
+    )
+    vips = {vip.address for s in created for vip in s.endpoint.vips}
+    ports = {p.published for s in created for p in s.endpoint.ports}
+    assert len(vips) == 20 and len(ports) == 20
+    # A name taken meanwhile is still refused, not retried into a second service.
+    results = await asyncio.gather(
+        services.create(_spec("same")), services.create(_spec("same")), return_exceptions=True
+    )
+    assert sorted(type(r).__name__ for r in results) == ["AlreadyExists", "Service"]
+    assert len([s for s in consensus.store.list(Kind.SERVICE) if s.spec.name == "same"]) == 1
+
+
+async def test_a_vip_another_manager_took_meanwhile_is_allocated_again(
+    consensus: LocalConsensus, networks: NetworkControl
+) -> None:
+    """Another manager's create, applied between this one's allocation and its
+    write, holds the same VIP: this one is refused when applied, allocates
+    again from the store that now holds the other, and is written."""
+
+    class RivalFirst(LocalConsensus):
+        rival_done = False
+
+        async def propose(self, command: dict[str, Any], timeout: float = 10.0) -> Any:
+            service = command["ops"][0]["object"] if command.get("op") == "txn" else {}
+            if service.get("endpoint", {}).get("vips") and not self.rival_done:
+                self.rival_done = True
+                rival = from_dict(Service, {**service, "id": "rival", "spec": {
+                    **service["spec"], "name": "rival"}})  # fmt: skip
+                raise_for_result(self.store.apply(txn([put(rival, MUST_NOT_EXIST)], 2.0)))
+            return await super().propose(command, timeout)
+
+    racing = RivalFirst(consensus.store)
+    services = ServiceControl(racing, NetworkControl(racing))
+    web = await services.create(_spec("web"))
+    rival = consensus.store.get(Kind.SERVICE, "rival")
+    assert racing.rival_done and web.endpoint.vips[0].address != rival.endpoint.vips[0].address
 
 
 async def test_the_store_refuses_a_vip_or_port_another_service_holds(

@@ -61,6 +61,11 @@ log = logging.getLogger(__name__)
 _STATUS_FLUSH_PERIOD = 0.05
 # Assignment pushes wait this long so a burst of task events sends one set.
 _ASSIGNMENT_DEBOUNCE = 0.02
+# A view is the whole cluster's services as the node sees them, so a burst of
+# changes (hundreds of creates a second) goes out as one view this often, not
+# one view per change: building, sending and applying each costs time in
+# proportion to the cluster's size.
+_VIEW_MIN_INTERVAL = 0.2
 # What may change a network view; assignments follow task and node events only.
 _VIEW_KINDS = frozenset({Kind.TASK, Kind.SERVICE, Kind.NETWORK, Kind.NODE})
 # The command format that stores a node's WireGuard identity.
@@ -117,6 +122,9 @@ class _Session:
     view_dirty: bool = True
     # The last network view sent, at revision 0; None until the first.
     view_sent: NetworkView | None = None
+    # When the last view went out (loop time), and a wake-up for one held back.
+    view_sent_at: float = float("-inf")
+    view_timer: asyncio.TimerHandle | None = None
 
     def mark_dirty(self) -> None:
         self.assignments_dirty = True
@@ -299,11 +307,13 @@ class Dispatcher:
                 outbox, session.outbox = session.outbox, []
                 for message in outbox:
                     yield message
-                # The view first: a new task's network is set up before it starts.
-                if session.view_dirty:
+                # The view first: a new task's network is set up before it starts
+                # (an agent waits for the view that holds its task's networks).
+                if session.view_dirty and self._view_due(session):
                     session.view_dirty = False
                     view = self._view_if_changed(session)
                     if view is not None:
+                        session.view_sent_at = asyncio.get_running_loop().time()
                         yield view
                 if session.assignments_dirty:
                     session.assignments_dirty = False
@@ -312,6 +322,8 @@ class Dispatcher:
                         yield assignments
         finally:
             reader.cancel()
+            if session.view_timer is not None:
+                session.view_timer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
             if self._sessions.get(node_id) is session:
@@ -476,6 +488,16 @@ class Dispatcher:
             if not done:
                 session.send(CancelLogs(request_id))
 
+    def _view_due(self, session: _Session) -> bool:
+        """Whether the session may get a view now; if not, it wakes when it may."""
+        loop = asyncio.get_running_loop()
+        wait = session.view_sent_at + _VIEW_MIN_INTERVAL - loop.time()
+        if wait <= 0:
+            return True
+        if session.view_timer is None or session.view_timer.cancelled():
+            session.view_timer = loop.call_later(wait, _wake_for_view, session)
+        return False
+
     def _view_if_changed(self, session: _Session) -> NetworkView | None:
         view = view_for(self._current_shared_view(), session.node_id)
         # The revision moves with every write; only a change of content is news.
@@ -514,6 +536,11 @@ class Dispatcher:
 def _shipped(task: Task) -> bool:
     state = task.status.state
     return state.is_active and state.rank >= TaskState.ASSIGNED.rank
+
+
+def _wake_for_view(session: _Session) -> None:
+    session.view_timer = None
+    session.wake.set()
 
 
 async def _wait_either(event: asyncio.Event, task: asyncio.Task[None]) -> None:
