@@ -62,10 +62,12 @@ _STATUS_FLUSH_PERIOD = 0.05
 # Assignment pushes wait this long so a burst of task events sends one set.
 _ASSIGNMENT_DEBOUNCE = 0.02
 # A view is the whole cluster's services as the node sees them, so a burst of
-# changes (hundreds of creates a second) goes out as one view this often, not
-# one view per change: building, sending and applying each costs time in
+# changes (hundreds of creates a second) goes out as one view every 0.2 s, or
+# ten times what the last one took to build and send (at most 2 s), not one
+# view per change: building, sending and applying each costs time in
 # proportion to the cluster's size.
 _VIEW_MIN_INTERVAL = 0.2
+_VIEW_MAX_INTERVAL = 2.0
 # What may change a network view; assignments follow task and node events only.
 _VIEW_KINDS = frozenset({Kind.TASK, Kind.SERVICE, Kind.NETWORK, Kind.NODE})
 # The command format that stores a node's WireGuard identity.
@@ -125,6 +127,8 @@ class _Session:
     # When the last view went out (loop time), and a wake-up for one held back.
     view_sent_at: float = float("-inf")
     view_timer: asyncio.TimerHandle | None = None
+    # Seconds the last view took to build, encode and send.
+    view_cost: float = 0.0
 
     def mark_dirty(self) -> None:
         self.assignments_dirty = True
@@ -311,10 +315,12 @@ class Dispatcher:
                 # (an agent waits for the view that holds its task's networks).
                 if session.view_dirty and self._view_due(session):
                     session.view_dirty = False
+                    started = time.perf_counter()
                     view = self._view_if_changed(session)
                     if view is not None:
+                        yield view  # resumed once encoded and sent
                         session.view_sent_at = asyncio.get_running_loop().time()
-                        yield view
+                        session.view_cost = time.perf_counter() - started
                 if session.assignments_dirty:
                     session.assignments_dirty = False
                     assignments = self._assignments_if_changed(session)
@@ -491,7 +497,9 @@ class Dispatcher:
     def _view_due(self, session: _Session) -> bool:
         """Whether the session may get a view now; if not, it wakes when it may."""
         loop = asyncio.get_running_loop()
-        wait = session.view_sent_at + _VIEW_MIN_INTERVAL - loop.time()
+        # A large view (its node applies it at a similar cost) goes out less often.
+        interval = min(_VIEW_MAX_INTERVAL, max(_VIEW_MIN_INTERVAL, 10 * session.view_cost))
+        wait = session.view_sent_at + interval - loop.time()
         if wait <= 0:
             return True
         if session.view_timer is None or session.view_timer.cancelled():
