@@ -7,6 +7,8 @@ stopped, then anything left naming the test's dir is killed)."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -90,11 +92,21 @@ async def test_the_leader_is_one_member_and_a_deposed_leaders_writes_are_refused
     killed = time.monotonic()
     old_member = group.kit.started[managers.index(old)]
     assert old_member.pid is not None
+    os.kill(old_member.pid, signal.SIGKILL)  # no leadership handed over
     await old.stop()
     survivors = [m for m in managers if m is not old]
+    written = time.monotonic()
+    survivors_write = await survivors[0].propose(_create_node("during"), timeout=8.0)
+    print(f"a write sent as the leader went was applied {time.monotonic() - written:.2f}s later")
+    assert "error" not in survivors_write["results"][0]
     new = await group.leader(survivors)
     print(f"new leader {time.monotonic() - killed:.2f}s after the old one stopped")
     assert new.fence_term > old_term
+    # Sent the moment the leader went: a put etcd dropped unanswered during the
+    # election was sent again, and the write applied once everywhere.
+    for manager in survivors:
+        await eventually(lambda m=manager: m.store.find(Kind.NODE, "during"), 5.0, "applied")
+        assert manager.store.count(Kind.NODE) == 1
     # A deposed leader that has not noticed yet still tags with its old term:
     # simulated on a survivor (the old one is gone), its write is refused at
     # apply, on every manager, and changes nothing.

@@ -13,7 +13,14 @@ from hypothesis import strategies as st
 
 from warren.core.errors import InvalidArgument
 from warren.manager.etcd import state_image
-from warren.manager.etcd.log_entry import FENCED, apply_entry, claim_entry, command_entry
+from warren.manager.etcd.log_entry import (
+    FENCED,
+    LEDGER_SIZE,
+    Ledger,
+    apply_entry,
+    claim_entry,
+    command_entry,
+)
 from warren.manager.etcd.state_image import Fence
 from warren.manager.store import MUST_NOT_EXIST, Kind, Store, put, txn
 
@@ -148,3 +155,31 @@ def test_an_image_of_an_unknown_format_or_kind_is_refused() -> None:
         altered = head + b"\n" + gzip.compress(json.dumps({**document, **change}).encode())
         with pytest.raises(Exception, match=words):
             state_image.decode(altered)
+
+
+def test_a_retried_copy_of_a_proposal_applies_once_with_the_first_result() -> None:
+    store, ledger = Store(), Ledger()
+    entry = command_entry(_create(make_node("n1")), proposal_id="p-1")
+    first, fence = apply_entry(store, Fence(), entry, ledger)
+    revision = store.revision
+    # The put is sent again (its answer was lost): the copy commits later.
+    second, _ = apply_entry(store, fence, entry, ledger)
+    assert second == first and "error" not in first["results"][0]
+    assert store.revision == revision  # not applied again (it would fail: n1 exists)
+    # Without an ID, or with another, it is a write of its own.
+    again, _ = apply_entry(store, fence, command_entry(_create(make_node("n1"))), ledger)
+    assert again["error"] == "already_exists"
+
+
+def test_the_ledger_is_bounded_and_travels_in_the_state_image() -> None:
+    store, ledger = Store(), Ledger()
+    for i in range(LEDGER_SIZE + 3):
+        apply_entry(store, Fence(), command_entry({"op": "barrier"}, proposal_id=f"p{i}"), ledger)
+    ids = [proposal_id for proposal_id, _ in ledger.entries()]
+    assert len(ids) == LEDGER_SIZE and ids[0] == "p3" and ids[-1] == f"p{LEDGER_SIZE + 2}"
+    image = state_image.capture(9, Fence(), store.export_state(), tuple(ledger.entries()))
+    loaded = Ledger(state_image.decode(state_image.encode(image)).ledger)
+    assert loaded.entries() == ledger.entries()
+    # A manager that loaded the image skips the same copies as the others.
+    copy = command_entry({"op": "barrier"}, proposal_id=f"p{LEDGER_SIZE + 2}")
+    assert apply_entry(Store(), Fence(), copy, loaded)[0] == ledger.result(f"p{LEDGER_SIZE + 2}")[1]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections import OrderedDict
 from typing import Any, Protocol
@@ -34,7 +35,7 @@ from warren.manager.command_format import CommandEncoder
 from warren.manager.consensus import LeadershipListener, Member
 from warren.manager.etcd import state_image
 from warren.manager.etcd.client import Compacted, EtcdClient, EtcdMemberInfo, MemberStatus
-from warren.manager.etcd.log_entry import FENCED, apply_entry, claim_entry, command_entry
+from warren.manager.etcd.log_entry import FENCED, Ledger, apply_entry, claim_entry, command_entry
 from warren.manager.etcd.state_image import Fence
 from warren.manager.store import Store
 
@@ -44,6 +45,7 @@ LOG_KEY = b"/warren/log"
 IMAGE_KEY = b"/warren/state-image"
 
 _KEPT_RESULTS = 20_000  # results of recent entries, for proposals still waiting
+_PUT_ATTEMPT = 1.0  # seconds a put may go unanswered before it is sent again
 _MEMBERS_PERIOD = 0.5  # member list, reachability and learner promotion
 _PEER_PROBE_TIMEOUT = 0.3
 
@@ -93,6 +95,7 @@ class EtcdConsensus:
         # The apply side.
         self._applied = 0  # etcd revision of the last entry applied (or imaged)
         self._fence = Fence()
+        self._ledger = Ledger()
         self._results: OrderedDict[int, Any] = OrderedDict()
         self._progress = asyncio.Condition()
         self._since_image = 0
@@ -150,16 +153,34 @@ class EtcdConsensus:
 
     async def propose(self, command: dict[str, Any], timeout: float = 10.0) -> Any:
         client = self._running()
-        entry = command_entry(self._encoder.encode(command), self._term if self._leading else 0)
+        term = self._term if self._leading else 0
+        entry = command_entry(self._encoder.encode(command), term, secrets.token_hex(12))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         try:
             async with asyncio.timeout(timeout):
-                revision = await client.put(LOG_KEY, entry, timeout)
+                revision = await self._put_until_committed(client, entry, deadline)
                 result = await self._result_of(revision)
         except TimeoutError:
             raise Unavailable(f"write not committed within {timeout:g}s (no quorum?)") from None
         if isinstance(result, dict) and result.get(FENCED):
             raise NotLeader(str(result["message"]))
         return result
+
+    async def _put_until_committed(self, client: EtcdClient, entry: bytes, deadline: float) -> int:
+        """Put ``entry`` until a put answers. A put sent while etcd elects a
+        leader is dropped without an answer (etcd gives up after ~6 s): it is
+        sent again after an attempt's timeout. The entry's proposal ID makes a
+        copy that commits after all apply as a no-op with the first's result."""
+        loop = asyncio.get_running_loop()
+        while True:
+            attempt = min(_PUT_ATTEMPT, deadline - loop.time())
+            try:
+                async with asyncio.timeout(attempt):
+                    return await client.put(LOG_KEY, entry, attempt)
+            except (TimeoutError, Unavailable) as exc:
+                log.debug("log put not answered (%s): sending it again", exc or "timeout")
+            await asyncio.sleep(0.05)
 
     async def read_barrier(self, timeout: float = 5.0) -> None:
         """Return once every entry committed before the call is applied here
@@ -209,7 +230,7 @@ class EtcdConsensus:
 
     def _apply(self, revision: int, value: bytes) -> None:
         try:
-            result, self._fence = apply_entry(self.store, self._fence, value)
+            result, self._fence = apply_entry(self.store, self._fence, value, self._ledger)
         except WarrenError as exc:
             # Unreadable entries are skipped by every manager alike.
             result = {"error": exc.code, "message": str(exc)}
@@ -234,6 +255,7 @@ class EtcdConsensus:
         image = await asyncio.to_thread(state_image.decode, found.value)
         self.store.import_state(image.store_state)
         self._fence = image.fence
+        self._ledger = Ledger(image.ledger)
         self._applied = image.log_revision
         self._results.clear()
         self._since_image = 0
@@ -244,7 +266,9 @@ class EtcdConsensus:
     def _maybe_write_image(self) -> None:
         if not self._leading or self._since_image < self._image_every or self._image_task:
             return
-        image = state_image.capture(self._applied, self._fence, self.store.export_state())
+        image = state_image.capture(
+            self._applied, self._fence, self.store.export_state(), tuple(self._ledger.entries())
+        )
         self._since_image = 0
         self._image_task = asyncio.create_task(self._write_image(image), name="etcd-image")
 

@@ -33,13 +33,21 @@ class StateImage:
     log_revision: int  # the etcd revision of the last entry it covers
     fence: Fence
     store_state: dict[str, Any]  # as Store.export_state / import_state
+    # Recent proposal IDs and their results (log_entry.Ledger), oldest first.
+    ledger: tuple[tuple[str, Any], ...] = ()
 
 
-def capture(log_revision: int, fence: Fence, store_state: dict[str, Any]) -> StateImage:
+def capture(
+    log_revision: int,
+    fence: Fence,
+    store_state: dict[str, Any],
+    ledger: tuple[tuple[str, Any], ...] = (),
+) -> StateImage:
     """Copy the tables (not the objects, which are immutable): the store goes on
     applying while the image is encoded on another thread."""
     tables = {kind: dict(objects) for kind, objects in store_state["tables"].items()}
-    return StateImage(log_revision, fence, {"revision": store_state["revision"], "tables": tables})
+    state = {"revision": store_state["revision"], "tables": tables}
+    return StateImage(log_revision, fence, state, ledger)
 
 
 def encode(image: StateImage) -> bytes:
@@ -54,6 +62,7 @@ def encode(image: StateImage) -> bytes:
         "fence": {"term": image.fence.term, "holder": image.fence.holder},
         "store_revision": image.store_state["revision"],
         "tables": tables,
+        "ledger": [[proposal_id, result] for proposal_id, result in image.ledger],
     }
     body = gzip.compress(json.dumps(document, separators=(",", ":")).encode(), compresslevel=3)
     # The revision first, in clear: whoever replaces an image reads only that.
@@ -95,4 +104,5 @@ def decode(data: bytes) -> StateImage:
         }
     fence = Fence(int(document["fence"]["term"]), str(document["fence"]["holder"]))
     store_state = {"revision": int(document["store_revision"]), "tables": tables}
-    return StateImage(int(document["log_revision"]), fence, store_state)
+    ledger = tuple((str(i), result) for i, result in document.get("ledger", []))
+    return StateImage(int(document["log_revision"]), fence, store_state, ledger)
