@@ -283,12 +283,15 @@ json.dump({"unique": len(set(seen)), "dups": len(seen) - len(set(seen)), "late":
           open(sys.argv[3], "w"))
 """
 
+# Ten at a time: held-back datagrams are overtaken by the rest of their ten
+# however slowly the machine runs, and the receiver's buffer never overflows.
 UDP_SENDER = """
 import socket, sys, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 for n in range(int(sys.argv[3])):
     s.sendto(str(n).encode().ljust(100), (sys.argv[1], int(sys.argv[2])))
-    time.sleep(0.001)
+    if n % 10 == 9:
+        time.sleep(0.005)
 """
 
 
@@ -325,7 +328,9 @@ def test_emulated_faults_drop_duplicate_and_reorder_and_heal_clears_them(
 
     a.netem(duplicate_pct=25)
     twice = udp_burst(a, b, tmp_path)
-    assert twice["unique"] == 400 and 50 <= twice["dups"] <= 150, twice
+    # A copy goes out through eth0's egress again, and may be copied in turn:
+    # about 400 * 0.25 / 0.75 = 133 expected.
+    assert twice["unique"] == 400 and 60 <= twice["dups"] <= 220, twice
 
     a.netem(loss_pct=30)  # replaces the duplication
     lossy = udp_burst(a, b, tmp_path)
