@@ -271,7 +271,7 @@ async def test_a_killed_member_is_restarted_and_rejoins_with_its_data(
 async def test_the_client_port_moves_only_when_it_is_taken(members: Members) -> None:
     (config,) = members.configs(1)
     # Time to take the port before the supervisor restarts etcd.
-    member = members.member(config, restart_delays=(1.5, 0.5, 0.5, 0.5, 0.5))
+    member = members.member(config, restart_delays=(5.0, 0.5, 0.5, 0.5, 0.5))
     await member.start()
     old_endpoint, old_pid = member.client_endpoint, member.pid
     assert old_pid is not None
@@ -283,7 +283,7 @@ async def test_the_client_port_moves_only_when_it_is_taken(members: Members) -> 
         squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         squatter.bind(("127.0.0.1", int(old_endpoint.rpartition(":")[2])))
         squatter.listen()
-        await eventually(lambda: member.running and member.pid != old_pid, 10, "a new etcd")
+        await eventually(lambda: member.running and member.pid != old_pid, 20, "a new etcd")
     finally:
         squatter.close()
     assert member.client_endpoint != old_endpoint
