@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from support import eventually
-from test_etcd_member import Members, ca, members  # noqa: F401  (the fixtures)
+from test_etcd_member import Members, _alive, ca, members  # noqa: F401  (the fixtures)
 
 from warren.core.errors import NotLeader, Unavailable
 from warren.core.models import Node, NodeRole
@@ -146,7 +147,10 @@ async def test_a_learner_joins_is_promoted_and_catches_up(group: Group) -> None:
     )
     await second.propose(_create_node("from-the-new-one"))
     await eventually(lambda: second.store.count(Kind.NODE) == 31, 10.0, "the new one caught up")
-    assert second.store.state_hash() == first.store.state_hash()
+    # Its own write is applied on the first one too, a moment later.
+    await eventually(
+        lambda: second.store.state_hash() == first.store.state_hash(), 10.0, "the same state"
+    )
 
 
 async def test_a_manager_behind_the_compaction_loads_the_state_image(group: Group) -> None:
@@ -191,3 +195,37 @@ async def test_without_a_quorum_a_write_fails_within_its_timeout(group: Group) -
         await managers[0].propose(_create_node("alone"), timeout=2.0)
     assert time.monotonic() - started < 3.0
     await eventually(lambda: not managers[0].is_leader, 5.0, "the lone manager to step down")
+
+
+async def test_a_member_restarted_on_another_port_is_followed(group: Group) -> None:
+    (config,) = group.kit.configs(1)
+    # Time to take its client port before the supervisor restarts it.
+    member = group.kit.member(config, restart_delays=(5.0, 0.5, 0.5, 0.5, 0.5))
+    consensus = EtcdConsensus(Store(), config.name, member)
+    group.all.append(consensus)
+    await consensus.start()
+    await group.leader()
+    await consensus.propose(_create_node("before"))
+    old_endpoint, old_pid = member.client_endpoint, member.pid
+    assert old_pid is not None
+    with socket.socket() as squatter:
+        os.kill(old_pid, signal.SIGKILL)
+        await eventually(lambda: not _alive(old_pid), 5.0, "the old etcd gone")
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        port = int(old_endpoint.rpartition(":")[2])
+
+        def taken() -> bool:
+            # Free once the client has closed its end of the old connections.
+            try:
+                squatter.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+            return True
+
+        await eventually(taken, 4.0, "the old client port free to take")
+        squatter.listen()
+        await eventually(lambda: member.running and member.pid != old_pid, 20.0, "a new etcd")
+    assert member.client_endpoint != old_endpoint
+    result = await consensus.propose(_create_node("after"), timeout=15.0)
+    assert "error" not in result["results"][0]
+    await eventually(lambda: consensus.is_leader, 10.0, "leading again")

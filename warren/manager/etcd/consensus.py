@@ -45,7 +45,7 @@ LOG_KEY = b"/warren/log"
 IMAGE_KEY = b"/warren/state-image"
 
 _KEPT_RESULTS = 20_000  # results of recent entries, for proposals still waiting
-_PUT_ATTEMPT = 1.0  # seconds a put may go unanswered before it is sent again
+_PUT_CHECK = 0.25  # how often an unanswered put looks for a new term to copy it into
 _MEMBERS_PERIOD = 0.5  # member list, reachability and learner promotion
 _PEER_PROBE_TIMEOUT = 0.3
 
@@ -108,13 +108,14 @@ class EtcdConsensus:
         self._members: list[EtcdMemberInfo] = []
         self._reachable: dict[str, bool] = {}
         self._failure: str | None = None
+        self._client_endpoint = ""
+        self._retired: list[EtcdClient] = []
 
     # -- life cycle ------------------------------------------------------------------
 
     async def start(self) -> None:
         await self._member.start()
-        ca, cert, key = self._member.client_tls
-        self._client = EtcdClient(self._member.client_endpoint, ca, cert, key)
+        self._client = self._new_client()
         self._tasks = [
             asyncio.create_task(self._follow(), name="etcd-follow"),
             asyncio.create_task(self._watch_status(), name="etcd-status"),
@@ -132,8 +133,9 @@ class EtcdConsensus:
             if task is not None:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-        if self._client is not None:
-            client, self._client = self._client, None
+        clients = [*self._retired, *([self._client] if self._client is not None else [])]
+        self._client, self._retired = None, []
+        for client in clients:
             await client.close()
         await self._member.stop()
 
@@ -142,11 +144,22 @@ class EtcdConsensus:
         self._failure = reason
         self._set_leading(False)
 
+    def _new_client(self) -> EtcdClient:
+        self._client_endpoint = self._member.client_endpoint
+        return EtcdClient(self._client_endpoint, *self._member.client_tls)
+
     def _running(self) -> EtcdClient:
         if self._failure is not None:
             raise Unavailable(f"this manager's etcd member failed: {self._failure}")
         if self._client is None:
             raise Unavailable("consensus is not running")
+        if self._member.client_endpoint != self._client_endpoint:
+            # Restarted on another port (its own was taken meanwhile).
+            # The old channel is closed at stop: closing it now would cancel
+            # the calls still on it (a watch, a status) as if their tasks were.
+            self._retired.append(self._client)
+            self._client = self._new_client()
+            log.info("the etcd member moved to %s", self._client_endpoint)
         return self._client
 
     # -- proposals -------------------------------------------------------------------
@@ -168,19 +181,39 @@ class EtcdConsensus:
         return result
 
     async def _put_until_committed(self, client: EtcdClient, entry: bytes, deadline: float) -> int:
-        """Put ``entry`` until a put answers. A put sent while etcd elects a
-        leader is dropped without an answer (etcd gives up after ~6 s): it is
-        sent again after an attempt's timeout. The entry's proposal ID makes a
-        copy that commits after all apply as a no-op with the first's result."""
+        """Put ``entry`` until a put answers; returns the revision it committed at.
+
+        A put sent while etcd elects a leader is dropped without an answer
+        (etcd gives up on it after ~6 s). So when a put has gone unanswered for
+        a while and etcd's term has moved on since it was sent (an election
+        happened), a copy is sent too, and whichever answers first wins; the
+        entry's proposal ID makes a later copy apply as a no-op with the first
+        one's result. A put that is only slow (an overloaded cluster, same term)
+        is not copied: copies would add to the load."""
         loop = asyncio.get_running_loop()
-        while True:
-            attempt = min(_PUT_ATTEMPT, deadline - loop.time())
-            try:
-                async with asyncio.timeout(attempt):
-                    return await client.put(LOG_KEY, entry, attempt)
-            except (TimeoutError, Unavailable) as exc:
-                log.debug("log put not answered (%s): sending it again", exc or "timeout")
-            await asyncio.sleep(0.05)
+        puts: set[asyncio.Task[int]] = set()
+        sent_in_term = -1
+        try:
+            while True:
+                term = self._status.raft_term if self._status is not None else -1
+                if not puts or (term != sent_in_term and term != -1):
+                    puts.add(loop.create_task(client.put(LOG_KEY, entry, deadline - loop.time())))
+                    sent_in_term = term
+                done, puts = await asyncio.wait(
+                    puts, timeout=_PUT_CHECK, return_when=asyncio.FIRST_COMPLETED
+                )
+                for put in done:
+                    error = put.exception()
+                    if error is None:
+                        return put.result()
+                    if not isinstance(error, Unavailable):
+                        raise error
+                    log.debug("log put failed (%s): sending it again", error)
+                if done and not puts:
+                    await asyncio.sleep(0.05)
+        finally:
+            for put in puts:
+                put.cancel()
 
     async def read_barrier(self, timeout: float = 5.0) -> None:
         """Return once every entry committed before the call is applied here
@@ -208,11 +241,10 @@ class EtcdConsensus:
     # -- applying the log ------------------------------------------------------------
 
     async def _follow(self) -> None:
-        client = self._running()
-        await self._load_image(client)
+        await self._load_image()
         while True:
             try:
-                async for batch in client.watch(LOG_KEY, self._applied + 1):
+                async for batch in self._running().watch(LOG_KEY, self._applied + 1):
                     for event in batch:
                         if not event.deleted and event.revision > self._applied:
                             self._apply(event.revision, event.value)
@@ -223,7 +255,7 @@ class EtcdConsensus:
                 log.info(
                     "the log is compacted past revision %d: loading the state image", self._applied
                 )
-                await self._load_image(client)
+                await self._load_image()
             except WarrenError as exc:
                 log.debug("log watch interrupted: %s", exc)
                 await asyncio.sleep(0.1)
@@ -240,12 +272,12 @@ class EtcdConsensus:
             self._results.popitem(last=False)
         self._since_image += 1
 
-    async def _load_image(self, client: EtcdClient) -> None:
+    async def _load_image(self) -> None:
         """Load the latest state image when it is ahead of what is applied here
         (read from the local member: it holds the image before any compaction)."""
         while True:
             try:
-                found = await client.get(IMAGE_KEY, timeout=10.0, local=True)
+                found = await self._running().get(IMAGE_KEY, timeout=10.0, local=True)
                 break
             except WarrenError as exc:
                 log.debug("state image not readable yet: %s", exc)
@@ -296,10 +328,9 @@ class EtcdConsensus:
     # -- leadership ------------------------------------------------------------------
 
     async def _watch_status(self) -> None:
-        client = self._running()
         while True:
             try:
-                status: MemberStatus | None = await client.status(timeout=1.0)
+                status: MemberStatus | None = await self._running().status(timeout=1.0)
             except WarrenError:
                 status = None  # our own member does not answer: nothing to lead with
             self._status = status
@@ -374,9 +405,9 @@ class EtcdConsensus:
     # -- membership ------------------------------------------------------------------
 
     async def _keep_members(self) -> None:
-        client = self._running()
         while True:
             try:
+                client = self._running()
                 self._members = await client.members(timeout=2.0)
                 await self._probe_peers()
                 if self._leading:
