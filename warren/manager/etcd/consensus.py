@@ -466,13 +466,23 @@ class EtcdConsensus:
             await asyncio.sleep(0.25)
 
     async def remove_member(self, address: str, timeout: float = 10.0) -> None:
+        """Retried until ``timeout`` while etcd calls the cluster unhealthy (for
+        5 s after a member joined or came back, as for adding one)."""
         client = self._running()
-        for member in await client.members(timeout=timeout):
-            if member_address(member) == address:
-                await client.remove(member.member_id, timeout=timeout)
-                self._members = await client.members(timeout=timeout)
-                return
-        raise FailedPrecondition(f"{address} is not an etcd member of this cluster")
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                for member in await client.members(timeout=timeout):
+                    if member_address(member) == address:
+                        await client.remove(member.member_id, timeout=timeout)
+                        self._members = await client.members(timeout=timeout)
+                        return
+                raise FailedPrecondition(f"{address} is not an etcd member of this cluster")
+            except Unavailable as exc:
+                if time.monotonic() > deadline:
+                    why = f"could not remove the etcd member {address}: {exc}"
+                    raise Unavailable(why) from None
+            await asyncio.sleep(0.25)
 
 
 async def _reachable(address: str) -> bool:
